@@ -1,0 +1,27 @@
+"""Benchmarks users run on their own machine: ``python -m gemel_engine bench NAME [--help]``.
+
+Each benchmark prints a table and writes JSON; figures are medians over repeats where time is measured.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+from gemel_engine.errors import UsageError
+
+BENCHMARKS = {
+    "analyze": "gemel_engine.bench.analyze",
+}
+
+
+def run_benchmark(name: str, argv: Sequence[str]) -> int:
+    """Run benchmark ``name`` with its own command-line ``argv``; return its exit status.
+
+    Raises:
+        UsageError: ``name`` is not a known benchmark.
+    """
+    if name not in BENCHMARKS:
+        raise UsageError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
+    module = importlib.import_module(BENCHMARKS[name])
+    return module.main(list(argv))

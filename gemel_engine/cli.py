@@ -1,0 +1,236 @@
+"""``python -m gemel_engine``: analyse workloads, apply merge plans, inspect bundles, run benchmarks.
+
+Bad input exits with status 2 and one ``error: ...`` line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from torch import nn
+
+from gemel_engine import zoo
+from gemel_engine.bundle import ModelRecipe, inspect_bundle, save_bundle
+from gemel_engine.errors import GemelError, UsageError
+from gemel_engine.layers import analyze_models
+from gemel_engine.memory import footprint
+from gemel_engine.modelset import ModelSet
+from gemel_engine.plan import MATCH_MODES, MergePlan, check_model_name
+from gemel_engine.report import format_table, mib, percent
+from gemel_engine.sharing import WARM_STARTS, apply_plan
+
+EXIT_USAGE = 2
+_MODEL_SPEC = re.compile(r"^(?P<name>[^=]+)=(?P<arch>[A-Za-z0-9_]+)(?::(?P<classes>[^@]+))?(?:@(?P<weights>.+))?$")
+
+
+@dataclass(frozen=True)
+class ModelArg:
+    """A ``--model NAME=ARCH[:NUM_CLASSES][@WEIGHTS]`` argument, parsed and checked."""
+
+    name: str
+    arch: str
+    num_classes: int | None
+    weights: Path | None
+
+    @property
+    def recipe(self) -> ModelRecipe:
+        """Return the recipe that rebuilds this model."""
+        classes = self.num_classes or zoo.get_spec(self.arch).default_num_classes
+        return ModelRecipe(self.arch, {"num_classes": classes})
+
+    def build(self, *, device: str | None = None) -> nn.Module:
+        """Return the model, with the weights file loaded (or, on the meta device, checked) when given.
+
+        Raises:
+            GemelError: unknown architecture, unreadable or mismatched weights.
+        """
+        model = self.recipe.build(device=device)
+        if self.weights is None:
+            return model
+        if device == "meta":  # shapes only: check the file fits, there is nothing to copy into
+            zoo.check_state_dict(model, zoo.read_state_dict(self.weights), source=str(self.weights))
+            return model
+        return zoo.load_weights(model, self.weights)
+
+
+def parse_model_arg(text: str) -> ModelArg:
+    """Return the parsed ``NAME=ARCH[:NUM_CLASSES][@WEIGHTS]`` specification.
+
+    Raises:
+        UsageError: malformed text, a bad name or class count, an unknown architecture, a missing file.
+    """
+    match = _MODEL_SPEC.match(text)
+    if match is None:
+        raise UsageError(f"--model {text!r}: expected NAME=ARCH[:NUM_CLASSES][@WEIGHTS]")
+    try:
+        name = check_model_name(match["name"])
+    except GemelError as exc:
+        raise UsageError(f"--model {text!r}: {exc}") from None
+    zoo.get_spec(match["arch"])
+    classes = None
+    if match["classes"] is not None:
+        if not match["classes"].isdigit() or int(match["classes"]) < 1:
+            raise UsageError(f"--model {text!r}: NUM_CLASSES must be a positive integer")
+        classes = int(match["classes"])
+    weights = Path(match["weights"]) if match["weights"] else None
+    if weights is not None and not weights.is_file():
+        raise UsageError(f"--model {text!r}: weights file {weights} not found")
+    return ModelArg(name, match["arch"], classes, weights)
+
+
+def _model_args(texts: Sequence[str]) -> list[ModelArg]:
+    parsed = [parse_model_arg(text) for text in texts]
+    names = [arg.name for arg in parsed]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise UsageError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+    return parsed
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Print the sharing analysis of the given models; optionally write the share-everything plan."""
+    model_args = _model_args(args.model)
+    models = {arg.name: arg.build(device="meta") for arg in model_args}
+    analysis = analyze_models(models, mode=args.mode, archs={arg.name: arg.arch for arg in model_args})
+    if args.plan_out:
+        analysis.plan().save(args.plan_out)
+    if args.json:
+        _print_json(analysis.to_dict())
+        return 0
+    print(format_table(
+        ["model", "arch", "params MiB", "shareable MiB"],
+        [[m.name, m.arch, mib(m.param_bytes), mib(m.shareable_param_bytes)] for m in analysis.models],
+    ))
+    print()
+    top = analysis.instances[: args.top]
+    print(f"Top {len(top)} of {len(analysis.instances)} merge instances ({analysis.mode} mode):")
+    print(format_table(
+        ["signature", "members", "MiB each", "saves MiB"],
+        [[c.signature.key, len(c.members), mib(c.layer_bytes), mib(c.savings_bytes)] for c in top],
+    ))
+    print()
+    print(f"total parameters: {analysis.total_param_bytes} bytes ({mib(analysis.total_param_bytes)} MiB)")
+    print(
+        f"structural optimum: {analysis.max_savings_bytes} bytes ({mib(analysis.max_savings_bytes)} MiB, "
+        f"{percent(analysis.max_savings_fraction)} of all parameters)"
+    )
+    if args.plan_out:
+        print(f"plan sharing all {len(analysis.instances)} instances written to {args.plan_out}")
+    return 0
+
+
+def cmd_merge_apply(args: argparse.Namespace) -> int:
+    """Build (or load) the models, tie them by the plan and write a bundle."""
+    model_args = _model_args(args.model)
+    plan = MergePlan.load(args.plan)
+    models = ModelSet({arg.name: arg.build() for arg in model_args})
+    before = footprint(models)
+    apply_plan(models, plan, warm_start=args.warm_start)
+    after = footprint(models)
+    out = save_bundle(
+        models,
+        plan,
+        args.out,
+        recipes={arg.name: arg.recipe for arg in model_args},
+        metadata={"created_by": "merge-apply", "warm_start": args.warm_start},
+        overwrite=args.overwrite,
+    )
+    print(
+        f"bundle {out}: {len(plan.instances)} shared instances, parameters {mib(before.param_bytes)} MiB -> "
+        f"{mib(after.param_bytes)} MiB (saved {percent(after.saved_param_bytes / before.param_bytes)})"
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print what a bundle holds and what its sharing saves."""
+    info = inspect_bundle(args.bundle)
+    if args.json:
+        _print_json(info.to_dict())
+        return 0
+    print(format_table(
+        ["model", "arch", "builder args", "params MiB"],
+        [[m["name"], m["arch"], json.dumps(m["builder_args"]), mib(m["param_bytes"])] for m in info.models],
+    ))
+    print()
+    print(f"shared instances: {len(info.plan.instances)} ({info.plan.mode} mode)")
+    print(f"unmerged_param_bytes: {info.unmerged_param_bytes} ({mib(info.unmerged_param_bytes)} MiB)")
+    print(f"unique_param_bytes: {info.unique_param_bytes} ({mib(info.unique_param_bytes)} MiB)")
+    print(f"savings: {info.savings_bytes} bytes ({percent(info.savings_fraction)})")
+    print(f"tensor file: {info.tensor_file_bytes} bytes")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a benchmark by name."""
+    from gemel_engine.bench import run_benchmark
+
+    return run_benchmark(args.benchmark, args.bench_args)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``python -m gemel_engine``."""
+    parser = _Parser(prog="python -m gemel_engine", description="Gemel: merge video-analytics DNNs to fit one GPU.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    model_help = "a model as NAME=ARCH[:NUM_CLASSES]; repeat for each model"
+
+    analyze = commands.add_parser("analyze", help="which layers of the models can share weights, and what it saves")
+    analyze.add_argument("--model", action="append", required=True, metavar="NAME=ARCH[:NUM_CLASSES]", help=model_help)
+    analyze.add_argument("--mode", choices=MATCH_MODES, default="exact", help="layer matching (default: exact)")
+    analyze.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    analyze.add_argument("--plan-out", type=Path, help="write the plan that shares every shareable layer")
+    analyze.add_argument("--top", type=int, default=10, help="instances to list in the table (default: 10)")
+    analyze.set_defaults(handler=cmd_analyze)
+
+    merge_apply = commands.add_parser("merge-apply", help="apply a plan to models and write a bundle (no retraining)")
+    merge_apply.add_argument(
+        "--model", action="append", required=True, metavar="NAME=ARCH:NUM_CLASSES[@WEIGHTS]",
+        help="a model, optionally with its weights (.safetensors, .pt, .pth); repeat for each model",
+    )
+    merge_apply.add_argument("--plan", type=Path, required=True, help="plan JSON (from analyze --plan-out)")
+    merge_apply.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    merge_apply.add_argument("--warm-start", choices=WARM_STARTS, default="first",
+                             help="initial shared weights: the first member's or the members' mean")
+    merge_apply.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
+    merge_apply.set_defaults(handler=cmd_merge_apply)
+
+    inspect = commands.add_parser("inspect", help="what a bundle holds and saves")
+    inspect.add_argument("bundle", type=Path, help="bundle directory")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(handler=cmd_inspect)
+
+    bench = commands.add_parser("bench", help="run a benchmark (python -m gemel_engine bench NAME --help)")
+    bench.add_argument("benchmark", help="benchmark name, e.g. analyze")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit status (0 on success, 2 on bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (GemelError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

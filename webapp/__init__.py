@@ -1,0 +1,1 @@
+"""Gemel's operator dashboard: a Django project over ``gemel_engine``."""
