@@ -172,6 +172,31 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_build(args: argparse.Namespace) -> int:
+    """Generate a demo workload: cameras, trained unmerged models and workload.json."""
+    from gemel_engine.demo import build_demo
+
+    def report(event: dict) -> None:
+        if event["type"] == "demo.training":
+            print(f"training {event['query']} ({event['arch']}, {event['steps']} steps)...", flush=True)
+
+    workload = build_demo(args.scale, args.out, progress=report)
+    print()
+    print(format_table(
+        ["query", "camera", "arch", "task", "chance", "unmerged accuracy", "target"],
+        [
+            [
+                e.name, e.query.camera, e.query.arch, e.query.task.kind,
+                "-" if e.chance_accuracy is None else f"{e.chance_accuracy:.3f}",
+                f"{e.unmerged_accuracy:.3f}", f"{e.required_accuracy:.3f}",
+            ]
+            for e in workload.queries
+        ],
+    ))
+    print(f"\nwrote {Path(args.out) / 'workload.json'}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark by name."""
     from gemel_engine.bench import run_benchmark
@@ -214,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("bundle", type=Path, help="bundle directory")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(handler=cmd_inspect)
+
+    demo = commands.add_parser("demo", help="demo workloads from synthetic cameras")
+    demo_commands = demo.add_subparsers(dest="demo_command", required=True, parser_class=_Parser)
+    demo_build = demo_commands.add_parser(
+        "build", help="generate cameras, train every unmerged model, write workload.json"
+    )
+    demo_build.add_argument("--scale", choices=("tiny", "small", "paper"), default="tiny", help="workload size")
+    demo_build.add_argument("--out", type=Path, required=True, help="folder for workload.json, weights and frames")
+    demo_build.set_defaults(handler=cmd_demo_build)
 
     bench = commands.add_parser("bench", help="run a benchmark (python -m gemel_engine bench NAME --help)")
     bench.add_argument("benchmark", help="benchmark name, e.g. analyze")

@@ -34,3 +34,11 @@ def tiny_net_factory():
         return TinyNet(**kwargs).eval()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_workload(tmp_path_factory):
+    """Build the ``tiny`` demo workload once per session (trains three small models on the CPU)."""
+    from gemel_engine.demo import build_demo
+
+    return build_demo("tiny", tmp_path_factory.mktemp("tiny-demo"))

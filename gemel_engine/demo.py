@@ -1,0 +1,174 @@
+"""Demo workloads built from synthetic cameras: ``python -m gemel_engine demo build --scale ...``.
+
+Each scale generates its cameras, trains every query's unmerged model from scratch on its own
+camera's frames, measures it on the camera's validation frames (the latest frames, after a gap) and
+writes ``workload.json`` with the weights beside it.
+
+- ``tiny``: 3 queries on 2 cameras, ResNet and MobileNet, 32×32 frames; a few minutes of CPU (tests).
+- ``small``: the dashboard's demo: 6 queries on 3 cameras, ResNet, MobileNet and a Faster R-CNN detector.
+- ``paper``: the paper's families (ResNet-18/50/101, VGG-16, MobileNet-v3, Faster R-CNN) at 64×64, for
+  benchmarks; CPU training takes a long while.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gemel_engine.data.sampling import SamplingSpec
+from gemel_engine.errors import UsageError
+from gemel_engine.queries import Query, Task
+from gemel_engine.train import TrainArgs, fit, save_checkpoint, setup
+from gemel_engine.workload import CameraSpec, QueryEntry, Workload, camera_frames, query_data
+
+Progress = Callable[[dict[str, Any]], None]
+VEHICLES = ("car", "bus", "truck")
+
+
+def _camera(name: str, seed: int, *, size: int, frames: int = 3000, every: int = 5, width: int = 160) -> CameraSpec:
+    height = width * 3 // 4
+    return CameraSpec(
+        name=name,
+        source=f"synthetic://{name}?seed={seed}&width={width}&height={height}&fps=5&frames={frames}"
+        f"&time_scale=20&start_hour=9",
+        sampling=SamplingSpec(every=every, size=(size, size)),
+        val_fraction=0.2,
+        gap_seconds=5.0,
+    )
+
+
+def _query(name: str, camera: str, arch: str, task: Task, **builder_args: Any) -> QueryEntry:
+    return QueryEntry(Query(name, camera, arch, task), builder_args=builder_args)
+
+
+@dataclass(frozen=True)
+class DemoScale:
+    """A demo workload to generate: cameras, queries and how each query's model is trained."""
+
+    name: str
+    cameras: tuple[CameraSpec, ...]
+    queries: tuple[QueryEntry, ...]
+    # Training arguments per architecture.
+    train: dict[str, TrainArgs]
+
+    def train_args(self, entry: QueryEntry) -> TrainArgs:
+        """Return the training arguments of a query's architecture."""
+        return self.train[entry.query.arch]
+
+
+_classifier = TrainArgs(steps=250, batch_size=64, lr=1e-3)
+_detector = TrainArgs(steps=300, batch_size=8, lr=1e-3)
+
+SCALES: dict[str, DemoScale] = {
+    "tiny": DemoScale(
+        name="tiny",
+        cameras=(_camera("north", 3, size=32), _camera("east", 1, size=32)),
+        queries=(
+            _query("north_vehicles", "north", "resnet18", Task("presence", VEHICLES)),
+            _query("north_traffic", "north", "mobilenet_v2", Task("count", VEHICLES, count_edges=(1, 2))),
+            _query("east_vehicles", "east", "resnet18", Task("presence", VEHICLES)),
+        ),
+        train={"resnet18": _classifier, "mobilenet_v2": _classifier},
+    ),
+    "small": DemoScale(
+        name="small",
+        cameras=(_camera("north", 3, size=64), _camera("east", 1, size=64), _camera("south", 7, size=64)),
+        queries=(
+            _query("north_vehicles", "north", "resnet18", Task("presence", VEHICLES)),
+            _query("north_traffic", "north", "resnet34", Task("count", VEHICLES, count_edges=(1, 2))),
+            _query("east_vehicles", "east", "resnet18", Task("presence", VEHICLES)),
+            _query("east_cars", "east", "mobilenet_v2", Task("presence", ("car",))),
+            _query("south_vehicles", "south", "mobilenet_v2", Task("presence", VEHICLES)),
+            _query(
+                "south_detect", "south", "fasterrcnn_mobilenet_v3_large_320_fpn",
+                Task("detection", VEHICLES, min_box_area=16), min_size=128, max_size=128,
+            ),
+        ),
+        train={
+            "resnet18": dataclasses.replace(_classifier, steps=300),
+            "resnet34": dataclasses.replace(_classifier, steps=300),
+            "mobilenet_v2": dataclasses.replace(_classifier, steps=300),
+            "fasterrcnn_mobilenet_v3_large_320_fpn": _detector,
+        },
+    ),
+    "paper": DemoScale(
+        name="paper",
+        cameras=(
+            _camera("north", 3, size=64, frames=6000),
+            _camera("east", 1, size=64, frames=6000),
+            _camera("south", 7, size=64, frames=6000),
+        ),
+        queries=(
+            _query("north_vehicles", "north", "resnet18", Task("presence", VEHICLES)),
+            _query("north_traffic", "north", "resnet50", Task("count", VEHICLES, count_edges=(1, 2))),
+            _query("east_vehicles", "east", "resnet101", Task("presence", VEHICLES)),
+            _query("east_cars", "east", "vgg16", Task("presence", ("car",))),
+            _query("south_vehicles", "south", "mobilenet_v3_large", Task("presence", VEHICLES)),
+            _query(
+                "south_detect", "south", "fasterrcnn_resnet50_fpn",
+                Task("detection", VEHICLES, min_box_area=16), min_size=128, max_size=128,
+            ),
+        ),
+        train={
+            "resnet18": dataclasses.replace(_classifier, steps=400),
+            "resnet50": dataclasses.replace(_classifier, steps=400),
+            "resnet101": dataclasses.replace(_classifier, steps=400),
+            "vgg16": dataclasses.replace(_classifier, steps=400, lr=1e-4),
+            "mobilenet_v3_large": dataclasses.replace(_classifier, steps=400),
+            "fasterrcnn_resnet50_fpn": dataclasses.replace(_detector, steps=400),
+        },
+    ),
+}
+
+
+def chance_accuracy(targets: list[Any]) -> float | None:
+    """Return the accuracy of always answering the most frequent class (None for detection targets)."""
+    if not targets or isinstance(targets[0], dict):
+        return None
+    return Counter(targets).most_common(1)[0][1] / len(targets)
+
+
+def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = None) -> Workload:
+    """Generate the cameras, train every query's unmerged model and write ``workload.json`` in ``out_dir``.
+
+    Returns:
+        The written workload, with each query's weights, unmerged accuracy and chance accuracy.
+
+    Raises:
+        UsageError: ``scale`` is not one of ``SCALES``.
+    """
+    if scale not in SCALES:
+        raise UsageError(f"unknown demo scale {scale!r}; known: {', '.join(SCALES)}")
+    spec = SCALES[scale]
+    out_dir = Path(out_dir).resolve()
+    workload = Workload(spec.name, spec.cameras, spec.queries, out_dir)
+    frames = {camera.name: camera_frames(workload, camera) for camera in spec.cameras}
+    trained = []
+    for entry in spec.queries:
+        train, val = query_data(workload, entry, frames[entry.query.camera])
+        args = spec.train_args(entry)
+        if progress is not None:
+            progress({"type": "demo.training", "query": entry.name, "arch": entry.query.arch, "steps": args.steps})
+        model = setup(entry.query, args, **entry.builder_args)
+        result = fit(model, train, entry.query.task, args, val=val)
+        weights = save_checkpoint(model, out_dir / "weights" / f"{entry.name}.safetensors")
+        done = dataclasses.replace(
+            entry,
+            weights=str(weights.relative_to(out_dir)),
+            unmerged_accuracy=round(result.accuracy, 4),
+            chance_accuracy=chance_accuracy(list(val.targets)),
+        )
+        trained.append(done)
+        if progress is not None:
+            progress({
+                "type": "demo.trained", "query": entry.name, "arch": entry.query.arch,
+                "accuracy": done.unmerged_accuracy, "chance": done.chance_accuracy, "seconds": result.seconds,
+                "train_frames": len(train), "val_frames": len(val),
+            })
+    workload = workload.with_queries(tuple(trained))
+    workload.save(out_dir / "workload.json")
+    return workload

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gemel_engine import zoo
+from gemel_engine.queries import Query, Task, evaluate
+from gemel_engine.train import (
+    LabelledFrames,
+    TrainArgs,
+    TrainingError,
+    _flip_detection_target,
+    fit,
+    resolve_device,
+    save_checkpoint,
+    setup,
+)
+from tests.conftest import requires_cuda
+
+PRESENCE = Task("presence", ("car",))
+
+
+def _bright_or_dark(count: int, seed: int) -> LabelledFrames:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, count)
+    base = np.where(labels[:, None, None, None] == 1, 170, 60)
+    images = np.clip(base + rng.integers(-40, 40, (count, 32, 32, 3)), 0, 255).astype(np.uint8)
+    return LabelledFrames(images, [int(label) for label in labels])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"lr": 0}, "lr must be positive"),
+        ({"eval_every": -1}, "eval_every"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_training_arguments_are_refused(kwargs, message):
+    with pytest.raises(TrainingError, match=message):
+        TrainArgs(**kwargs)
+
+
+def test_auto_picks_the_cpu_without_a_gpu_and_cuda_is_refused_without_one():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(TrainingError, match="no CUDA GPU"):
+        TrainArgs(device="cuda")
+
+
+def test_frames_and_targets_must_agree():
+    with pytest.raises(TrainingError, match="3 frames but 2 targets"):
+        LabelledFrames(np.zeros((3, 8, 8, 3), np.uint8), [0, 1])
+    with pytest.raises(TrainingError, match="N x H x W x 3 uint8"):
+        LabelledFrames(np.zeros((3, 8, 8), np.uint8), [0, 1, 0])
+
+
+def test_fit_learns_a_separable_task_reports_progress_and_is_seeded():
+    train, val = _bright_or_dark(256, 0), _bright_or_dark(64, 1)
+    query = Query("q", "cam", "resnet18", PRESENCE)
+    args = TrainArgs(steps=30, batch_size=32, eval_every=15, seed=3)
+    events: list[dict] = []
+    result = fit(setup(query, args), train, PRESENCE, args, val=val, progress=events.append)
+    assert result.accuracy >= 0.95
+    assert [e["step"] for e in events if e["type"] == "train.validated"] == [15, 30]
+    assert sum(e["type"] == "train.step" for e in events) == 30
+    again = fit(setup(query, args), train, PRESENCE, args, val=val)
+    assert torch.equal(again.model.fc.weight, result.model.fc.weight)
+
+
+def test_checkpoints_are_safetensors_that_reproduce_the_model(tmp_path: Path):
+    query = Query("q", "cam", "resnet18", PRESENCE)
+    model = setup(query, TrainArgs(steps=1))
+    path = save_checkpoint(model, tmp_path / "ckpt" / "q.safetensors")
+    restored = zoo.load_weights(query.build_model(), path).eval()
+    frames = _bright_or_dark(8, 2)
+    assert evaluate(model.eval(), frames.images, frames.targets, PRESENCE) == evaluate(
+        restored, frames.images, frames.targets, PRESENCE
+    )
+    assert path.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+
+
+def test_a_flipped_detection_target_mirrors_its_boxes():
+    target = {"boxes": torch.tensor([[10.0, 5.0, 30.0, 15.0]]), "labels": torch.tensor([1])}
+    assert _flip_detection_target(target, 100)["boxes"].tolist() == [[70.0, 5.0, 90.0, 15.0]]
+
+
+def test_a_detector_trains_a_few_steps_and_is_scored_with_map():
+    task = Task("detection", ("car",))
+    query = Query("d", "cam", "fasterrcnn_mobilenet_v3_large_320_fpn", task)
+    images = np.zeros((4, 64, 64, 3), np.uint8)
+    images[:, 10:30, 20:50] = 255
+    targets = [task.target([_car()]) for _ in range(4)]
+    frames = LabelledFrames(images, targets)
+    args = TrainArgs(steps=2, batch_size=2)
+    result = fit(setup(query, args, min_size=64, max_size=64), frames, task, args, val=frames)
+    assert 0.0 <= result.accuracy <= 1.0
+
+
+def _car():
+    from gemel_engine.data.frames import Box
+
+    return Box("car", 20, 10, 50, 30)
+
+
+@requires_cuda
+def test_training_on_the_gpu_uses_mixed_precision_and_still_learns():
+    train, val = _bright_or_dark(256, 0), _bright_or_dark(64, 1)
+    args = TrainArgs(steps=30, batch_size=32, device="cuda")
+    result = fit(setup(Query("q", "cam", "resnet18", PRESENCE), args), train, PRESENCE, args, val=val)
+    assert result.accuracy >= 0.95

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gemel_engine import zoo
+from gemel_engine.data.sampling import SamplingSpec
+from gemel_engine.queries import Query, Task, evaluate
+from gemel_engine.workload import (
+    CameraSpec,
+    QueryEntry,
+    Workload,
+    WorkloadError,
+    camera_frames,
+    query_data,
+)
+
+SYNTHETIC = "synthetic://cam?seed=3&width=64&height=48&fps=5&frames=120"
+PRESENCE = Task("presence", ("car", "bus", "truck"))
+
+
+def _workload(root: Path, *, labels: str = "ground_truth", weights: str | None = None) -> Workload:
+    camera = CameraSpec("cam", SYNTHETIC, SamplingSpec(size=(32, 32)), labels=labels)
+    entry = QueryEntry(Query("q", "cam", "resnet18", PRESENCE), weights=weights, unmerged_accuracy=0.9)
+    return Workload("test", (camera,), (entry,), root)
+
+
+def test_a_workload_round_trips_through_its_json_file(tmp_path: Path):
+    zoo.save_weights(zoo.get_model("resnet18", num_classes=2), tmp_path / "q.safetensors")
+    workload = _workload(tmp_path, weights="q.safetensors")
+    loaded = Workload.load(workload.save(tmp_path / "workload.json"))
+    assert loaded.to_json() == workload.to_json()
+    assert loaded.query("q").required_accuracy == pytest.approx(0.855)
+    assert loaded.load_model(loaded.query("q")).fc.out_features == 2
+
+
+def test_a_workload_that_references_missing_weights_names_the_query_and_the_file(tmp_path: Path):
+    path = _workload(tmp_path, weights="weights/absent.safetensors").save(tmp_path / "workload.json")
+    with pytest.raises(WorkloadError, match=r"query 'q': weights file .*absent\.safetensors not found"):
+        Workload.load(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(version=3), "unsupported workload version 3"),
+        (lambda d: d.update(format="x"), "not a gemel-workload"),
+        (lambda d: d["queries"][0].update(camera="nowhere"), "unknown camera 'nowhere'"),
+        (lambda d: d["queries"][0].update(arch="resnet19"), "unknown architecture 'resnet19'"),
+        (lambda d: d["queries"].append(dict(d["queries"][0])), "repeated: q"),
+        (lambda d: d["queries"][0]["task"].update(classes=["car", "zebra"]), "zebra"),
+        (lambda d: d["cameras"][0].update(labels="psychic"), "labels must be one of"),
+        (lambda d: d["cameras"][0].pop("source"), "source"),
+    ],
+)
+def test_malformed_workloads_are_refused_with_a_clear_error(tmp_path: Path, edit, message):
+    data = _workload(tmp_path).to_json()
+    edit(data)
+    path = tmp_path / "workload.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(WorkloadError, match=message):
+        Workload.load(path, check_weights=False)
+
+
+def test_ground_truth_labels_come_from_the_cameras_boxes_split_by_time(tmp_path: Path):
+    workload = _workload(tmp_path)
+    frames = camera_frames(workload, workload.cameras[0])
+    train, val = query_data(workload, workload.queries[0], frames)
+    assert frames.val.timestamps.min() >= frames.train.timestamps.max() + workload.cameras[0].gap_seconds
+    assert len(train) == len(frames.train) and len(val) == len(frames.val)
+    assert set(train.targets) <= {0, 1}
+    assert list(val.targets) == [PRESENCE.target(b) for b in frames.val.boxes]
+
+
+def test_teacher_labels_give_the_unmerged_model_an_accuracy_of_one(tmp_path: Path):
+    torch.manual_seed(0)
+    zoo.save_weights(zoo.get_model("resnet18", num_classes=2), tmp_path / "q.safetensors")
+    workload = _workload(tmp_path, labels="teacher", weights="q.safetensors")
+    entry = workload.queries[0]
+    _, val = query_data(workload, entry, camera_frames(workload, workload.cameras[0]))
+    assert evaluate(workload.load_model(entry), val.images, val.targets, PRESENCE) == 1.0
+
+
+def test_an_image_folder_with_yolo_annotations_is_labelled_and_scaled(tmp_path: Path):
+    frames_dir, labels_dir = tmp_path / "frames", tmp_path / "labels"
+    frames_dir.mkdir()
+    labels_dir.mkdir()
+    for index in range(20):
+        Image.fromarray(np.full((40, 80, 3), index * 10, np.uint8)).save(frames_dir / f"{index:04d}.png")
+        if index % 2:
+            (labels_dir / f"{index:04d}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    camera = CameraSpec(
+        "folder", str(frames_dir), SamplingSpec(size=(40, 20)), labels="yolo", annotations="labels", fps=1.0,
+        gap_seconds=1.0,
+    )
+    workload = Workload("w", (camera,), (QueryEntry(Query("q", "folder", "resnet18", PRESENCE)),), tmp_path)
+    frames = camera_frames(workload, camera)
+    boxes = [b for frame_boxes in (*frames.train.boxes, *frames.val.boxes) for b in frame_boxes]
+    assert {(b.x1, b.y1, b.x2, b.y2) for b in boxes} == {(10.0, 5.0, 30.0, 15.0)}
+    train, _ = query_data(workload, workload.queries[0], frames)
+    assert sorted(set(train.targets)) == [0, 1]
+
+
+def test_annotations_that_do_not_match_the_frames_name_the_file(tmp_path: Path):
+    frames_dir, labels_dir = tmp_path / "frames", tmp_path / "labels"
+    frames_dir.mkdir()
+    labels_dir.mkdir()
+    for index in range(6):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(frames_dir / f"{index}.png")
+    (labels_dir / "99.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    camera = CameraSpec("f", str(frames_dir), labels="yolo", annotations="labels", fps=1.0, gap_seconds=0)
+    workload = Workload("w", (camera,), (QueryEntry(Query("q", "f", "resnet18", PRESENCE)),), tmp_path)
+    with pytest.raises(Exception, match=r"99\.txt"):
+        camera_frames(workload, camera)
