@@ -197,6 +197,70 @@ def cmd_demo_build(args: argparse.Namespace) -> int:
     return 0
 
 
+class _MergeReporter:
+    """Turns search events into a one-line progress display on a terminal, or plain lines otherwise."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.live = sys.stderr.isatty()
+
+    def __call__(self, event: dict) -> None:
+        if self.quiet:
+            return
+        kind = event["type"]
+        if kind == "round.started":
+            models = ", ".join(event["trial_models"])
+            line = f"round {event['round']}: trying {event['trial_layers']} shared layers of {models}"
+        elif kind == "round.finished":
+            verdict = "accepted" if event["accepted"] else f"rejected ({event['stopped']})"
+            line = (
+                f"round {event['round']}: {verdict} after {event['steps']} steps; "
+                f"saved {mib(event['bytes_saved'])} MiB at {event['elapsed']:.0f}s"
+            )
+        elif kind == "search.started":
+            start = "resuming" if event["resumed"] else "starting"
+            line = f"search ({event['strategy']}): {start}, {event['queued_trials']} trials queued"
+        else:
+            return
+        if self.live:
+            print(f"\r\033[K{line}", end="" if kind == "round.started" else "\n", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Run (or resume) a merge search over a workload."""
+    from gemel_engine.search import RetrainBudget, SearchConfig, run_search
+    from gemel_engine.workload import Workload
+
+    workload = Workload.load(args.workload)
+    config = SearchConfig(
+        strategy=args.strategy, budget_minutes=args.budget_minutes, device=args.device,
+        round_budget=RetrainBudget(max_steps=args.round_steps),
+    )
+    result = run_search(workload, args.out, config, progress=_MergeReporter(quiet=args.json))
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    print(format_table(
+        ["query", "unmerged accuracy", "target", "merged accuracy", "meets target"],
+        [
+            [q["name"], f"{q['unmerged_accuracy']:.3f}", f"{q['target']:.3f}", f"{q['merged_accuracy']:.3f}",
+             "yes" if q["meets_target"] else "NO"]
+            for q in result.queries
+        ],
+    ))
+    print()
+    shared = len(result.plan.instances)
+    print(f"strategy {result.strategy} ({result.status}): {result.rounds} rounds, {shared} shared instances")
+    print(
+        f"parameters: {mib(result.unmerged_param_bytes)} MiB -> {mib(result.merged_param_bytes)} MiB "
+        f"(saved {percent(result.savings_fraction)})"
+    )
+    print(f"bundle: {result.bundle}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark by name."""
     from gemel_engine.bench import run_benchmark
@@ -239,6 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("bundle", type=Path, help="bundle directory")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(handler=cmd_inspect)
+
+    merge = commands.add_parser(
+        "merge", help="search for the merge that saves most while every query keeps its target"
+    )
+    merge.add_argument("--workload", type=Path, required=True, help="workload.json (from demo build or your own)")
+    merge.add_argument("--out", type=Path, required=True, help="job directory: bundles, checkpoints, result.json")
+    merge.add_argument("--strategy", default="gemel", help="none, all, stem, gemel or gemel+ (default: gemel)")
+    merge.add_argument("--budget-minutes", type=float, help="wall-clock budget of the whole search")
+    merge.add_argument("--round-steps", type=int, default=120, help="most joint-retraining steps per round")
+    merge.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    merge.add_argument("--json", action="store_true", help="print one final JSON object")
+    merge.set_defaults(handler=cmd_merge)
 
     demo = commands.add_parser("demo", help="demo workloads from synthetic cameras")
     demo_commands = demo.add_subparsers(dest="demo_command", required=True, parser_class=_Parser)

@@ -148,6 +148,8 @@ class InstanceCandidate:
     members: tuple[LayerRef, ...]
     # Bytes of one copy of the shared parameters.
     layer_bytes: int
+    # Position of the first member among its model's shareable layers (module order; 0 is nearest the input).
+    order: int = 0
 
     @property
     def savings_bytes(self) -> int:
@@ -169,6 +171,14 @@ def _layers_by_signature(
     return grouped
 
 
+def _module_order(models: Mapping[str, nn.Module], mode: MatchMode) -> dict[tuple[str, str], int]:
+    return {
+        (name, layer.path): position
+        for name, model in models.items()
+        for position, layer in enumerate(iter_shareable_layers(model, mode=mode))
+    }
+
+
 def find_instances(models: Mapping[str, nn.Module], *, mode: MatchMode = "exact") -> list[InstanceCandidate]:
     """Return every merge instance across ``models``, largest savings first.
 
@@ -180,6 +190,7 @@ def find_instances(models: Mapping[str, nn.Module], *, mode: MatchMode = "exact"
         PlanError: ``mode`` is not ``exact`` or ``shape``.
     """
     candidates = []
+    order = _module_order(models, mode)
     for signature, per_model in _layers_by_signature(models, mode).items():
         depth = max(len(layers) for layers in per_model.values())
         for position in range(depth):
@@ -190,7 +201,8 @@ def find_instances(models: Mapping[str, nn.Module], *, mode: MatchMode = "exact"
             )
             if len(members) > 1:
                 layer_bytes = next(iter(per_model.values()))[0].param_bytes
-                candidates.append(InstanceCandidate(signature, members, layer_bytes))
+                first = members[0]
+                candidates.append(InstanceCandidate(signature, members, layer_bytes, order[(first.model, first.layer)]))
     candidates.sort(key=lambda c: (-c.savings_bytes, c.signature.key, c.members))
     return candidates
 

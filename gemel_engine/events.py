@@ -1,0 +1,65 @@
+"""Progress events: plain JSON-serialisable dicts with a ``type`` such as ``round.finished``.
+
+The engine reports through a ``progress(event)`` callable and never imports Celery or Channels; callers
+turn events into task states, database rows or websocket messages. Callbacks observe, never steer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+Event = dict[str, Any]
+Progress = Callable[[Event], None]
+
+EVENT_TYPES = (
+    "search.started",
+    "round.started",
+    "round.finished",
+    "config.accepted",
+    "search.finished",
+    "search.failed",
+    "search.cancelled",
+)
+
+
+def make_event(event_type: str, **fields: Any) -> Event:
+    """Return an event dict of ``event_type`` with ``fields`` and a wall-clock ``at`` timestamp.
+
+    Raises:
+        ValueError: an unknown event type, or fields that are not JSON-serialisable.
+    """
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}")
+    event = {"type": event_type, "at": time.time(), **fields}
+    json.dumps(event)
+    return event
+
+
+def emit(progress: Progress | None, event_type: str, **fields: Any) -> Event:
+    """Build an event and pass it to ``progress`` (if any); return the event."""
+    event = make_event(event_type, **fields)
+    if progress is not None:
+        progress(event)
+    return event
+
+
+class CancelToken:
+    """A flag a caller sets to stop a search at its next safe point (between training steps)."""
+
+    def __init__(self, check: Callable[[], bool] | None = None) -> None:
+        self._set = False
+        self._check = check
+
+    def cancel(self) -> None:
+        """Ask the search to stop."""
+        self._set = True
+
+    @property
+    def cancelled(self) -> bool:
+        """Return whether cancellation was asked for (by ``cancel`` or the ``check`` callable)."""
+        if not self._set and self._check is not None and self._check():
+            self._set = True
+        return self._set

@@ -1,0 +1,21 @@
+"""The merge search: strategies behind one interface, joint retraining, resumable jobs."""
+
+from gemel_engine.search.engine import MergeSearch, SearchConfig, SearchError, SearchResult, run_search
+from gemel_engine.search.retrain import QueryData, RetrainBudget, RetrainOutcome, joint_retrain
+from gemel_engine.search.strategies import Strategy, get_strategy, list_strategies, register_strategy
+
+__all__ = [
+    "MergeSearch",
+    "QueryData",
+    "RetrainBudget",
+    "RetrainOutcome",
+    "SearchConfig",
+    "SearchError",
+    "SearchResult",
+    "Strategy",
+    "get_strategy",
+    "joint_retrain",
+    "list_strategies",
+    "register_strategy",
+    "run_search",
+]

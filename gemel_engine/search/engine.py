@@ -1,0 +1,389 @@
+"""The merge search: run a strategy's trials with joint retraining, keep what meets every target.
+
+Every accepted configuration is written as a bundle at once (usable before the search ends) and the
+savings timeline grows with it. After every round the search state (the strategy's queue of trials, the
+accepted plan, the timeline) is checkpointed in the job directory; starting again with the same
+directory resumes after the last finished round. A cancellation token stops it at the next safe point.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gemel_engine.bundle import ModelRecipe, load_bundle, save_bundle
+from gemel_engine.errors import GemelError
+from gemel_engine.events import CancelToken, Progress, emit
+from gemel_engine.layers import analyze_models
+from gemel_engine.memory import footprint
+from gemel_engine.modelset import ModelSet
+from gemel_engine.plan import MergeInstance, MergePlan
+from gemel_engine.search.retrain import QueryData, RetrainBudget, joint_retrain, teacher_logits
+from gemel_engine.search.strategies import Strategy, Trial, get_strategy
+from gemel_engine.sharing import apply_plan
+from gemel_engine.train import resolve_device, validate
+from gemel_engine.workload import Workload, camera_frames, query_data
+
+STATE_NAME = "state.json"
+RESULT_NAME = "result.json"
+STATE_FORMAT = "gemel-search-state"
+STATE_VERSION = 1
+
+
+class SearchError(GemelError):
+    """A search that cannot start or resume (bad state, mismatched strategy, unmeasured queries)."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What to search and how much effort to spend."""
+
+    # Registered strategy name (none, all, stem, gemel, gemel+).
+    strategy: str = "gemel"
+    # Wall-clock budget of the whole search in minutes (None: until the queue is empty).
+    budget_minutes: float | None = None
+    # Budget of each round of joint retraining.
+    round_budget: RetrainBudget = field(default_factory=RetrainBudget)
+    # Seed of batch sampling in retraining.
+    seed: int = 0
+    # "auto", "cpu" or "cuda[:N]".
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        get_strategy(self.strategy)
+        if self.budget_minutes is not None and (not math.isfinite(self.budget_minutes) or self.budget_minutes <= 0):
+            raise SearchError(f"budget_minutes must be a positive number, got {self.budget_minutes!r}")
+        resolve_device(self.device)
+
+
+@dataclass
+class SearchResult:
+    """What a search found."""
+
+    strategy: str
+    status: str
+    unmerged_param_bytes: int
+    merged_param_bytes: int
+    queries: list[dict[str, Any]]
+    bundle: str
+    timeline: list[list[float]]
+    rounds: int
+    plan: MergePlan
+
+    @property
+    def savings_fraction(self) -> float:
+        """Return the parameter bytes saved as a fraction of the unmerged bytes."""
+        return 1 - self.merged_param_bytes / self.unmerged_param_bytes if self.unmerged_param_bytes else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the result as JSON-ready data (the CLI's ``--json`` object)."""
+        return {
+            "strategy": self.strategy,
+            "status": self.status,
+            "unmerged_param_bytes": self.unmerged_param_bytes,
+            "merged_param_bytes": self.merged_param_bytes,
+            "savings_fraction": self.savings_fraction,
+            "queries": self.queries,
+            "bundle": self.bundle,
+            "timeline": self.timeline,
+            "rounds": self.rounds,
+            "shared_instances": len(self.plan.instances),
+        }
+
+
+@dataclass
+class _State:
+    strategy: str
+    queue: list[Trial]
+    accepted: MergePlan
+    timeline: list[list[float]]
+    elapsed: float
+    rounds: int
+    bundles: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        mode = self.accepted.mode
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "strategy": self.strategy,
+            "queue": [MergePlan(tuple(trial), mode).to_dict() for trial in self.queue],
+            "accepted": self.accepted.to_dict(),
+            "timeline": self.timeline,
+            "elapsed": self.elapsed,
+            "rounds": self.rounds,
+            "bundles": self.bundles,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: Path) -> _State:
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
+            raise SearchError(f"{where}: not a search state this build can resume")
+        try:
+            return cls(
+                strategy=data["strategy"],
+                queue=[list(MergePlan.from_dict(plan).instances) for plan in data["queue"]],
+                accepted=MergePlan.from_dict(data["accepted"]),
+                timeline=[[float(t), float(b)] for t, b in data["timeline"]],
+                elapsed=float(data["elapsed"]),
+                rounds=int(data["rounds"]),
+                bundles=list(data["bundles"]),
+            )
+        except (KeyError, TypeError, ValueError, GemelError) as exc:
+            raise SearchError(f"{where}: damaged search state ({exc})") from None
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as stream:
+        json.dump(data, stream, indent=2)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+def _affected(plan: MergePlan, trial: Trial) -> list[str]:
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    for instance in (*plan.instances, *trial):
+        first = instance.members[0].model
+        for member in instance.members[1:]:
+            parent[find(member.model)] = find(first)
+    roots = {find(m.model) for instance in trial for m in instance.members}
+    return sorted(name for name in parent if find(name) in roots)
+
+
+class MergeSearch:
+    """One search job over a workload, in a job directory."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        out_dir: str | Path,
+        config: SearchConfig,
+        *,
+        progress: Progress | None = None,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        missing = [e.name for e in workload.queries if e.required_accuracy is None]
+        if missing:
+            raise SearchError(f"queries without a measured unmerged accuracy: {', '.join(missing)}")
+        self.workload = workload
+        self.out_dir = Path(out_dir)
+        self.config = config
+        self.strategy: Strategy = get_strategy(config.strategy)
+        self.progress = progress
+        self.cancel = cancel or CancelToken()
+        self.device = resolve_device(config.device)
+        self.recipes = {e.name: ModelRecipe(e.query.arch, e.recipe_args()) for e in workload.queries}
+
+    # -- set-up -----------------------------------------------------------------------------------
+
+    def _unmerged(self) -> ModelSet:
+        return ModelSet({e.name: self.workload.load_model(e) for e in self.workload.queries}).to(self.device)
+
+    def _query_data(self, unmerged: ModelSet) -> dict[str, QueryData]:
+        frames = {c.name: camera_frames(self.workload, c) for c in self.workload.cameras}
+        data = {}
+        for entry in self.workload.queries:
+            train, val = query_data(self.workload, entry, frames[entry.query.camera])
+            logits = None
+            if self.strategy.options.distill > 0 and not entry.query.task.is_detection:
+                logits = teacher_logits(unmerged[entry.name], train)
+            required = entry.required_accuracy or 0.0
+            data[entry.name] = QueryData(entry.name, entry.query.task, train, val, required, logits)
+        return data
+
+    def _fresh_state(self, models: ModelSet) -> _State:
+        candidates = analyze_models(models.as_dict(), mode=self.strategy.options.mode).instances
+        archs = {e.name: e.query.arch for e in self.workload.queries}
+        queue = self.strategy.initial_queue(candidates, archs)
+        empty = MergePlan((), self.strategy.options.mode, {"strategy": self.strategy.name})
+        return _State(self.strategy.name, queue, empty, [[0.0, 0.0]], 0.0, 0, [])
+
+    def _load_state(self) -> _State | None:
+        path = self.out_dir / STATE_NAME
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SearchError(f"{path}: unreadable search state ({exc})") from None
+        state = _State.from_json(data, path)
+        if state.strategy != self.strategy.name:
+            raise SearchError(
+                f"{self.out_dir} holds a {state.strategy!r} search; resume it with that strategy or use a new directory"
+            )
+        return state
+
+    def _save_state(self, state: _State) -> None:
+        _write_json_atomically(self.out_dir / STATE_NAME, state.to_json())
+
+    def _save_config(self, models: ModelSet, state: _State, accuracies: dict[str, float]) -> dict[str, Any]:
+        index = len(state.bundles)
+        path = self.out_dir / "bundles" / f"config-{index:03d}"
+        saved = footprint(models).saved_param_bytes
+        save_bundle(
+            models, state.accepted, path, recipes=self.recipes, overwrite=True,
+            metadata={
+                "strategy": self.strategy.name, "round": state.rounds, "saved_param_bytes": saved,
+                "accuracies": accuracies, "workload": self.workload.name,
+                "required": {e.name: e.required_accuracy for e in self.workload.queries},
+            },
+        )
+        record = {"path": str(path), "round": state.rounds, "saved_param_bytes": saved, "elapsed": state.elapsed}
+        state.bundles.append(record)
+        return record
+
+    # -- the search -------------------------------------------------------------------------------
+
+    def run(self) -> SearchResult:
+        """Run (or resume) the search until its queue is empty, its budget is spent or it is cancelled.
+
+        Returns:
+            The search result, also written to ``result.json`` in the job directory.
+
+        Raises:
+            SearchError: the job directory holds another strategy's or a damaged state.
+            GemelError: the workload's frames, labels or weights cannot be loaded.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        session_start = time.monotonic()
+        unmerged = self._unmerged()
+        data = self._query_data(unmerged)
+        state = self._load_state()
+        resumed = state is not None
+        if state is None:
+            state = self._fresh_state(unmerged)
+            models = unmerged
+            self._save_config(models, state, self._accuracies(models, data))
+            self._save_state(state)
+        else:
+            models = load_bundle(state.bundles[-1]["path"], device=self.device).models if state.bundles else unmerged
+        base = state.elapsed
+        deadline = None
+        if self.config.budget_minutes is not None:
+            deadline = session_start + self.config.budget_minutes * 60 - base
+
+        def elapsed() -> float:
+            return base + time.monotonic() - session_start
+
+        emit(self.progress, "search.started", strategy=self.strategy.name, resumed=resumed, rounds=state.rounds,
+             queued_trials=len(state.queue), out_dir=str(self.out_dir))
+        status = "finished"
+        try:
+            while state.queue:
+                if self.cancel.cancelled:
+                    status = "cancelled"
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    status = "budget"
+                    break
+                finished = self._round(models, state, data, elapsed, deadline)
+                if finished is None:
+                    status = "cancelled" if self.cancel.cancelled else "budget"
+                    break
+                models = finished
+        except Exception as exc:
+            emit(self.progress, "search.failed", error=str(exc), rounds=state.rounds)
+            raise
+        result = self._result(models, state, data, status)
+        _write_json_atomically(self.out_dir / RESULT_NAME, result.to_json())
+        final_type = "search.cancelled" if status == "cancelled" else "search.finished"
+        emit(self.progress, final_type, status=status, result=result.to_json())
+        return result
+
+    def _round(
+        self, models: ModelSet, state: _State, data: dict[str, QueryData], elapsed: Any, deadline: float | None
+    ) -> ModelSet | None:
+        trial = state.queue[0]
+        affected = _affected(state.accepted, trial)
+        round_index = state.rounds + 1
+        emit(self.progress, "round.started", round=round_index, trial_layers=len(trial),
+             trial_models=sorted({m.model for i in trial for m in i.members}), affected=affected)
+        candidate = copy.deepcopy(models)
+        apply_plan(candidate, MergePlan(tuple(trial), state.accepted.mode), warm_start=self.strategy.options.warm_start)
+        budget = self.config.round_budget
+        if self.strategy.options.distill != budget.distill:
+            budget = RetrainBudget(**{**budget.__dict__, "distill": self.strategy.options.distill})
+        outcome = joint_retrain(
+            candidate, affected, data, budget, seed=self.config.seed + round_index, cancel=self.cancel,
+            deadline=deadline,
+        )
+        if outcome.stopped in ("cancelled", "deadline"):
+            return None
+        state.rounds = round_index
+        state.elapsed = elapsed()
+        accepted = outcome.all_met
+        if accepted:
+            models = candidate
+            state.accepted = state.accepted.extended(trial)
+            state.queue = state.queue[1:]
+            record = self._save_config(models, state, outcome.accuracies)
+            state.timeline.append([round(state.elapsed, 3), float(record["saved_param_bytes"])])
+        else:
+            state.queue = self.strategy.after_failure(trial, outcome) + state.queue[1:]
+        self._save_state(state)
+        emit(
+            self.progress, "round.finished", round=round_index, trial_layers=len(trial), accepted=accepted,
+            accepted_layers=len(state.accepted.instances), accuracy=outcome.accuracies,
+            initial_accuracy=outcome.initial_accuracies,
+            required={n: data[n].required for n in affected}, steps=outcome.steps, stopped=outcome.stopped,
+            bytes_saved=footprint(models).saved_param_bytes, elapsed=state.elapsed,
+        )
+        if accepted:
+            emit(self.progress, "config.accepted", round=round_index, bundle=state.bundles[-1]["path"],
+                 bytes_saved=state.bundles[-1]["saved_param_bytes"], elapsed=state.elapsed)
+        return models
+
+    def _accuracies(self, models: ModelSet, data: dict[str, QueryData]) -> dict[str, float]:
+        return {name: validate(models[name], query.val, query.task) for name, query in data.items()}
+
+    def _result(self, models: ModelSet, state: _State, data: dict[str, QueryData], status: str) -> SearchResult:
+        measured = footprint(models)
+        accuracies = self._accuracies(models, data)
+        queries = [
+            {
+                "name": e.name,
+                "unmerged_accuracy": e.unmerged_accuracy,
+                "target": e.required_accuracy,
+                "merged_accuracy": accuracies[e.name],
+                "meets_target": accuracies[e.name] >= (e.required_accuracy or 0.0),
+            }
+            for e in self.workload.queries
+        ]
+        return SearchResult(
+            strategy=self.strategy.name, status=status, unmerged_param_bytes=measured.naive_param_bytes,
+            merged_param_bytes=measured.param_bytes, queries=queries, bundle=state.bundles[-1]["path"],
+            timeline=state.timeline, rounds=state.rounds, plan=state.accepted,
+        )
+
+
+def run_search(
+    workload: Workload,
+    out_dir: str | Path,
+    config: SearchConfig | None = None,
+    *,
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
+) -> SearchResult:
+    """Run or resume a merge search of ``workload`` in ``out_dir`` (see ``MergeSearch.run``)."""
+    torch.manual_seed((config or SearchConfig()).seed)
+    return MergeSearch(workload, out_dir, config or SearchConfig(), progress=progress, cancel=cancel).run()
+
+
+__all__ = ["MergeInstance", "MergeSearch", "SearchConfig", "SearchError", "SearchResult", "run_search"]

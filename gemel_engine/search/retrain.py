@@ -1,0 +1,235 @@
+"""Joint retraining of merged models: one optimizer over the unique parameters of the affected models.
+
+Each step draws a batch from every affected query and sums their losses, weighted toward the queries
+that lag behind their targets. Validation happens every ``eval_every`` steps (BatchNorm statistics are
+re-estimated first); the round stops as soon as every affected query meets its target, when a lagging
+query's trend shows it cannot get there within the budget, when the step budget is spent, or when the
+search is cancelled.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from gemel_engine.events import CancelToken
+from gemel_engine.modelset import ModelSet
+from gemel_engine.queries import Task, images_to_tensor, predict
+from gemel_engine.train import LabelledFrames, TrainingError, joint_step, recalibrate_batchnorm, validate
+
+StopReason = Literal["met", "budget", "hopeless", "cancelled", "deadline"]
+
+
+@dataclass(frozen=True)
+class RetrainBudget:
+    """How one round of joint retraining may spend its effort; checked on creation."""
+
+    # Most optimizer steps in a round.
+    max_steps: int = 120
+    # Frames per query per step.
+    batch_size: int = 32
+    # AdamW learning rate.
+    lr: float = 5e-4
+    # Validate every this many steps.
+    eval_every: int = 20
+    # Weight of distillation from the unmerged model's outputs (classification; 0 turns it off).
+    distill: float = 0.0
+    # Distillation temperature.
+    temperature: float = 2.0
+    # Scale the loss of a query by 1 + lag_weight × (its shortfall below target).
+    lag_weight: float = 4.0
+    # Give up on a round once this fraction of the budget is spent and a query's trend cannot reach its target.
+    hopeless_after: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise TrainingError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise TrainingError(f"{name} must be a positive number, got {value!r}")
+        for name in ("distill", "lag_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise TrainingError(f"{name} must be a number >= 0, got {value!r}")
+        if not 0 <= self.hopeless_after <= 1:
+            raise TrainingError(f"hopeless_after must be in [0, 1], got {self.hopeless_after!r}")
+
+
+@dataclass(eq=False)
+class QueryData:
+    """What retraining needs of one query: its task, frames, required accuracy and teacher outputs."""
+
+    name: str
+    task: Task
+    train: LabelledFrames
+    val: LabelledFrames
+    # Accuracy the merged model must keep on ``val``.
+    required: float
+    # The unmerged model's logits on the training frames (classification), for distillation.
+    teacher_logits: torch.Tensor | None = None
+    _images: torch.Tensor | None = field(default=None, repr=False)
+
+    def images(self) -> torch.Tensor:
+        """Return the training frames as a float tensor (built once)."""
+        if self._images is None:
+            self._images = images_to_tensor(self.train.images, "cpu")
+        return self._images
+
+
+@torch.no_grad()
+def teacher_logits(model: nn.Module, frames: LabelledFrames, *, batch_size: int = 128) -> torch.Tensor:
+    """Return a classifier's logits on ``frames`` (CPU tensor), the soft targets of distillation."""
+    device = next(model.parameters()).device
+    model.eval()
+    chunks = []
+    for start in range(0, len(frames), batch_size):
+        batch = images_to_tensor(frames.images[start : start + batch_size], device)
+        chunks.append(model(batch).float().cpu())
+    return torch.cat(chunks)
+
+
+@dataclass
+class RetrainOutcome:
+    """The result of one round of joint retraining."""
+
+    accuracies: dict[str, float]
+    met: dict[str, bool]
+    steps: int
+    stopped: StopReason
+    seconds: float
+    # Accuracy of each affected query right after tying, before any retraining step.
+    initial_accuracies: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def all_met(self) -> bool:
+        """Return whether every affected query met its target."""
+        return all(self.met.values())
+
+    @property
+    def failing(self) -> frozenset[str]:
+        """Return the affected queries below target."""
+        return frozenset(name for name, ok in self.met.items() if not ok)
+
+
+def _evaluate(models: ModelSet, names: list[str], data: Mapping[str, QueryData], seed: int) -> dict[str, float]:
+    accuracies = {}
+    for name in names:
+        query = data[name]
+        recalibrate_batchnorm(models[name], query.train, query.task, seed=seed)
+        accuracies[name] = validate(models[name], query.val, query.task)
+    return accuracies
+
+
+def _query_loss(
+    model: nn.Module, query: QueryData, budget: RetrainBudget, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    picks = torch.randint(len(query.train), (min(budget.batch_size, len(query.train)),), generator=generator)
+    images = query.images()[picks].to(device)
+    targets = [query.train.targets[int(i)] for i in picks]
+    if query.task.is_detection or budget.distill == 0 or query.teacher_logits is None:
+        return joint_step(model, (images, targets), query.task, generator=generator, augment=False)
+    logits = model(images)
+    labels = torch.tensor(targets, dtype=torch.int64, device=device)
+    hard = nn.functional.cross_entropy(logits, labels)
+    temperature = budget.temperature
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(logits / temperature, dim=1),
+        nn.functional.softmax(query.teacher_logits[picks].to(device) / temperature, dim=1),
+        reduction="batchmean",
+    )
+    return hard + budget.distill * soft * temperature**2
+
+
+def _hopeless(history: list[dict[str, float]], name: str, required: float, remaining_evals: int) -> bool:
+    if len(history) < 2:
+        return False
+    latest, previous = history[-1][name], history[-2][name]
+    slope = latest - previous
+    return latest + max(slope, 0.0) * remaining_evals < required
+
+
+def joint_retrain(
+    models: ModelSet,
+    affected: list[str],
+    data: Mapping[str, QueryData],
+    budget: RetrainBudget,
+    *,
+    seed: int = 0,
+    cancel: CancelToken | None = None,
+    deadline: float | None = None,
+    on_validate: Callable[[int, dict[str, float]], None] | None = None,
+) -> RetrainOutcome:
+    """Retrain the ``affected`` models of ``models`` together until they meet their targets or stop.
+
+    ``deadline`` is a ``time.monotonic()`` value after which the round stops at the next step.
+
+    Returns:
+        Final accuracies, which queries met their targets, steps taken and why the round stopped.
+
+    Raises:
+        TrainingError: the joint loss became NaN or infinite.
+    """
+    started = time.perf_counter()
+    unique = ModelSet({name: models[name] for name in affected})
+    device = next(unique.parameters()).device
+    optimizer = torch.optim.AdamW(unique.parameters(), lr=budget.lr, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    accuracies = _evaluate(models, affected, data, seed)
+    initial = dict(accuracies)
+    history = [accuracies]
+    steps = 0
+    stopped: StopReason = "budget"
+    if on_validate is not None:
+        on_validate(0, accuracies)
+    while not all(accuracies[n] >= data[n].required for n in affected):
+        if steps >= budget.max_steps:
+            stopped = "budget"
+            break
+        if cancel is not None and cancel.cancelled:
+            stopped = "cancelled"
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            stopped = "deadline"
+            break
+        unique.train()
+        loss = sum(
+            (1.0 + budget.lag_weight * max(0.0, data[n].required - accuracies[n]))
+            * _query_loss(models[n], data[n], budget, generator, device)
+            for n in affected
+        )
+        if not torch.isfinite(loss):
+            raise TrainingError(f"joint loss became {float(loss)} at step {steps}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        optimizer.step()
+        steps += 1
+        if steps % budget.eval_every == 0 or steps == budget.max_steps:
+            accuracies = _evaluate(models, affected, data, seed + steps)
+            history.append(accuracies)
+            if on_validate is not None:
+                on_validate(steps, accuracies)
+            remaining = (budget.max_steps - steps) // budget.eval_every
+            if steps >= budget.hopeless_after * budget.max_steps and any(
+                _hopeless(history, n, data[n].required, remaining)
+                for n in affected
+                if accuracies[n] < data[n].required
+            ):
+                stopped = "hopeless"
+                break
+    else:
+        stopped = "met"
+    unique.eval()
+    met = {n: accuracies[n] >= data[n].required for n in affected}
+    return RetrainOutcome(accuracies, met, steps, stopped, time.perf_counter() - started, initial)
+
+
+__all__ = ["QueryData", "RetrainBudget", "RetrainOutcome", "joint_retrain", "predict", "teacher_logits"]

@@ -1,0 +1,195 @@
+"""Merge strategies: which trials to run, in which order, and what to try after a trial fails.
+
+A strategy turns the workload's merge candidates into a queue of trials (each a list of instances) and,
+after each round, rewrites the queue from the outcome. The queue is the search's whole state, so a
+search resumes from a checkpointed queue.
+
+- ``none``: no sharing (the baseline bundle).
+- ``all``: share every shareable layer at once, retrain, keep it if every query meets its target.
+- ``stem``: Mainstream-style: only a shared prefix of models of the same architecture; the longest prefix
+  that keeps every target, found by halving.
+- ``gemel``: the paper's heuristic: instances ordered by memory saved, consecutive instances with the
+  same model set grouped into one trial; on failure, models meeting their target keep the trial (retry
+  without the failing models' layers), otherwise halve the trial, else move on.
+- ``gemel+``: ours: shape-mode matching (more shareable layers), mean warm start, distillation from the
+  unmerged models, and optimistic trial sizing: try everything left at once and split in halves on
+  failure, so easy workloads merge fully in the first round.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gemel_engine.errors import UsageError
+from gemel_engine.layers import InstanceCandidate
+from gemel_engine.plan import MatchMode, MergeInstance
+from gemel_engine.search.retrain import RetrainOutcome
+from gemel_engine.sharing import WarmStart
+
+Trial = list[MergeInstance]
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """How a strategy matches layers and retrains them."""
+
+    mode: MatchMode = "exact"
+    warm_start: WarmStart = "first"
+    distill: float = 0.0
+
+
+class Strategy(ABC):
+    """A merge strategy: an initial queue of trials and how to rewrite it after each round."""
+
+    name: str = ""
+    options = StrategyOptions()
+
+    @abstractmethod
+    def initial_queue(self, candidates: Sequence[InstanceCandidate], archs: dict[str, str]) -> list[Trial]:
+        """Return the trials to run, first first, from the workload's candidates (largest savings first)."""
+
+    def after_failure(self, trial: Trial, outcome: RetrainOutcome) -> list[Trial]:
+        """Return the trials to put at the front of the queue after ``trial`` failed (default: none)."""
+        return []
+
+
+def _without_models(trial: Trial, models: frozenset[str]) -> Trial:
+    reduced = []
+    for instance in trial:
+        members = tuple(m for m in instance.members if m.model not in models)
+        if len(members) >= 2:
+            reduced.append(MergeInstance(members, instance.signature))
+    return reduced
+
+
+def _halves(trial: Trial) -> list[Trial]:
+    middle = (len(trial) + 1) // 2
+    return [part for part in (trial[:middle], trial[middle:]) if part]
+
+
+class NoSharing(Strategy):
+    """Share nothing: the unmerged baseline."""
+
+    name = "none"
+
+    def initial_queue(self, candidates: Sequence[InstanceCandidate], archs: dict[str, str]) -> list[Trial]:
+        """Return no trials."""
+        return []
+
+
+class ShareAll(Strategy):
+    """Share every shareable layer in one trial (the upper bound worth trying)."""
+
+    name = "all"
+
+    def initial_queue(self, candidates: Sequence[InstanceCandidate], archs: dict[str, str]) -> list[Trial]:
+        """Return one trial holding every candidate."""
+        return [[c.to_instance() for c in candidates]] if candidates else []
+
+
+class SharedStem(Strategy):
+    """Share a prefix of the layers of models with the same architecture (Mainstream-style)."""
+
+    name = "stem"
+
+    def initial_queue(self, candidates: Sequence[InstanceCandidate], archs: dict[str, str]) -> list[Trial]:
+        """Return, per architecture used by several models, the trial sharing all their common layers in
+        module order (halved on failure, so the longest prefix that keeps the targets survives)."""
+        trials = []
+        for arch in sorted(set(archs.values())):
+            same = frozenset(name for name, a in archs.items() if a == arch)
+            if len(same) < 2:
+                continue
+            prefix = sorted(
+                (c for c in candidates if {m.model for m in c.members} == same), key=lambda c: c.order
+            )
+            if prefix:
+                trials.append([c.to_instance() for c in prefix])
+        return trials
+
+    def after_failure(self, trial: Trial, outcome: RetrainOutcome) -> list[Trial]:
+        """Return the first half of the prefix."""
+        return [trial[: len(trial) // 2]] if len(trial) > 1 else []
+
+
+class Gemel(Strategy):
+    """The paper's heuristic."""
+
+    name = "gemel"
+
+    def initial_queue(self, candidates: Sequence[InstanceCandidate], archs: dict[str, str]) -> list[Trial]:
+        """Return groups of consecutive candidates that share the same model set, largest savings first."""
+        groups: list[Trial] = []
+        previous: frozenset[str] | None = None
+        for candidate in candidates:
+            models = frozenset(m.model for m in candidate.members)
+            if models != previous:
+                groups.append([])
+                previous = models
+            groups[-1].append(candidate.to_instance())
+        return groups
+
+    def after_failure(self, trial: Trial, outcome: RetrainOutcome) -> list[Trial]:
+        """Keep the trial for the models that met their targets; otherwise halve it."""
+        models = {m.model for instance in trial for m in instance.members}
+        failing = outcome.failing & models
+        if failing and failing != models:
+            reduced = _without_models(trial, failing)
+            if reduced:
+                return [reduced]
+        return [trial[: len(trial) // 2]] if len(trial) > 1 else []
+
+
+class GemelPlus(Strategy):
+    """Ours: shape matching, mean warm start, distillation and optimistic trial sizing."""
+
+    name = "gemel+"
+    options = StrategyOptions(mode="shape", warm_start="mean", distill=1.0)
+
+    def initial_queue(self, candidates: Sequence[InstanceCandidate], archs: dict[str, str]) -> list[Trial]:
+        """Return one trial holding every candidate."""
+        return [[c.to_instance() for c in candidates]] if candidates else []
+
+    def after_failure(self, trial: Trial, outcome: RetrainOutcome) -> list[Trial]:
+        """Split the trial in halves (larger savings first); a single instance drops the failing models."""
+        if len(trial) > 1:
+            return _halves(trial)
+        reduced = _without_models(trial, outcome.failing)
+        return [reduced] if reduced and reduced != trial else []
+
+
+_STRATEGIES: dict[str, Callable[[], Strategy]] = {}
+
+
+def register_strategy(factory: type[Strategy]) -> type[Strategy]:
+    """Register a strategy class under its ``name``; return it (usable as a decorator).
+
+    Raises:
+        UsageError: the name is empty or already registered.
+    """
+    if not factory.name or factory.name in _STRATEGIES:
+        raise UsageError(f"strategy name {factory.name!r} is empty or already registered")
+    _STRATEGIES[factory.name] = factory
+    return factory
+
+
+def get_strategy(name: str) -> Strategy:
+    """Return a new instance of the strategy called ``name``.
+
+    Raises:
+        UsageError: unknown name; the message lists the known ones.
+    """
+    if name not in _STRATEGIES:
+        raise UsageError(f"unknown strategy {name!r}; known: {', '.join(list_strategies())}")
+    return _STRATEGIES[name]()
+
+
+def list_strategies() -> list[str]:
+    """Return the registered strategy names."""
+    return list(_STRATEGIES)
+
+
+for _strategy in (NoSharing, ShareAll, SharedStem, Gemel, GemelPlus):
+    register_strategy(_strategy)

@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gemel_engine.bundle import load_bundle
+from gemel_engine.cli import main
+from gemel_engine.errors import UsageError
+from gemel_engine.events import CancelToken
+from gemel_engine.layers import InstanceCandidate, LayerSignature
+from gemel_engine.plan import LayerRef, MergeInstance, MergePlan
+from gemel_engine.queries import evaluate
+from gemel_engine.search import RetrainBudget, SearchConfig, SearchError, get_strategy, register_strategy, run_search
+from gemel_engine.search.engine import _affected
+from gemel_engine.search.retrain import RetrainOutcome
+from gemel_engine.search.strategies import Gemel, GemelPlus, SharedStem
+from gemel_engine.sharing import verify_sharing
+from gemel_engine.workload import camera_frames, query_data
+
+REPO = Path(__file__).resolve().parents[2]
+SIGNATURE = LayerSignature("Conv2d", ((8, 8, 3, 3),), "float32", 1)
+
+
+def _candidate(layer: str, *models: str, size: int = 100, order: int = 0) -> InstanceCandidate:
+    return InstanceCandidate(SIGNATURE, tuple(LayerRef(m, layer) for m in models), size, order)
+
+
+def _outcome(failing: set[str], models: set[str]) -> RetrainOutcome:
+    return RetrainOutcome(dict.fromkeys(models, 0.5), {m: m not in failing for m in models}, 10, "budget", 1.0)
+
+
+def _layers(trial) -> list[str]:
+    return [i.members[0].layer for i in trial]
+
+
+def test_gemel_groups_consecutive_instances_with_the_same_model_set():
+    candidates = [_candidate("l1", "a", "b"), _candidate("l2", "a", "b"), _candidate("l3", "a", "c"),
+                  _candidate("l4", "a", "b")]
+    queue = Gemel().initial_queue(candidates, {})
+    assert [_layers(t) for t in queue] == [["l1", "l2"], ["l3"], ["l4"]]
+
+
+def test_gemel_keeps_the_trial_for_models_that_met_their_targets_then_halves():
+    trial = [_candidate(f"l{i}", "a", "b", "c").to_instance() for i in range(4)]
+    [reduced] = Gemel().after_failure(trial, _outcome({"c"}, {"a", "b", "c"}))
+    assert all({m.model for m in i.members} == {"a", "b"} for i in reduced)
+    [halved] = Gemel().after_failure(reduced, _outcome({"a", "b"}, {"a", "b"}))
+    assert _layers(halved) == ["l0", "l1"]
+    assert Gemel().after_failure(halved[:1], _outcome({"a", "b"}, {"a", "b"})) == []
+
+
+def test_gemel_plus_tries_everything_first_and_splits_in_halves():
+    candidates = [_candidate(f"l{i}", "a", "b") for i in range(5)]
+    [everything] = GemelPlus().initial_queue(candidates, {})
+    assert len(everything) == 5
+    first, second = GemelPlus().after_failure(everything, _outcome({"a"}, {"a", "b"}))
+    assert (_layers(first), _layers(second)) == (["l0", "l1", "l2"], ["l3", "l4"])
+    assert GemelPlus.options.mode == "shape" and GemelPlus.options.distill > 0
+
+
+def test_stem_shares_a_prefix_of_same_architecture_models_in_module_order():
+    candidates = [_candidate("deep", "a", "b", size=900, order=5), _candidate("early", "a", "b", order=0),
+                  _candidate("mixed", "a", "c", order=1)]
+    [prefix] = SharedStem().initial_queue(candidates, {"a": "resnet18", "b": "resnet18", "c": "resnet34"})
+    assert _layers(prefix) == ["early", "deep"]
+    assert _layers(SharedStem().after_failure(prefix, _outcome({"a"}, {"a", "b"}))[0]) == ["early"]
+
+
+def test_affected_models_include_everything_connected_through_shared_layers():
+    accepted = MergePlan((MergeInstance((LayerRef("a", "x"), LayerRef("b", "x"))),))
+    trial = [MergeInstance((LayerRef("b", "y"), LayerRef("c", "y")))]
+    assert _affected(accepted, trial) == ["a", "b", "c"]
+    assert _affected(accepted, [MergeInstance((LayerRef("d", "y"), LayerRef("e", "y")))]) == ["d", "e"]
+
+
+def test_strategies_are_registered_once_and_unknown_names_are_refused():
+    with pytest.raises(UsageError, match="already registered"):
+        register_strategy(Gemel)
+    with pytest.raises(UsageError, match="unknown strategy 'magic'"):
+        get_strategy("magic")
+
+
+def test_gemel_merges_the_tiny_workload_and_every_query_keeps_its_target(tiny_workload, tmp_path: Path):
+    events: list[dict] = []
+
+    def record(event: dict) -> None:
+        json.dumps(event)
+        if event["type"] == "config.accepted":
+            assert Path(event["bundle"], "manifest.json").is_file()  # usable before the search ends
+        events.append(event)
+
+    result = run_search(tiny_workload, tmp_path / "job", SearchConfig(strategy="gemel"), progress=record)
+    types = [e["type"] for e in events]
+    assert types[0] == "search.started" and types[-1] == "search.finished"
+    assert "config.accepted" in types and "round.finished" in types
+    assert result.savings_fraction > 0.3
+    assert all(q["meets_target"] for q in result.queries)
+    assert result.timeline[0] == [0.0, 0.0] and result.timeline[-1][1] > 0
+    bundle = load_bundle(result.bundle)
+    verify_sharing(bundle.models, bundle.plan)
+    for entry in tiny_workload.queries:
+        frames = camera_frames(tiny_workload, tiny_workload.camera(entry.query.camera))
+        _, val = query_data(tiny_workload, entry, frames)
+        accuracy = evaluate(bundle.models[entry.name], val.images, val.targets, entry.query.task)
+        merged = next(q["merged_accuracy"] for q in result.queries if q["name"] == entry.name)
+        assert accuracy == pytest.approx(merged, abs=1e-6)
+    saved = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert saved["savings_fraction"] == pytest.approx(result.savings_fraction)
+
+
+def test_the_none_strategy_writes_the_unmerged_bundle(tiny_workload, tmp_path: Path):
+    result = run_search(tiny_workload, tmp_path / "job", SearchConfig(strategy="none"))
+    assert result.rounds == 0 and result.merged_param_bytes == result.unmerged_param_bytes
+    assert all(q["merged_accuracy"] == pytest.approx(q["unmerged_accuracy"], abs=1e-3) for q in result.queries)
+
+
+HARD = SearchConfig(strategy="gemel+", round_budget=RetrainBudget(max_steps=1, eval_every=1))
+
+
+def test_a_cancelled_search_resumes_after_its_last_finished_round(tiny_workload, tmp_path: Path):
+    token = CancelToken()
+
+    def cancel_after_two_rounds(event: dict) -> None:
+        if event["type"] == "round.finished" and event["round"] == 2:
+            token.cancel()
+
+    first = run_search(tiny_workload, tmp_path / "job", HARD, progress=cancel_after_two_rounds, cancel=token)
+    assert first.status == "cancelled" and first.rounds == 2
+    state = json.loads((tmp_path / "job" / "state.json").read_text())
+    assert state["rounds"] == 2 and state["queue"]
+    events: list[dict] = []
+    second = run_search(tiny_workload, tmp_path / "job", HARD, progress=events.append)
+    assert events[0]["resumed"] is True and events[0]["rounds"] == 2
+    assert next(e["round"] for e in events if e["type"] == "round.started") == 3
+    assert second.rounds > 2
+
+
+def test_resuming_with_another_strategy_is_refused(tiny_workload, tmp_path: Path):
+    token = CancelToken()
+    token.cancel()
+    run_search(tiny_workload, tmp_path / "job", HARD, cancel=token)
+    with pytest.raises(SearchError, match="holds a 'gemel\\+' search"):
+        run_search(tiny_workload, tmp_path / "job", SearchConfig(strategy="gemel"))
+
+
+def test_a_search_killed_with_sigkill_resumes_and_keeps_every_accepted_configuration(tiny_workload, tmp_path: Path):
+    job = tmp_path / "job"
+    command = [
+        sys.executable, "-m", "gemel_engine", "merge", "--workload", str(tiny_workload.root / "workload.json"),
+        "--out", str(job), "--strategy", "gemel+", "--round-steps", "1", "--json",
+    ]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path = job / "state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if state_path.exists() and json.loads(state_path.read_text())["rounds"] >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the search ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = json.loads(state_path.read_text())
+    bundles_before = {b["path"] for b in killed["bundles"]}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True, timeout=600)
+    final = json.loads(result.stdout)
+    resumed = json.loads(state_path.read_text())
+    assert resumed["rounds"] > killed["rounds"]
+    assert bundles_before <= {b["path"] for b in resumed["bundles"]}
+    assert all(Path(path, "manifest.json").is_file() for path in bundles_before)
+    assert final["rounds"] == resumed["rounds"]
+
+
+def test_joint_retraining_stops_as_soon_as_targets_are_met_or_hopeless(tiny_workload):
+    from gemel_engine.modelset import ModelSet
+    from gemel_engine.search.retrain import QueryData, joint_retrain
+
+    entry = tiny_workload.queries[0]
+    frames = camera_frames(tiny_workload, tiny_workload.camera(entry.query.camera))
+    train, val = query_data(tiny_workload, entry, frames)
+    models = ModelSet({entry.name: tiny_workload.load_model(entry)})
+    easy = {entry.name: QueryData(entry.name, entry.query.task, train, val, required=0.0)}
+    assert joint_retrain(models, [entry.name], easy, RetrainBudget()).stopped == "met"
+    impossible = {entry.name: QueryData(entry.name, entry.query.task, train, val, required=1.01)}
+    outcome = joint_retrain(models, [entry.name], impossible, RetrainBudget(max_steps=40, eval_every=5))
+    assert outcome.stopped == "hopeless" and outcome.steps < 40
+    assert outcome.failing == {entry.name}
+
+
+def test_the_merge_command_prints_the_documented_json(tiny_workload, tmp_path: Path, capsys):
+    code = main(["merge", "--workload", str(tiny_workload.root / "workload.json"), "--out", str(tmp_path / "j"),
+                 "--strategy", "stem", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert {"strategy", "unmerged_param_bytes", "merged_param_bytes", "savings_fraction", "queries", "bundle",
+            "timeline"} <= set(data)
+    assert set(data["queries"][0]) == {"name", "unmerged_accuracy", "target", "merged_accuracy", "meets_target"}
+
+
+def test_the_merge_command_names_a_missing_workload(capsys, tmp_path: Path):
+    assert main(["merge", "--workload", str(tmp_path / "absent.json"), "--out", str(tmp_path)]) == 2
+    assert "cannot read workload" in capsys.readouterr().err
