@@ -5,9 +5,7 @@ PY := $(VENV)/bin/python
 REQUIREMENTS_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 DEMO_DIR ?= var/demo
-DEMO_MODELS := --model cam1_people=resnet18:2 --model cam1_vehicles=resnet50:2 \
-	--model cam2_people=resnet50:2 --model cam2_detect=fasterrcnn_resnet50_fpn:6 \
-	--model cam3_bikes=mobilenet_v3_large:2 --model cam3_count=vgg16:5
+STRATEGY ?= gemel+
 
 .PHONY: setup test lint run bench clean
 
@@ -25,16 +23,18 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest
 
-# The most complete job the project runs today: analyse the demo workload, share every shareable
-# layer, write the merged bundle and inspect it.
+# The most complete job the project runs today: build the tiny demo workload (synthetic cameras, trained
+# unmerged models; reused when present), analyse it, run the merge search and inspect the merged bundle.
 run: setup
-	mkdir -p $(DEMO_DIR)
-	$(PY) -m gemel_engine analyze $(DEMO_MODELS) --mode shape --plan-out $(DEMO_DIR)/plan.json
-	$(PY) -m gemel_engine merge-apply $(DEMO_MODELS) --plan $(DEMO_DIR)/plan.json --out $(DEMO_DIR)/bundle --overwrite
-	$(PY) -m gemel_engine inspect $(DEMO_DIR)/bundle
+	test -f $(DEMO_DIR)/workload.json || $(PY) -m gemel_engine demo build --scale tiny --out $(DEMO_DIR)
+	$(PY) -m gemel_engine analyze --workload $(DEMO_DIR)/workload.json --mode shape --top 5
+	$(PY) -m gemel_engine merge --workload $(DEMO_DIR)/workload.json --out $(DEMO_DIR)/merge-$(STRATEGY) \
+		--strategy $(STRATEGY)
+	$(PY) -m gemel_engine inspect $(DEMO_DIR)/merge-$(STRATEGY)
 
 bench: setup
 	$(PY) -m gemel_engine bench analyze
+	$(PY) -m gemel_engine bench merge
 
 clean:
 	rm -rf var bench-results .pytest_cache .ruff_cache

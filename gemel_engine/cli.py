@@ -100,9 +100,19 @@ def _print_json(data: object) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Print the sharing analysis of the given models; optionally write the share-everything plan."""
-    model_args = _model_args(args.model)
-    models = {arg.name: arg.build(device="meta") for arg in model_args}
-    analysis = analyze_models(models, mode=args.mode, archs={arg.name: arg.arch for arg in model_args})
+    if bool(args.model) == bool(args.workload):
+        raise UsageError("give either --model (repeatable) or --workload")
+    if args.workload:
+        from gemel_engine.workload import Workload
+
+        workload = Workload.load(args.workload, check_weights=False)
+        models = {e.name: e.query.build_model(device="meta", **e.builder_args) for e in workload.queries}
+        archs = {e.name: e.query.arch for e in workload.queries}
+    else:
+        model_args = _model_args(args.model)
+        models = {arg.name: arg.build(device="meta") for arg in model_args}
+        archs = {arg.name: arg.arch for arg in model_args}
+    analysis = analyze_models(models, mode=args.mode, archs=archs)
     if args.plan_out:
         analysis.plan().save(args.plan_out)
     if args.json:
@@ -155,7 +165,14 @@ def cmd_merge_apply(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print what a bundle holds and what its sharing saves."""
-    info = inspect_bundle(args.bundle)
+    bundle = args.bundle
+    result_file = bundle / "result.json"
+    if not (bundle / "manifest.json").exists() and result_file.is_file():
+        try:
+            bundle = Path(json.loads(result_file.read_text())["bundle"])
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{result_file}: not a merge result") from None
+    info = inspect_bundle(bundle)
     if args.json:
         _print_json(info.to_dict())
         return 0
@@ -280,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_help = "a model as NAME=ARCH[:NUM_CLASSES]; repeat for each model"
 
     analyze = commands.add_parser("analyze", help="which layers of the models can share weights, and what it saves")
-    analyze.add_argument("--model", action="append", required=True, metavar="NAME=ARCH[:NUM_CLASSES]", help=model_help)
+    analyze.add_argument("--model", action="append", metavar="NAME=ARCH[:NUM_CLASSES]", help=model_help)
+    analyze.add_argument("--workload", type=Path, help="analyse the queries of a workload.json instead")
     analyze.add_argument("--mode", choices=MATCH_MODES, default="exact", help="layer matching (default: exact)")
     analyze.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     analyze.add_argument("--plan-out", type=Path, help="write the plan that shares every shareable layer")
@@ -300,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge_apply.set_defaults(handler=cmd_merge_apply)
 
     inspect = commands.add_parser("inspect", help="what a bundle holds and saves")
-    inspect.add_argument("bundle", type=Path, help="bundle directory")
+    inspect.add_argument("bundle", type=Path, help="bundle directory, or a merge job directory (its final bundle)")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(handler=cmd_inspect)
 
@@ -321,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_build = demo_commands.add_parser(
         "build", help="generate cameras, train every unmerged model, write workload.json"
     )
-    demo_build.add_argument("--scale", choices=("tiny", "small", "paper"), default="tiny", help="workload size")
+    demo_build.add_argument("--scale", choices=("tiny", "mix", "small", "paper"), default="tiny", help="workload size")
     demo_build.add_argument("--out", type=Path, required=True, help="folder for workload.json, weights and frames")
     demo_build.set_defaults(handler=cmd_demo_build)
 

@@ -5,6 +5,8 @@ camera's frames, measures it on the camera's validation frames (the latest frame
 writes ``workload.json`` with the weights beside it.
 
 - ``tiny``: 3 queries on 2 cameras, ResNet and MobileNet, 32×32 frames; a few minutes of CPU (tests).
+- ``mix``: 6 classification queries on 3 cameras (ResNet-18/34, MobileNet-v2) at 32×32: the merge benchmark's
+  workload, with layers shared by different subsets of models.
 - ``small``: the dashboard's demo: 6 queries on 3 cameras, ResNet, MobileNet and a Faster R-CNN detector.
 - ``paper``: the paper's families (ResNet-18/50/101, VGG-16, MobileNet-v3, Faster R-CNN) at 64×64, for
   benchmarks; CPU training takes a long while.
@@ -61,7 +63,13 @@ class DemoScale:
 
 
 _classifier = TrainArgs(steps=250, batch_size=64, lr=1e-3)
-_detector = TrainArgs(steps=300, batch_size=8, lr=1e-3)
+_detector = TrainArgs(steps=300, batch_size=8, lr=0.02, optimizer="sgd")
+# Small frames hold small objects: quarter-size anchors, and fewer proposals so a CPU step stays under a second.
+_small_detector_args = {
+    "min_size": 128, "max_size": 128, "anchor_scale": 0.25, "rpn_pre_nms_top_n_train": 300,
+    "rpn_post_nms_top_n_train": 150, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 50,
+    "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64, "box_detections_per_img": 20,
+}
 
 SCALES: dict[str, DemoScale] = {
     "tiny": DemoScale(
@@ -74,6 +82,19 @@ SCALES: dict[str, DemoScale] = {
         ),
         train={"resnet18": _classifier, "mobilenet_v2": _classifier},
     ),
+    "mix": DemoScale(
+        name="mix",
+        cameras=(_camera("north", 3, size=32), _camera("east", 1, size=32), _camera("south", 7, size=32)),
+        queries=(
+            _query("north_vehicles", "north", "resnet18", Task("presence", VEHICLES)),
+            _query("north_traffic", "north", "resnet34", Task("count", VEHICLES, count_edges=(1, 2))),
+            _query("east_vehicles", "east", "resnet18", Task("presence", VEHICLES)),
+            _query("east_traffic", "east", "resnet34", Task("count", VEHICLES, count_edges=(1, 2))),
+            _query("south_vehicles", "south", "mobilenet_v2", Task("presence", VEHICLES)),
+            _query("south_traffic", "south", "mobilenet_v2", Task("count", VEHICLES, count_edges=(1, 2))),
+        ),
+        train={"resnet18": _classifier, "resnet34": _classifier, "mobilenet_v2": _classifier},
+    ),
     "small": DemoScale(
         name="small",
         cameras=(_camera("north", 3, size=64), _camera("east", 1, size=64), _camera("south", 7, size=64)),
@@ -85,7 +106,7 @@ SCALES: dict[str, DemoScale] = {
             _query("south_vehicles", "south", "mobilenet_v2", Task("presence", VEHICLES)),
             _query(
                 "south_detect", "south", "fasterrcnn_mobilenet_v3_large_320_fpn",
-                Task("detection", VEHICLES, min_box_area=16), min_size=128, max_size=128,
+                Task("detection", VEHICLES, min_box_area=16), **_small_detector_args,
             ),
         ),
         train={
@@ -110,7 +131,7 @@ SCALES: dict[str, DemoScale] = {
             _query("south_vehicles", "south", "mobilenet_v3_large", Task("presence", VEHICLES)),
             _query(
                 "south_detect", "south", "fasterrcnn_resnet50_fpn",
-                Task("detection", VEHICLES, min_box_area=16), min_size=128, max_size=128,
+                Task("detection", VEHICLES, min_box_area=16), **_small_detector_args,
             ),
         ),
         train={

@@ -121,12 +121,40 @@ def _classifier(name: str, family: str, factory: Builder, *, min_input_size: int
     register_model(name, family=family, task="classification", min_input_size=min_input_size)(build)
 
 
+def scale_anchors(model: nn.Module, scale: float) -> nn.Module:
+    """Multiply the anchor sizes of a Faster R-CNN or RetinaNet by ``scale`` (for small objects).
+
+    The number of anchors per location is unchanged, so the heads and their weights keep their shapes.
+
+    Returns:
+        ``model``, with a new anchor generator.
+
+    Raises:
+        ValueError: ``scale`` is not positive, or the model has no anchor generator to scale.
+    """
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    if not scale > 0:
+        raise ValueError(f"anchor_scale must be positive, got {scale!r}")
+    owner = getattr(model, "rpn", model)
+    generator = getattr(owner, "anchor_generator", None)
+    if not isinstance(generator, AnchorGenerator):
+        raise ValueError(f"{type(model).__name__} has no anchor generator to scale")
+    sizes = tuple(tuple(max(1, round(size * scale)) for size in level) for level in generator.sizes)
+    owner.anchor_generator = AnchorGenerator(sizes, generator.aspect_ratios)
+    return model
+
+
 def _detector(name: str, family: str, factory: Builder, *, min_input_size: int = 64) -> None:
-    def build(*, num_classes: int, **kwargs: Any) -> nn.Module:
-        return factory(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    def build(*, num_classes: int, anchor_scale: float = 1.0, **kwargs: Any) -> nn.Module:
+        model = factory(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+        return model if anchor_scale == 1.0 else scale_anchors(model, anchor_scale)
 
     build.__name__ = f"build_{name}"
-    build.__doc__ = f"Return an untrained torchvision {name}; ``num_classes`` counts the background class."
+    build.__doc__ = (
+        f"Return an untrained torchvision {name}; ``num_classes`` counts the background class and "
+        "``anchor_scale`` resizes the anchors (Faster R-CNN, RetinaNet)."
+    )
     register_model(name, family=family, task="detection", min_input_size=min_input_size, default_num_classes=91)(
         build
     )

@@ -12,6 +12,7 @@ from gemel_engine.errors import UsageError
 
 BENCHMARKS = {
     "analyze": "gemel_engine.bench.analyze",
+    "merge": "gemel_engine.bench.merge",
 }
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,7 +309,12 @@ class MergeSearch:
         return result
 
     def _round(
-        self, models: ModelSet, state: _State, data: dict[str, QueryData], elapsed: Any, deadline: float | None
+        self,
+        models: ModelSet,
+        state: _State,
+        data: dict[str, QueryData],
+        elapsed: Callable[[], float],
+        deadline: float | None,
     ) -> ModelSet | None:
         trial = state.queue[0]
         affected = _affected(state.accepted, trial)

@@ -36,8 +36,14 @@ class RetrainBudget:
     batch_size: int = 32
     # AdamW learning rate.
     lr: float = 5e-4
-    # Validate every this many steps.
+    # Validate every this many steps while queries are far from their targets ...
     eval_every: int = 20
+    # ... and every this many once a lagging query is within ``near_margin`` of its target.
+    eval_every_near: int = 5
+    # How close (in accuracy) counts as near.
+    near_margin: float = 0.03
+    # Most wall-clock seconds in a round (None: no limit besides max_steps).
+    max_seconds: float | None = None
     # Weight of distillation from the unmerged model's outputs (classification; 0 turns it off).
     distill: float = 0.0
     # Distillation temperature.
@@ -48,7 +54,7 @@ class RetrainBudget:
     hopeless_after: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "eval_every"):
+        for name in ("max_steps", "batch_size", "eval_every", "eval_every_near"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TrainingError(f"{name} must be a positive integer, got {value!r}")
@@ -60,8 +66,15 @@ class RetrainBudget:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise TrainingError(f"{name} must be a number >= 0, got {value!r}")
-        if not 0 <= self.hopeless_after <= 1:
-            raise TrainingError(f"hopeless_after must be in [0, 1], got {self.hopeless_after!r}")
+        if self.max_seconds is not None and (not math.isfinite(self.max_seconds) or self.max_seconds <= 0):
+            raise TrainingError(f"max_seconds must be a positive number, got {self.max_seconds!r}")
+        if not 0 <= self.hopeless_after <= 1 or not 0 <= self.near_margin <= 1:
+            raise TrainingError("hopeless_after and near_margin must be in [0, 1]")
+
+    def interval(self, shortfalls: list[float]) -> int:
+        """Return the steps until the next validation, given each lagging query's shortfall below target."""
+        near = shortfalls and max(shortfalls) <= self.near_margin
+        return min(self.eval_every, self.eval_every_near) if near else self.eval_every
 
 
 @dataclass(eq=False)
@@ -149,6 +162,10 @@ def _query_loss(
     return hard + budget.distill * soft * temperature**2
 
 
+def _shortfalls(accuracies: Mapping[str, float], affected: list[str], data: Mapping[str, QueryData]) -> list[float]:
+    return [data[n].required - accuracies[n] for n in affected if accuracies[n] < data[n].required]
+
+
 def _hopeless(history: list[dict[str, float]], name: str, required: float, remaining_evals: int) -> bool:
     if len(history) < 2:
         return False
@@ -170,7 +187,9 @@ def joint_retrain(
 ) -> RetrainOutcome:
     """Retrain the ``affected`` models of ``models`` together until they meet their targets or stop.
 
-    ``deadline`` is a ``time.monotonic()`` value after which the round stops at the next step.
+    ``deadline`` is a ``time.monotonic()`` value after which the round stops at the next step (the search's
+    budget); ``budget.max_seconds`` bounds the round itself. Validation comes sooner once every lagging
+    query is near its target, so a round ends soon after the targets are met.
 
     Returns:
         Final accuracies, which queries met their targets, steps taken and why the round stopped.
@@ -188,10 +207,12 @@ def joint_retrain(
     history = [accuracies]
     steps = 0
     stopped: StopReason = "budget"
+    round_ends = None if budget.max_seconds is None else time.monotonic() + budget.max_seconds
     if on_validate is not None:
         on_validate(0, accuracies)
+    next_validation = budget.interval(_shortfalls(accuracies, affected, data))
     while not all(accuracies[n] >= data[n].required for n in affected):
-        if steps >= budget.max_steps:
+        if steps >= budget.max_steps or (round_ends is not None and time.monotonic() >= round_ends):
             stopped = "budget"
             break
         if cancel is not None and cancel.cancelled:
@@ -212,8 +233,10 @@ def joint_retrain(
         loss.backward()  # type: ignore[union-attr]
         optimizer.step()
         steps += 1
-        if steps % budget.eval_every == 0 or steps == budget.max_steps:
+        next_validation -= 1
+        if next_validation == 0 or steps == budget.max_steps:
             accuracies = _evaluate(models, affected, data, seed + steps)
+            next_validation = budget.interval(_shortfalls(accuracies, affected, data))
             history.append(accuracies)
             if on_validate is not None:
                 on_validate(steps, accuracies)

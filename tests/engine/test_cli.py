@@ -78,12 +78,26 @@ def test_bad_input_exits_non_zero_with_one_clear_line(capsys, argv, message):
 
 def test_a_missing_argument_exits_with_one_line_and_no_traceback():
     result = subprocess.run(
-        [sys.executable, "-m", "gemel_engine", "analyze"], capture_output=True, text=True, cwd=REPO, check=False
+        [sys.executable, "-m", "gemel_engine", "inspect"], capture_output=True, text=True, cwd=REPO, check=False
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: the following arguments are required: --model (see python -m gemel_engine analyze --help)"
+        "error: the following arguments are required: bundle (see python -m gemel_engine inspect --help)"
     ]
+
+
+def test_analyze_needs_models_or_a_workload(capsys):
+    code, _, err = _run(capsys, "analyze")
+    assert code == 2
+    assert err.strip() == "error: give either --model (repeatable) or --workload"
+
+
+def test_analyze_reads_the_models_of_a_workload(capsys, tiny_workload):
+    code, out, _ = _run(capsys, "analyze", "--workload", str(tiny_workload.root / "workload.json"), "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert [m["name"] for m in data["models"]] == [e.name for e in tiny_workload.queries]
+    assert data["max_savings_bytes"] > 0
 
 
 @pytest.mark.parametrize("command", ["analyze", "merge-apply", "inspect", "bench"])

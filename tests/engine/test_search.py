@@ -56,10 +56,12 @@ def test_gemel_keeps_the_trial_for_models_that_met_their_targets_then_halves():
     assert Gemel().after_failure(halved[:1], _outcome({"a", "b"}, {"a", "b"})) == []
 
 
-def test_gemel_plus_tries_everything_first_and_splits_in_halves():
-    candidates = [_candidate(f"l{i}", "a", "b") for i in range(5)]
-    [everything] = GemelPlus().initial_queue(candidates, {})
-    assert len(everything) == 5
+def test_gemel_plus_doubles_its_trials_and_splits_a_failed_one_in_halves():
+    models = [("a", "b"), ("a", "c"), ("a", "b"), ("b", "c"), ("a", "b"), ("a", "c"), ("a", "b"), ("b", "c")]
+    candidates = [_candidate(f"l{i}", *pair) for i, pair in enumerate(models)]
+    queue = GemelPlus().initial_queue(candidates, {})
+    assert [_layers(t) for t in queue] == [["l0"], ["l1", "l2"], ["l3", "l4", "l5", "l6"], ["l7"]]
+    everything = [_candidate(f"l{i}", "a", "b").to_instance() for i in range(5)]
     first, second = GemelPlus().after_failure(everything, _outcome({"a"}, {"a", "b"}))
     assert (_layers(first), _layers(second)) == (["l0", "l1", "l2"], ["l3", "l4"])
     assert GemelPlus.options.mode == "shape" and GemelPlus.options.distill > 0
@@ -201,8 +203,27 @@ def test_the_merge_command_prints_the_documented_json(tiny_workload, tmp_path: P
     assert {"strategy", "unmerged_param_bytes", "merged_param_bytes", "savings_fraction", "queries", "bundle",
             "timeline"} <= set(data)
     assert set(data["queries"][0]) == {"name", "unmerged_accuracy", "target", "merged_accuracy", "meets_target"}
+    assert main(["inspect", str(tmp_path / "j"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == data["bundle"]
 
 
 def test_the_merge_command_names_a_missing_workload(capsys, tmp_path: Path):
     assert main(["merge", "--workload", str(tmp_path / "absent.json"), "--out", str(tmp_path)]) == 2
     assert "cannot read workload" in capsys.readouterr().err
+
+
+def test_validation_comes_sooner_once_every_lagging_query_is_near_its_target():
+    budget = RetrainBudget(eval_every=20, eval_every_near=5, near_margin=0.03)
+    assert budget.interval([0.2, 0.01]) == 20
+    assert budget.interval([0.02, 0.01]) == 5
+    assert budget.interval([]) == 20
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_steps": 0}, {"lr": -1.0}, {"distill": -0.5}, {"max_seconds": 0}, {"near_margin": 2.0}]
+)
+def test_bad_round_budgets_are_refused(kwargs):
+    from gemel_engine.train import TrainingError
+
+    with pytest.raises(TrainingError):
+        RetrainBudget(**kwargs)

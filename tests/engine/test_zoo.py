@@ -156,3 +156,14 @@ def test_a_pt_file_holding_something_other_than_a_state_dict_is_refused(tmp_path
     torch.save([torch.zeros(2)], tmp_path / "w.pt")
     with pytest.raises(WeightsError, match="mapping of tensor names"):
         zoo.read_state_dict(tmp_path / "w.pt")
+
+
+def test_anchor_scale_shrinks_a_detectors_anchors_without_changing_its_weights():
+    plain = zoo.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, device="meta")
+    small = zoo.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, device="meta", anchor_scale=0.25)
+    assert small.rpn.anchor_generator.sizes[0] == (8, 16, 32, 64, 128)
+    assert {k: v.shape for k, v in small.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    retina = zoo.get_model("retinanet_resnet50_fpn", num_classes=3, device="meta", anchor_scale=0.5)
+    assert retina.anchor_generator.sizes[0] == (16, 20, 25)
+    with pytest.raises(ValueError, match="no anchor generator"):
+        zoo.get_model("ssd300_vgg16", num_classes=3, device="meta", anchor_scale=0.5)
