@@ -13,7 +13,7 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -qq -r requirements.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +68,47 @@ def run_strategy(workload: Workload, strategy: str, budget_minutes: float, round
     }
 
 
+def summarise(runs: list[dict[str, Any]], budget_seconds: float) -> dict[str, Any]:
+    """Return one strategy's medians over its repeated runs (savings at 25/50/100% of the budget, mean
+    savings, seconds to final savings, rounds) and whether every run kept every target."""
+    finals = [r["seconds_to_final_savings"] for r in runs if r["seconds_to_final_savings"] is not None]
+    return {
+        "strategy": runs[0]["strategy"],
+        "runs": len(runs),
+        "rounds": statistics.median(r["rounds"] for r in runs),
+        "saved_at": {
+            str(c): statistics.median(savings_at(r["timeline"], c * budget_seconds) for r in runs) for c in CHECKPOINTS
+        },
+        "mean_saved_param_bytes": statistics.median(mean_savings(r["timeline"], budget_seconds) for r in runs),
+        "savings_fraction": statistics.median(r["savings_fraction"] for r in runs),
+        "all_targets_met": all(r["all_targets_met"] for r in runs),
+        "seconds_to_final_savings": statistics.median(finals) if finals else None,
+    }
+
+
+def _paired_ratios(by_strategy: dict[str, list[dict[str, Any]]], budget_seconds: float) -> dict[str, float]:
+    pairs = list(zip(by_strategy["gemel+"], by_strategy["gemel"], strict=True))
+    mean_ratios = [
+        mean_savings(ours["timeline"], budget_seconds) / mean_savings(paper["timeline"], budget_seconds)
+        for ours, paper in pairs
+        if mean_savings(paper["timeline"], budget_seconds) > 0
+    ]
+    sooner = []
+    for ours, paper in pairs:
+        reach = time_to_reach(ours["timeline"], paper["saved_param_bytes"])
+        if reach and paper["seconds_to_final_savings"]:
+            sooner.append(paper["seconds_to_final_savings"] / reach)
+    ratios = {}
+    if mean_ratios:
+        ratios["mean_savings_gemel_plus_over_gemel"] = statistics.median(mean_ratios)
+    if sooner:
+        ratios["gemel_final_savings_reached_sooner"] = statistics.median(sooner)
+    return ratios
+
+
+CHECKPOINTS = (0.25, 0.5, 1.0)
+
+
 def main(argv: Sequence[str]) -> int:
     """Run the benchmark from the command line; print a table, write JSON; return 0."""
     parser = argparse.ArgumentParser(prog="python -m gemel_engine bench merge", description=__doc__)
@@ -74,51 +116,51 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--strategies", default="stem,gemel,gemel+", help="comma-separated strategies")
     parser.add_argument("--budget-minutes", type=float, default=5.0, help="wall-clock budget per strategy")
     parser.add_argument("--round-steps", type=int, default=120, help="most retraining steps per round")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per strategy, interleaved (medians reported)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/merge.json"), help="JSON output file")
     args = parser.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = sorted(set(strategies) - set(list_strategies()))
     if unknown:
         parser.error(f"unknown strategies {unknown}; known: {', '.join(list_strategies())}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.workload is None:
         default = Path("bench-results/workloads/mix")
         built = (default / "workload.json").exists()
         workload = Workload.load(default / "workload.json") if built else build_demo("mix", default)
     else:
         workload = Workload.load(args.workload)
-    rows = [run_strategy(workload, s, args.budget_minutes, args.round_steps) for s in strategies]
     budget_seconds = args.budget_minutes * 60
-    checkpoints = (0.25, 0.5, 1.0)
-    print(f"workload {workload.name}: {len(workload.queries)} queries; budget {args.budget_minutes:g} min per strategy")
-    for row in rows:
-        row["mean_saved_param_bytes"] = mean_savings(row["timeline"], budget_seconds)
+    by_strategy: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
+    for _ in range(args.repeats):
+        for strategy in strategies:
+            by_strategy[strategy].append(run_strategy(workload, strategy, args.budget_minutes, args.round_steps))
+    summaries = [summarise(runs, budget_seconds) for runs in by_strategy.values()]
+    print(
+        f"workload {workload.name}: {len(workload.queries)} queries; budget {args.budget_minutes:g} min per run; "
+        f"medians of {args.repeats} interleaved runs"
+    )
     print(format_table(
-        ["strategy", "rounds", *(f"saved MiB @{int(c * 100)}%" for c in checkpoints), "mean MiB", "saved %",
+        ["strategy", "rounds", *(f"saved MiB @{int(c * 100)}%" for c in CHECKPOINTS), "mean MiB", "saved %",
          "targets met", "s to final"],
         [
             [
-                r["strategy"], r["rounds"],
-                *(mib(savings_at(r["timeline"], c * budget_seconds)) for c in checkpoints),
-                mib(r["mean_saved_param_bytes"]),
-                percent(r["savings_fraction"]), "all" if r["all_targets_met"] else "NOT ALL",
+                r["strategy"], f"{r['rounds']:g}", *(mib(r["saved_at"][str(c)]) for c in CHECKPOINTS),
+                mib(r["mean_saved_param_bytes"]), percent(r["savings_fraction"]),
+                "all" if r["all_targets_met"] else "NOT ALL",
                 "-" if r["seconds_to_final_savings"] is None else f"{r['seconds_to_final_savings']:.0f}",
             ]
-            for r in rows
+            for r in summaries
         ],
     ))
-    by_name = {r["strategy"]: r for r in rows}
-    if "gemel" in by_name and "gemel+" in by_name and by_name["gemel"]["saved_param_bytes"]:
-        ours, paper = by_name["gemel+"], by_name["gemel"]
-        print(f"\ngemel+ / gemel, savings at the budget: {ours['saved_param_bytes'] / paper['saved_param_bytes']:.2f}x")
-        if paper["mean_saved_param_bytes"]:
-            print(f"gemel+ / gemel, mean savings over the budget: "
-                  f"{ours['mean_saved_param_bytes'] / paper['mean_saved_param_bytes']:.2f}x")
-        reach = time_to_reach(ours["timeline"], paper["saved_param_bytes"])
-        if reach and paper["seconds_to_final_savings"]:
-            print(f"time to gemel's final savings: gemel {paper['seconds_to_final_savings']:.0f} s, "
-                  f"gemel+ {reach:.0f} s ({paper['seconds_to_final_savings'] / reach:.2f}x sooner)")
+    ratios = _paired_ratios(by_strategy, budget_seconds) if {"gemel", "gemel+"} <= set(strategies) else {}
+    for name, value in ratios.items():
+        print(f"{name.replace('_', ' ')} (median of paired runs): {value:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "merge", "workload": workload.name,
-                                    "budget_minutes": args.budget_minutes, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({
+        "benchmark": "merge", "workload": workload.name, "budget_minutes": args.budget_minutes,
+        "repeats": args.repeats, "summary": summaries, "ratios": ratios, "runs": by_strategy,
+    }, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gemel_engine.bench.merge import mean_savings, savings_at, summarise, time_to_reach
+from gemel_engine.cli import main
+
+TIMELINE = [[0.0, 0.0], [10.0, 100.0], [30.0, 300.0]]
+
+
+def test_savings_at_a_time_are_the_latest_reached_by_then():
+    assert [savings_at(TIMELINE, t) for t in (5, 10, 29, 60)] == [0.0, 100.0, 100.0, 300.0]
+
+
+def test_mean_savings_is_the_area_under_the_step_curve_over_the_budget():
+    # 0 for 10 s, 100 for 20 s, 300 for 30 s over a 60 s budget.
+    assert mean_savings(TIMELINE, 60) == pytest.approx((100 * 20 + 300 * 30) / 60)
+    assert mean_savings(TIMELINE, 20) == pytest.approx(100 * 10 / 20)
+
+
+def test_time_to_reach_finds_the_first_time_enough_is_saved():
+    assert time_to_reach(TIMELINE, 150) == 30.0
+    assert time_to_reach(TIMELINE, 1000) is None
+
+
+def test_a_summary_takes_medians_over_runs():
+    runs = [
+        {"strategy": "gemel", "rounds": r, "timeline": TIMELINE, "savings_fraction": 0.5, "all_targets_met": True,
+         "seconds_to_final_savings": s}
+        for r, s in ((3, 30.0), (5, 10.0), (4, 20.0))
+    ]
+    summary = summarise(runs, 60)
+    assert summary["rounds"] == 4 and summary["seconds_to_final_savings"] == 20.0
+    assert summary["saved_at"]["0.25"] == 100.0
+
+
+def test_the_merge_benchmark_runs_strategies_side_by_side(tiny_workload, tmp_path: Path, capsys):
+    out = tmp_path / "merge.json"
+    code = main([
+        "bench", "merge", "--workload", str(tiny_workload.root / "workload.json"), "--strategies", "gemel,gemel+",
+        "--repeats", "1", "--budget-minutes", "2", "--out", str(out),
+    ])
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert code == 0 and "gemel+" in printed
+    assert [s["strategy"] for s in data["summary"]] == ["gemel", "gemel+"]
+    assert all(s["all_targets_met"] for s in data["summary"])
+    assert data["runs"]["gemel"][0]["saved_param_bytes"] > 0
