@@ -228,7 +228,7 @@ class Workload:
                 root=path.parent.resolve(),
             )
         except (KeyError, TypeError, ValueError, GemelError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            message = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else exc
             raise WorkloadError(f"{path}: invalid workload: {message}") from None
         if check_weights:
             for entry in workload.queries:

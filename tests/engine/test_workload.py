@@ -55,7 +55,7 @@ def test_a_workload_that_references_missing_weights_names_the_query_and_the_file
         (lambda d: d["queries"].append(dict(d["queries"][0])), "repeated: q"),
         (lambda d: d["queries"][0]["task"].update(classes=["car", "zebra"]), "zebra"),
         (lambda d: d["cameras"][0].update(labels="psychic"), "labels must be one of"),
-        (lambda d: d["cameras"][0].pop("source"), "source"),
+        (lambda d: d["cameras"][0].pop("source"), "missing field 'source'"),
     ],
 )
 def test_malformed_workloads_are_refused_with_a_clear_error(tmp_path: Path, edit, message):
