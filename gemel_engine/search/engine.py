@@ -9,6 +9,7 @@ directory resumes after the last finished round. A cancellation token stops it a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -325,7 +326,7 @@ class MergeSearch:
         apply_plan(candidate, MergePlan(tuple(trial), state.accepted.mode), warm_start=self.strategy.options.warm_start)
         budget = self.config.round_budget
         if self.strategy.options.distill != budget.distill:
-            budget = RetrainBudget(**{**budget.__dict__, "distill": self.strategy.options.distill})
+            budget = dataclasses.replace(budget, distill=self.strategy.options.distill)
         outcome = joint_retrain(
             candidate, affected, data, budget, seed=self.config.seed + round_index, cancel=self.cancel,
             deadline=deadline,
