@@ -188,6 +188,23 @@ def joint_step(
     return _batch_loss(model, images, targets, task, flips)
 
 
+def draw_batch(
+    frames: LabelledFrames,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    *,
+    images: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[Target]]:
+    """Return a random batch of ``frames``: the picked positions, their images on ``device`` and targets.
+
+    ``images`` is the frames already converted to a float tensor (see ``images_to_tensor``), if at hand.
+    """
+    picks = torch.randint(len(frames), (min(batch_size, len(frames)),), generator=generator)
+    batch = images[picks] if images is not None else images_to_tensor(frames.images[picks.numpy()], "cpu")
+    return picks, batch.to(device, non_blocking=True), [frames.targets[int(i)] for i in picks]
+
+
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -214,9 +231,7 @@ def recalibrate_batchnorm(
     model.train()
     try:
         for _ in range(batches):
-            picks = torch.randint(len(frames), (min(batch_size, len(frames)),), generator=generator)
-            images = images_to_tensor(frames.images[picks.numpy()], device)
-            targets = [frames.targets[int(i)] for i in picks]
+            _, images, targets = draw_batch(frames, batch_size, generator, device)
             _batch_loss(model, images, targets, task, torch.zeros(len(images), dtype=torch.bool, device=device))
     finally:
         for module, momentum in zip(norms, momenta, strict=True):
@@ -255,9 +270,7 @@ def fit(
     loss_value = float("nan")
     model.train()
     for step in range(args.steps):
-        picks = torch.randint(len(train), (min(args.batch_size, len(train)),), generator=generator)
-        images = all_images[picks].to(device, non_blocking=True)
-        targets = [train.targets[int(i)] for i in picks]
+        _, images, targets = draw_batch(train, args.batch_size, generator, device, images=all_images)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, args)
         with torch.autocast(device.type, enabled=use_amp):

@@ -21,7 +21,14 @@ from torch import nn
 from gemel_engine.events import CancelToken
 from gemel_engine.modelset import ModelSet
 from gemel_engine.queries import Task, images_to_tensor, predict
-from gemel_engine.train import LabelledFrames, TrainingError, joint_step, recalibrate_batchnorm, validate
+from gemel_engine.train import (
+    LabelledFrames,
+    TrainingError,
+    draw_batch,
+    joint_step,
+    recalibrate_batchnorm,
+    validate,
+)
 
 StopReason = Literal["met", "budget", "hopeless", "cancelled", "deadline"]
 
@@ -145,9 +152,7 @@ def _evaluate(models: ModelSet, names: list[str], data: Mapping[str, QueryData],
 def _query_loss(
     model: nn.Module, query: QueryData, budget: RetrainBudget, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
-    picks = torch.randint(len(query.train), (min(budget.batch_size, len(query.train)),), generator=generator)
-    images = query.images()[picks].to(device)
-    targets = [query.train.targets[int(i)] for i in picks]
+    picks, images, targets = draw_batch(query.train, budget.batch_size, generator, device, images=query.images())
     if query.task.is_detection or budget.distill == 0 or query.teacher_logits is None:
         return joint_step(model, (images, targets), query.task, generator=generator, augment=False)
     logits = model(images)
