@@ -192,20 +192,22 @@ class MergeSearch:
         self.cancel = cancel or CancelToken()
         self.device = resolve_device(config.device)
         self.recipes = {e.name: ModelRecipe(e.query.arch, e.recipe_args()) for e in workload.queries}
+        self.round_budget = dataclasses.replace(config.round_budget, distill=self.strategy.options.distill)
 
     # -- set-up -----------------------------------------------------------------------------------
 
     def _unmerged(self) -> ModelSet:
         return ModelSet({e.name: self.workload.load_model(e) for e in self.workload.queries}).to(self.device)
 
-    def _query_data(self, unmerged: ModelSet) -> dict[str, QueryData]:
+    def _query_data(self, unmerged: ModelSet | None) -> dict[str, QueryData]:
         frames = {c.name: camera_frames(self.workload, c) for c in self.workload.cameras}
         data = {}
         for entry in self.workload.queries:
             train, val = query_data(self.workload, entry, frames[entry.query.camera])
             logits = None
             if self.strategy.options.distill > 0 and not entry.query.task.is_detection:
-                logits = teacher_logits(unmerged[entry.name], train)
+                teacher = unmerged[entry.name] if unmerged is not None else self.workload.load_model(entry)
+                logits = teacher_logits(teacher.to(self.device), train)
             required = entry.required_accuracy or 0.0
             data[entry.name] = QueryData(entry.name, entry.query.task, train, val, required, logits)
         return data
@@ -265,17 +267,18 @@ class MergeSearch:
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         session_start = time.monotonic()
-        unmerged = self._unmerged()
-        data = self._query_data(unmerged)
         state = self._load_state()
         resumed = state is not None
+        if state is not None and state.bundles:
+            models = load_bundle(state.bundles[-1]["path"], device=self.device).models
+            data = self._query_data(None)
+        else:
+            models = self._unmerged()
+            data = self._query_data(models)
         if state is None:
-            state = self._fresh_state(unmerged)
-            models = unmerged
+            state = self._fresh_state(models)
             self._save_config(models, state, self._accuracies(models, data))
             self._save_state(state)
-        else:
-            models = load_bundle(state.bundles[-1]["path"], device=self.device).models if state.bundles else unmerged
         base = state.elapsed
         deadline = None
         if self.config.budget_minutes is not None:
@@ -324,11 +327,8 @@ class MergeSearch:
              trial_models=sorted({m.model for i in trial for m in i.members}), affected=affected)
         candidate = copy.deepcopy(models)
         apply_plan(candidate, MergePlan(tuple(trial), state.accepted.mode), warm_start=self.strategy.options.warm_start)
-        budget = self.config.round_budget
-        if self.strategy.options.distill != budget.distill:
-            budget = dataclasses.replace(budget, distill=self.strategy.options.distill)
         outcome = joint_retrain(
-            candidate, affected, data, budget, seed=self.config.seed + round_index, cancel=self.cancel,
+            candidate, affected, data, self.round_budget, seed=self.config.seed + round_index, cancel=self.cancel,
             deadline=deadline,
         )
         if outcome.stopped in ("cancelled", "deadline"):
@@ -350,7 +350,7 @@ class MergeSearch:
             accepted_layers=len(state.accepted.instances), accuracy=outcome.accuracies,
             initial_accuracy=outcome.initial_accuracies,
             required={n: data[n].required for n in affected}, steps=outcome.steps, stopped=outcome.stopped,
-            bytes_saved=footprint(models).saved_param_bytes, elapsed=state.elapsed,
+            bytes_saved=int(state.timeline[-1][1]), elapsed=state.elapsed,
         )
         if accepted:
             emit(self.progress, "config.accepted", round=round_index, bundle=state.bundles[-1]["path"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from gemel_engine.events import CancelToken
 from gemel_engine.modelset import ModelSet
-from gemel_engine.queries import Task, images_to_tensor, predict
+from gemel_engine.queries import Task, images_to_tensor
 from gemel_engine.train import (
     LabelledFrames,
     TrainingError,
@@ -188,7 +188,6 @@ def joint_retrain(
     seed: int = 0,
     cancel: CancelToken | None = None,
     deadline: float | None = None,
-    on_validate: Callable[[int, dict[str, float]], None] | None = None,
 ) -> RetrainOutcome:
     """Retrain the ``affected`` models of ``models`` together until they meet their targets or stop.
 
@@ -213,8 +212,6 @@ def joint_retrain(
     steps = 0
     stopped: StopReason = "budget"
     round_ends = None if budget.max_seconds is None else time.monotonic() + budget.max_seconds
-    if on_validate is not None:
-        on_validate(0, accuracies)
     next_validation = budget.interval(_shortfalls(accuracies, affected, data))
     while not all(accuracies[n] >= data[n].required for n in affected):
         if steps >= budget.max_steps or (round_ends is not None and time.monotonic() >= round_ends):
@@ -243,8 +240,6 @@ def joint_retrain(
             accuracies = _evaluate(models, affected, data, seed + steps)
             next_validation = budget.interval(_shortfalls(accuracies, affected, data))
             history.append(accuracies)
-            if on_validate is not None:
-                on_validate(steps, accuracies)
             remaining = (budget.max_steps - steps) // budget.eval_every
             if steps >= budget.hopeless_after * budget.max_steps and any(
                 _hopeless(history, n, data[n].required, remaining)
@@ -260,4 +255,4 @@ def joint_retrain(
     return RetrainOutcome(accuracies, met, steps, stopped, time.perf_counter() - started, initial)
 
 
-__all__ = ["QueryData", "RetrainBudget", "RetrainOutcome", "joint_retrain", "predict", "teacher_logits"]
+__all__ = ["QueryData", "RetrainBudget", "RetrainOutcome", "joint_retrain", "teacher_logits"]
