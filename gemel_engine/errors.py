@@ -37,3 +37,15 @@ class SourceError(GemelError):
 
 class UsageError(GemelError):
     """A command-line argument that is malformed or names something that does not exist."""
+
+
+class RuntimeBudgetError(GemelError):
+    """A model, bundle or deployment that cannot run within the edge runtime's memory budget."""
+
+
+class RuntimeConfigError(GemelError):
+    """A runtime setting (scheduler, eviction policy, bandwidth, clock, query) that is unknown or malformed."""
+
+
+class DeploymentError(GemelError):
+    """A deployment that cannot be prepared or switched to (malformed spec, model missing, camera unreachable)."""

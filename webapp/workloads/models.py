@@ -16,6 +16,8 @@ class Camera(models.Model):
     fps = models.FloatField(default=10.0)
     width = models.PositiveIntegerField(default=64)
     height = models.PositiveIntegerField(default=64)
+    # Engine CameraSpec options beyond the frame size: every/count/max_frames, val_fraction, gap_seconds.
+    sampling = models.JSONField(default=dict, blank=True)
     # A frame grabbed when the camera was registered (proves it decodes).
     thumbnail = models.ImageField(upload_to="thumbnails/", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -82,6 +84,29 @@ class Query(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class DemoSeed(models.Model):
+    """Progress of building and registering one engine demo workload (``manage.py demo_seed``)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        BUILDING = "building", "building"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+
+    # Demo scale of gemel_engine.demo (tiny, mix, small...).
+    scale = models.CharField(max_length=16, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # Last progress line (which query is training, what failed).
+    detail = models.TextField(blank=True)
+    queries_registered = models.PositiveIntegerField(default=0)
+    queries_total = models.PositiveIntegerField(default=0)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"demo {self.scale} ({self.status})"
 
 
 class WorkloadAnalysis(models.Model):

@@ -1,0 +1,482 @@
+"""The edge server: deployments prepared beside the active one, switched atomically, served in the background.
+
+The network agent (``gemel_engine.runtime.agent``) drives an ``EdgeServer``: it turns the server's desired
+state (docs/agent-protocol.md) into a ``DeploymentSpec``, calls ``prepare`` on the downloaded bundle,
+``warm_up``, then ``activate``; any failure before ``activate`` leaves the active deployment serving.
+``metrics_snapshot`` gives the protocol's ``metrics`` body (less ``node`` and ``at``) and
+``prometheus_registry`` the same figures for a Prometheus scrape.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from gemel_engine.bundle import load_bundle
+from gemel_engine.data.frames import CameraSource, Frame
+from gemel_engine.data.sampling import resize_frame
+from gemel_engine.data.sources import open_source
+from gemel_engine.errors import DeploymentError, GemelError, RuntimeBudgetError
+from gemel_engine.plan import check_model_name
+from gemel_engine.queries import Task
+from gemel_engine.runtime.budget import MemoryBudget
+from gemel_engine.runtime.clock import Clock, RealClock
+from gemel_engine.runtime.executor import Executor, resolve_device, untie
+from gemel_engine.runtime.gpu import gpu_memory
+from gemel_engine.runtime.metrics import PrometheusCollector, RuntimeMetrics
+from gemel_engine.runtime.scheduler import CameraFrame, RuntimeQuery, ScheduleLoop, get_scheduler, list_schedulers
+from gemel_engine.runtime.swap import find_units
+
+_IDLE_WAIT_SECONDS = 0.05
+
+
+def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise DeploymentError(f"{where}: {key!r} is missing or not a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+@dataclass(frozen=True)
+class CameraFeed:
+    """A camera as a deployment names it; checked on creation."""
+
+    # Camera name, unique in the deployment.
+    name: str
+    # Source URI (``synthetic://...``, a path, ``rtsp://...``; see ``gemel_engine.data.open_source``).
+    source: str
+    # Frames per second to pull.
+    fps: float
+    # Width, in pixels, frames are resized to (the models' input).
+    width: int
+    # Height, in pixels, frames are resized to.
+    height: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise DeploymentError(f"camera name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise DeploymentError(f"camera {self.name!r}: source must be a non-empty string")
+        fps = self.fps
+        if isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps) or not 0 < fps <= 1000:
+            raise DeploymentError(f"camera {self.name!r}: fps must be a number in (0, 1000], got {fps!r}")
+        for key in ("width", "height"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8192:
+                raise DeploymentError(f"camera {self.name!r}: {key} must be an integer in [1, 8192], got {value!r}")
+        object.__setattr__(self, "fps", float(fps))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the protocol's ``camera`` object."""
+        return {"name": self.name, "source": self.source, "fps": self.fps, "width": self.width, "height": self.height}
+
+    @classmethod
+    def from_json(cls, data: object) -> CameraFeed:
+        """Return the camera described by the protocol's ``camera`` object.
+
+        Raises:
+            DeploymentError: missing or malformed fields.
+        """
+        if not isinstance(data, dict):
+            raise DeploymentError(f"camera must be an object, got {type(data).__name__}")
+        where = f"camera {data.get('name')!r}"
+        return cls(
+            name=_field(data, "name", str, where), source=_field(data, "source", str, where),
+            fps=_field(data, "fps", (int, float), where), width=_field(data, "width", int, where),
+            height=_field(data, "height", int, where),
+        )
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """One query of a deployment: a model of the bundle watching a camera for a task, under an SLO."""
+
+    # Query name, unique in the deployment (metrics are keyed by it).
+    name: str
+    # Model name inside the bundle's manifest.
+    model: str
+    task: Task
+    camera: CameraFeed
+    # Latency bound from a frame's arrival to its result, in milliseconds.
+    slo_ms: float
+
+    def __post_init__(self) -> None:
+        try:
+            check_model_name(self.name)
+            check_model_name(self.model)
+        except GemelError as exc:
+            raise DeploymentError(f"query {self.name!r}: {exc}") from None
+        slo = self.slo_ms
+        if isinstance(slo, bool) or not isinstance(slo, int | float) or not math.isfinite(slo) or slo <= 0:
+            raise DeploymentError(f"query {self.name!r}: slo_ms must be a positive number, got {slo!r}")
+        object.__setattr__(self, "slo_ms", float(slo))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the protocol's query object."""
+        return {
+            "name": self.name, "model": self.model, "task": self.task.to_json(),
+            "camera": self.camera.to_json(), "slo_ms": self.slo_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> QuerySpec:
+        """Return the query described by the protocol's query object.
+
+        Raises:
+            DeploymentError: missing or malformed fields (the task's own errors included).
+        """
+        if not isinstance(data, dict):
+            raise DeploymentError(f"query must be an object, got {type(data).__name__}")
+        where = f"query {data.get('name')!r}"
+        try:
+            task = Task.from_json(data.get("task"))
+        except GemelError as exc:
+            raise DeploymentError(f"{where}: {exc}") from None
+        return cls(
+            name=_field(data, "name", str, where), model=_field(data, "model", str, where), task=task,
+            camera=CameraFeed.from_json(data.get("camera")), slo_ms=_field(data, "slo_ms", (int, float), where),
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What the server wants an edge node to serve: the protocol's ``desired`` object without its bundle."""
+
+    # Server-side deployment id.
+    deployment: int
+    queries: tuple[QuerySpec, ...]
+    # Device memory budget in bytes; None leaves the node's own budget (or no limit).
+    budget_bytes: int | None
+    # Scheduler name (``merged``, ``time-sharing``, ``space-sharing``).
+    scheduler: str = "merged"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.deployment, bool) or not isinstance(self.deployment, int) or self.deployment < 0:
+            raise DeploymentError(f"deployment id must be an integer >= 0, got {self.deployment!r}")
+        object.__setattr__(self, "queries", tuple(self.queries))
+        if not self.queries:
+            raise DeploymentError(f"deployment {self.deployment}: it has no queries")
+        names = [query.name for query in self.queries]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise DeploymentError(f"deployment {self.deployment}: query names repeat: {', '.join(repeated)}")
+        cameras: dict[str, CameraFeed] = {}
+        for query in self.queries:
+            seen = cameras.setdefault(query.camera.name, query.camera)
+            if seen != query.camera:
+                raise DeploymentError(
+                    f"deployment {self.deployment}: camera {query.camera.name!r} is described two different ways"
+                )
+        budget = self.budget_bytes
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
+            raise DeploymentError(f"deployment {self.deployment}: budget_bytes must be a positive integer or null")
+        if self.scheduler not in list_schedulers():
+            known = ", ".join(list_schedulers())
+            raise DeploymentError(f"deployment {self.deployment}: unknown scheduler {self.scheduler!r}; known: {known}")
+
+    @property
+    def cameras(self) -> dict[str, CameraFeed]:
+        """Return the deployment's cameras by name."""
+        return {query.camera.name: query.camera for query in self.queries}
+
+    @classmethod
+    def from_json(cls, data: dict) -> DeploymentSpec:
+        """Return the spec of the protocol's ``desired`` object (its ``bundle`` key is ignored).
+
+        Raises:
+            DeploymentError: missing or malformed fields, repeated names, an unknown scheduler.
+        """
+        if not isinstance(data, dict):
+            raise DeploymentError(f"desired deployment must be an object, got {type(data).__name__}")
+        deployment = data.get("deployment")
+        queries = data.get("queries")
+        if not isinstance(queries, list):
+            raise DeploymentError(f"deployment {deployment!r}: 'queries' must be a list")
+        scheduler = data.get("scheduler", "merged")
+        if not isinstance(scheduler, str):
+            raise DeploymentError(f"deployment {deployment!r}: 'scheduler' must be a string")
+        return cls(
+            deployment=deployment,  # type: ignore[arg-type]
+            queries=tuple(QuerySpec.from_json(query) for query in queries),
+            budget_bytes=data.get("budget_bytes"),
+            scheduler=scheduler,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the protocol's ``desired`` object without ``bundle``."""
+        return {
+            "deployment": self.deployment, "budget_bytes": self.budget_bytes, "scheduler": self.scheduler,
+            "queries": [query.to_json() for query in self.queries],
+        }
+
+
+class _Camera:
+    """A feed being pulled: the source, its frame iterator (restarted at the end of a clip) and its schedule."""
+
+    def __init__(self, feed: CameraFeed) -> None:
+        self.feed = feed
+        try:
+            self.source: CameraSource = open_source(feed.source, fps=feed.fps)
+            self._frames: Iterator[Frame] = self.source.frames()
+            self.first = self.read()
+        except GemelError as exc:
+            raise DeploymentError(f"camera {feed.name!r} is unreachable: {exc}") from None
+        self.index = 0
+        self.next_due = 0.0
+
+    def read(self) -> Frame:
+        """Return the source's next frame resized to the feed's size (a finished clip starts again)."""
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            self._frames = self.source.frames()
+            try:
+                frame = next(self._frames)
+            except StopIteration:
+                raise DeploymentError(f"camera {self.feed.name!r} delivers no frames") from None
+        image, boxes = resize_frame(frame.image, frame.boxes, (self.feed.width, self.feed.height))
+        return Frame(frame.index, frame.timestamp, image, boxes)
+
+    def close(self) -> None:
+        self.source.close()
+
+
+@dataclass(eq=False)
+class PreparedDeployment:
+    """A bundle loaded and validated beside the active deployment, ready to warm up and activate."""
+
+    spec: DeploymentSpec
+    bundle_dir: Path
+    # Weight bytes resident once prepared (unique storage: a shared tensor counts once).
+    resident_bytes: int
+    executor: Executor = field(repr=False)
+    loop: ScheduleLoop = field(repr=False)
+    metrics: RuntimeMetrics = field(repr=False)
+    cameras: dict[str, _Camera] = field(repr=False, default_factory=dict)
+    # Held while a batch runs, so a deployment is released only between batches.
+    lock: threading.Lock = field(repr=False, default_factory=threading.Lock)
+    released: bool = False
+
+    def release(self) -> None:
+        """Close the cameras and free the device memory (idempotent)."""
+        with self.lock:
+            if self.released:
+                return
+            self.released = True
+            for camera in self.cameras.values():
+                camera.close()
+            self.executor.close()
+
+
+class EdgeServer:
+    """Serves one active deployment at a time on one device, under a memory budget."""
+
+    def __init__(self, *, device: str = "auto", budget_bytes: int | None = None, clock: Clock | None = None) -> None:
+        if budget_bytes is not None and (isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int)
+                                         or budget_bytes <= 0):
+            raise DeploymentError(f"budget_bytes must be a positive integer or None, got {budget_bytes!r}")
+        try:
+            self.device = resolve_device(device)
+        except GemelError as exc:
+            raise DeploymentError(str(exc)) from None
+        self.budget_bytes = budget_bytes
+        self.clock = clock or RealClock()
+        self._active: PreparedDeployment | None = None
+        self._switch = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(PrometheusCollector(self.metrics_snapshot))
+
+    def device_info(self) -> dict[str, Any]:
+        """Return the protocol's ``device`` object (on the CPU, the memory is the budget)."""
+        if self.device.type == "cuda":
+            memory = gpu_memory(self.device.index or 0)
+            name = memory.name if memory is not None else "cuda"
+            total = memory.total_bytes if memory is not None else None
+            return {"kind": "cuda", "name": name, "memory_total_bytes": total}
+        return {"kind": "cpu", "name": "cpu", "memory_total_bytes": self.budget_bytes}
+
+    def _budget(self, spec: DeploymentSpec, executor_total: int) -> MemoryBudget:
+        given = [b for b in (self.budget_bytes, spec.budget_bytes) if b is not None]
+        return MemoryBudget(min(given) if given else max(1, executor_total))
+
+    def prepare(self, bundle_dir: Path, spec: DeploymentSpec) -> PreparedDeployment:
+        """Load the bundle and check every query's model, the budget and the cameras, beside the active deployment.
+
+        Returns:
+            The prepared deployment (not yet serving).
+
+        Raises:
+            DeploymentError: the bundle is refused, a query's model is not in it, the models do not fit the
+                budget under the spec's scheduler, or a camera cannot be opened. The active deployment is
+                untouched.
+        """
+        where = f"deployment {spec.deployment}"
+        try:
+            bundle = load_bundle(bundle_dir, device="cpu")
+        except GemelError as exc:
+            raise DeploymentError(f"{where}: bundle refused: {exc}") from None
+        available = bundle.models.as_dict()
+        missing = sorted({q.model for q in spec.queries} - set(available))
+        if missing:
+            raise DeploymentError(f"{where}: the bundle has no model {', '.join(missing)} (it has {sorted(available)})")
+        scheduler = get_scheduler(spec.scheduler)
+        models = {name: available[name] for name in dict.fromkeys(q.model for q in spec.queries)}
+        if not scheduler.merged:
+            models = untie(models)
+        cameras: dict[str, _Camera] = {}
+        executor = None
+        try:
+            total = sum(unit.nbytes for unit in find_units(models)[0].values())
+            executor = Executor(
+                models, budget=self._budget(spec, total), device=self.device, clock=self.clock,
+                keep_shared=scheduler.keep_shared,
+            )
+            scheduler.prepare(executor)
+            for name, feed in spec.cameras.items():
+                cameras[name] = _Camera(feed)
+            queries = [
+                RuntimeQuery(q.name, q.model, q.task, q.camera.name, q.slo_ms / 1000) for q in spec.queries
+            ]
+            metrics = RuntimeMetrics(
+                {q.name: q.task for q in spec.queries}, memory=executor.memory, now=self.clock.now,
+                simulated=executor.simulated, deployment=spec.deployment,
+            )
+            loop = ScheduleLoop(executor, queries, scheduler, metrics)
+        except GemelError as exc:
+            for camera in cameras.values():
+                camera.close()
+            if executor is not None:
+                executor.close()
+            message = f"out of budget: {exc}" if isinstance(exc, RuntimeBudgetError) else str(exc)
+            raise DeploymentError(f"{where}: {message}") from None
+        return PreparedDeployment(
+            spec=spec, bundle_dir=Path(bundle_dir), resident_bytes=executor.swap.residency.resident_bytes,
+            executor=executor, loop=loop, metrics=metrics, cameras=cameras,
+        )
+
+    def warm_up(self, prepared: PreparedDeployment) -> None:
+        """Run one forward pass per query on its camera's first frame (not counted in the metrics).
+
+        Raises:
+            DeploymentError: a forward pass fails (the active deployment is untouched).
+        """
+        with prepared.lock:
+            for query in prepared.spec.queries:
+                frame = prepared.cameras[query.camera.name].first
+                try:
+                    prepared.executor.infer(query.model, frame.image[np.newaxis], query.task)
+                except (GemelError, RuntimeError, ValueError) as exc:
+                    raise DeploymentError(
+                        f"deployment {prepared.spec.deployment}: warm-up of {query.name!r} failed: {exc}"
+                    ) from None
+
+    def activate(self, prepared: PreparedDeployment) -> None:
+        """Switch serving to ``prepared`` at once; the previous deployment serves until then, and is released after.
+
+        Raises:
+            DeploymentError: ``prepared`` was already released.
+        """
+        if prepared.released:
+            raise DeploymentError(f"deployment {prepared.spec.deployment} was released and cannot be activated")
+        with self._switch:
+            old, self._active = self._active, prepared
+            now = self.clock.now()
+            prepared.metrics.started = now
+            for camera in prepared.cameras.values():
+                camera.next_due = now
+        if old is not None and old is not prepared:
+            old.release()
+
+    @property
+    def active(self) -> PreparedDeployment | None:
+        """Return the deployment being served, or None."""
+        return self._active
+
+    def start(self) -> None:
+        """Start the background thread that pulls camera frames at their fps through the scheduler."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="gemel-edge-server", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the serving thread (the active deployment stays loaded)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop serving and release the active deployment."""
+        self.stop()
+        with self._switch:
+            old, self._active = self._active, None
+        if old is not None:
+            old.release()
+
+    @property
+    def serving(self) -> bool:
+        """Return whether the serving thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            deployment = self._active
+            if deployment is None:
+                self._stop.wait(_IDLE_WAIT_SECONDS)
+                continue
+            with deployment.lock:
+                if deployment.released or deployment is not self._active:
+                    continue
+                try:
+                    busy = self._serve_once(deployment)
+                except GemelError as exc:  # a camera that fails mid-stream: report and keep going
+                    self.last_error = str(exc)
+                    busy = False
+            if not busy:
+                due = min(camera.next_due for camera in deployment.cameras.values())
+                self.clock.wait_until(min(due, self.clock.now() + _IDLE_WAIT_SECONDS), self._stop)
+
+    def _serve_once(self, deployment: PreparedDeployment) -> bool:
+        now = self.clock.now()
+        for camera in deployment.cameras.values():
+            while camera.next_due <= now:
+                frame = camera.read()
+                deployment.loop.offer(
+                    CameraFrame(camera.feed.name, camera.index, camera.next_due, frame.image, frame.boxes)
+                )
+                camera.index += 1
+                camera.next_due += 1 / camera.feed.fps
+        return deployment.loop.step()
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Return the protocol's ``metrics`` body less ``node`` and ``at``: deployment, simulated, memory, queries."""
+        deployment = self._active
+        if deployment is not None:
+            return deployment.metrics.snapshot()
+        gpu = gpu_memory(self.device.index or 0) if self.device.type == "cuda" else None
+        return {
+            "deployment": None,
+            "simulated": self.device.type != "cuda",
+            "memory": {
+                "budget_bytes": self.budget_bytes, "resident_bytes": 0, "shared_bytes": 0, "per_model_bytes": {},
+                "swapped_bytes_total": 0, "gpu": None if gpu is None else gpu.to_json(),
+            },
+            "queries": {},
+        }
+
+    def prometheus_registry(self) -> CollectorRegistry:
+        """Return a registry whose collector reads ``metrics_snapshot`` at each scrape."""
+        return self._registry
+

@@ -1,0 +1,97 @@
+"""Translate dashboard rows into the engine's values (CameraSpec, QueryEntry, Workload) and back.
+
+Only pure translation lives here: no writes, no validation beyond what the engine's constructors check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from gemel_engine.data.sampling import SamplingSpec
+from gemel_engine.queries import AccuracyTarget, Task
+from gemel_engine.queries import Query as EngineQuery
+from gemel_engine.workload import CameraSpec, QueryEntry, Workload
+from webapp.workloads.models import Camera, ModelEntry, Query
+
+# Frames read from a source when its camera states no bound: keeps endless streams finite.
+DEFAULT_MAX_FRAMES = 1500
+# CameraSpec options a camera may carry in its ``sampling`` field, beyond the frame size.
+SAMPLING_KEYS = ("every", "count", "max_frames", "val_fraction", "gap_seconds")
+
+
+def camera_has_ground_truth(source: str) -> bool:
+    """Return whether frames of ``source`` carry ground-truth boxes (the synthetic scenes do)."""
+    return source.startswith("synthetic://")
+
+
+def camera_spec(camera: Camera) -> CameraSpec:
+    """Return the engine's CameraSpec of ``camera``: its frame size, sampling and label source.
+
+    Raises:
+        SourceError / WorkloadError: the stored sampling options are malformed.
+    """
+    options: dict[str, Any] = dict(camera.sampling or {})
+    every, count = options.get("every"), options.get("count")
+    max_frames = options.get("max_frames")
+    if max_frames is None and count is None and not camera_has_ground_truth(camera.source):
+        max_frames = DEFAULT_MAX_FRAMES
+    sampling = SamplingSpec(every=every, count=count, size=(camera.width, camera.height), max_frames=max_frames)
+    return CameraSpec(
+        name=camera.name,
+        source=camera.source,
+        sampling=sampling,
+        val_fraction=float(options.get("val_fraction", 0.2)),
+        gap_seconds=float(options.get("gap_seconds", 2.0)),
+        labels="ground_truth" if camera_has_ground_truth(camera.source) else "teacher",
+        fps=camera.fps,
+    )
+
+
+def head_args(model: ModelEntry) -> dict[str, Any]:
+    """Return the model's builder arguments without ``num_classes`` (the query's task decides the head)."""
+    return {key: value for key, value in (model.builder_args or {}).items() if key != "num_classes"}
+
+
+def engine_query(query: Query) -> EngineQuery:
+    """Return the engine's Query of ``query``.
+
+    Raises:
+        QueryError: the task, target or name does not satisfy the engine.
+    """
+    return EngineQuery(
+        name=query.name,
+        camera=query.camera.name,
+        arch=query.model.arch,
+        task=Task.from_json(query.task),
+        target=AccuracyTarget(relative=query.target_fraction),
+    )
+
+
+def query_entry(query: Query, *, weights: str | None) -> QueryEntry:
+    """Return the engine's QueryEntry of ``query`` with ``weights`` (absolute, or relative to the workload)."""
+    return QueryEntry(
+        query=engine_query(query),
+        builder_args=head_args(query.model),
+        weights=weights,
+        unmerged_accuracy=query.unmerged_accuracy,
+        chance_accuracy=query.chance_accuracy,
+    )
+
+
+def weights_file(model: ModelEntry) -> Path:
+    """Return the absolute path of the model's stored weights file."""
+    return Path(settings.MEDIA_ROOT) / model.weights.name
+
+
+def live_workload(queries: list[Query], *, name: str = "dashboard") -> Workload:
+    """Return an in-memory workload of ``queries`` whose weights point at the stored files (for measuring)."""
+    cameras = {query.camera_id: query.camera for query in queries}
+    return Workload(
+        name=name,
+        cameras=tuple(camera_spec(camera) for camera in cameras.values()),
+        queries=tuple(query_entry(query, weights=str(weights_file(query.model))) for query in queries),
+        root=Path(settings.MEDIA_ROOT),
+    )
