@@ -30,10 +30,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gemel_engine.errors import RegistryError, RuntimeBudgetError, RuntimeConfigError
+from gemel_engine.errors import RuntimeBudgetError, RuntimeConfigError
 from gemel_engine.queries import Target, Task
 from gemel_engine.runtime.executor import Executor
 from gemel_engine.runtime.metrics import RuntimeMetrics
+from gemel_engine.runtime.registry import Registry
 
 DEFAULT_MAX_BATCH = 4
 
@@ -104,19 +105,8 @@ class Scheduler(ABC):
         """Return the query to run next among ``(query, oldest waiting deadline)`` pairs."""
 
 
-_SCHEDULERS: dict[str, type[Scheduler]] = {}
-
-
-def register_scheduler(cls: type[Scheduler]) -> type[Scheduler]:
-    """Register a scheduler class under its ``name``; return the class.
-
-    Raises:
-        RegistryError: the name is taken.
-    """
-    if cls.name in _SCHEDULERS:
-        raise RegistryError(f"scheduler {cls.name!r} is already registered")
-    _SCHEDULERS[cls.name] = cls
-    return cls
+SCHEDULERS: Registry[Scheduler] = Registry("scheduler")
+register_scheduler = SCHEDULERS.register
 
 
 def get_scheduler(name: str) -> Scheduler:
@@ -125,14 +115,12 @@ def get_scheduler(name: str) -> Scheduler:
     Raises:
         RuntimeConfigError: no such scheduler; the message lists the known ones.
     """
-    if name not in _SCHEDULERS:
-        raise RuntimeConfigError(f"unknown scheduler {name!r}; known: {', '.join(list_schedulers())}")
-    return _SCHEDULERS[name]()
+    return SCHEDULERS.create(name)
 
 
 def list_schedulers() -> list[str]:
     """Return the registered scheduler names, sorted."""
-    return sorted(_SCHEDULERS)
+    return SCHEDULERS.names()
 
 
 @register_scheduler

@@ -25,9 +25,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from gemel_engine.errors import RegistryError, RuntimeBudgetError, RuntimeConfigError
+from gemel_engine.errors import RuntimeBudgetError, RuntimeConfigError
 from gemel_engine.memory import _storage_key, unique_storage_bytes
 from gemel_engine.runtime.budget import MemoryBudget, Residency, UnitInfo
+from gemel_engine.runtime.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -121,19 +122,8 @@ class EvictionPolicy(ABC):
         """Return ``candidates`` in eviction order, given each unit's last-use tick (higher is newer)."""
 
 
-_POLICIES: dict[str, type[EvictionPolicy]] = {}
-
-
-def register_policy(cls: type[EvictionPolicy]) -> type[EvictionPolicy]:
-    """Register an eviction policy class under its ``name``; return the class.
-
-    Raises:
-        RegistryError: the name is taken.
-    """
-    if cls.name in _POLICIES:
-        raise RegistryError(f"eviction policy {cls.name!r} is already registered")
-    _POLICIES[cls.name] = cls
-    return cls
+POLICIES: Registry[EvictionPolicy] = Registry("eviction policy")
+register_policy = POLICIES.register
 
 
 def get_policy(name: str) -> EvictionPolicy:
@@ -142,14 +132,12 @@ def get_policy(name: str) -> EvictionPolicy:
     Raises:
         RuntimeConfigError: no such policy; the message lists the known ones.
     """
-    if name not in _POLICIES:
-        raise RuntimeConfigError(f"unknown eviction policy {name!r}; known: {', '.join(list_policies())}")
-    return _POLICIES[name]()
+    return POLICIES.create(name)
 
 
 def list_policies() -> list[str]:
     """Return the registered eviction policy names, sorted."""
-    return sorted(_POLICIES)
+    return POLICIES.names()
 
 
 @register_policy
