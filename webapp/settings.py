@@ -241,6 +241,15 @@ CELERY_TASK_ROUTES = {"webapp.merges.tasks.*": {"queue": "merge"}, "webapp.workl
 # Soft and hard time limits of a merge job, in seconds.
 MERGE_SOFT_TIME_LIMIT = env_int("GEMEL_MERGE_SOFT_LIMIT_S", 6 * 3600, minimum=60)
 MERGE_HARD_TIME_LIMIT = MERGE_SOFT_TIME_LIMIT + 300
+# A running merge job's worker records a heartbeat this often (seconds); a job whose heartbeat is older than
+# MERGE_STALE_AFTER_S is presumed dead (its worker was killed) and is resumed from its checkpoint.
+MERGE_HEARTBEAT_S = env_int("GEMEL_MERGE_HEARTBEAT_S", 10, minimum=1)
+MERGE_STALE_AFTER_S = env_int("GEMEL_MERGE_STALE_AFTER_S", 120, minimum=2)
+# Joint-retraining effort per search round: most optimizer steps and frames per step (0: the engine's defaults).
+MERGE_ROUND_MAX_STEPS = env_int("GEMEL_MERGE_ROUND_MAX_STEPS", 0)
+MERGE_ROUND_BATCH_SIZE = env_int("GEMEL_MERGE_ROUND_BATCH_SIZE", 0)
+# Device of the merge search: "auto" (a GPU when there is one), "cpu" or "cuda[:N]".
+MERGE_DEVICE = os.environ.get("GEMEL_MERGE_DEVICE", "").strip() or "auto"
 
 LOGGING = {
     "version": 1,
