@@ -1,6 +1,6 @@
 """The merge search: strategies behind one interface, joint retraining, resumable jobs."""
 
-from gemel_engine.search.engine import MergeSearch, SearchConfig, SearchError, SearchResult, run_search
+from gemel_engine.search.engine import MergeSearch, SearchConfig, SearchError, SearchResult, run_search, saved_configs
 from gemel_engine.search.retrain import QueryData, RetrainBudget, RetrainOutcome, joint_retrain
 from gemel_engine.search.strategies import Strategy, get_strategy, list_strategies, register_strategy
 
@@ -18,4 +18,5 @@ __all__ = [
     "list_strategies",
     "register_strategy",
     "run_search",
+    "saved_configs",
 ]

@@ -380,6 +380,26 @@ class MergeSearch:
         )
 
 
+def saved_configs(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Return the configurations the search in ``out_dir`` has saved so far, in order (index 0: the start).
+
+    Each is ``{"path", "round", "saved_param_bytes", "elapsed"}`` as checkpointed, so a configuration is listed
+    only once the state naming it is on disk (a resumed search never rewrites it). Empty before the first
+    checkpoint.
+
+    Raises:
+        SearchError: the checkpoint is unreadable or damaged.
+    """
+    path = Path(out_dir) / STATE_NAME
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SearchError(f"{path}: unreadable search state ({exc})") from None
+    return [dict(record) for record in _State.from_json(data, path).bundles]
+
+
 def run_search(
     workload: Workload,
     out_dir: str | Path,
@@ -393,4 +413,6 @@ def run_search(
     return MergeSearch(workload, out_dir, config or SearchConfig(), progress=progress, cancel=cancel).run()
 
 
-__all__ = ["MergeInstance", "MergeSearch", "SearchConfig", "SearchError", "SearchResult", "run_search"]
+__all__ = [
+    "MergeInstance", "MergeSearch", "SearchConfig", "SearchError", "SearchResult", "run_search", "saved_configs",
+]
