@@ -110,6 +110,17 @@ def env_redis_url(name: str, default: str) -> str:
     return raw
 
 
+def celery_redis_url(url: str) -> str:
+    """Return ``url`` in the form Celery and kombu read: ``unix://PATH?db=N`` becomes ``redis+socket://PATH?virtual_host=N``.
+
+    Other URLs are returned unchanged.
+    """
+    if not url.startswith("unix://"):
+        return url
+    path, _, query = url[len("unix://"):].partition("?")
+    db = next((value for key, _, value in (p.partition("=") for p in query.split("&")) if key == "db"), "0")
+    return f"redis+socket://{path}?virtual_host={db}"
+
 
 DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
@@ -227,8 +238,8 @@ CHANNEL_LAYERS = {
 }
 
 # Celery: read by webapp/celery.py with the CELERY_ namespace.
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "").strip() or REDIS_URL
-CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_BROKER_URL = celery_redis_url(os.environ.get("CELERY_BROKER_URL", "").strip() or REDIS_URL)
+CELERY_RESULT_BACKEND = celery_redis_url(REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -15,6 +15,7 @@ from django.db import connection
 
 from webapp.celery import app as celery_app
 from webapp.embedded_redis import EmbeddedRedis
+from webapp.settings import celery_redis_url
 from webapp.stack import ManagedProcess, celery_worker_command, child_environment, database_url
 
 PASSWORD = "correct horse battery staple"  # noqa: S105 - test accounts only
@@ -36,7 +37,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
     }
     channel_layers.backends = {}
-    celery_app.conf.update(broker_url=url, result_backend=url)
+    celery_app.conf.update(broker_url=celery_redis_url(url), result_backend=celery_redis_url(url))
     yield url
     if server is not None:
         server.stop()
