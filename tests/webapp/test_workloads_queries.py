@@ -1,0 +1,126 @@
+"""Queries: checked against their camera and model, measured once by a worker, analysed on the meta device."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from tests.webapp.test_workloads_factories import PRESENCE, make_camera, make_model, make_query, synthetic_source
+from webapp.workloads.models import Query
+from webapp.workloads.selectors import queries_ready
+from webapp.workloads.services import query_create, query_delete, query_measure, query_update, workload_analyze
+
+pytestmark = pytest.mark.django_db
+
+
+def create(**kwargs) -> Query:
+    kwargs.setdefault("name", "north_vehicles")
+    if "camera" not in kwargs:
+        kwargs["camera"] = make_camera()
+    if "model" not in kwargs:
+        kwargs["model"] = make_model()
+    kwargs.setdefault("task", PRESENCE)
+    return query_create(**kwargs)
+
+
+def test_creating_a_query_queues_its_measurement_after_commit(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        query = create(target_fraction=0.9, slo_ms=200)
+    assert query.status == Query.Status.PENDING
+    assert query.task["kind"] == "presence" and query.task["count_edges"] == [1, 3]  # normalised by the engine
+    assert len(callbacks) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": "<script>alert(1)</script>"}, "letters, digits"),
+        ({"task": {"kind": "dance", "classes": ["car"]}}, "task kind"),
+        ({"task": {"kind": "presence", "classes": ["dragon"]}}, "unknown class"),
+        ({"task": "presence"}, "task must be an object"),
+        ({"task": {"kind": "count", "classes": ["car"]}}, "needs 3"),
+        ({"task": {"kind": "detection", "classes": ["car"]}}, "needs a detection model"),
+        ({"target_fraction": 1.5}, "accuracy target"),
+        ({"slo_ms": -1}, "slo_ms"),
+    ],
+)
+def test_it_refuses_a_malformed_query(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        create(**fields)
+    assert not Query.objects.exists()
+
+
+def test_it_refuses_classes_the_camera_never_shows():
+    camera = make_camera("cars_only", source=synthetic_source("cars") + "&classes=car")
+    with pytest.raises(ValidationError, match="never shows bus, truck"):
+        create(camera=camera)
+
+
+def test_measuring_sets_the_unmerged_and_chance_accuracy_once():
+    query = make_query(status=Query.Status.PENDING)
+    measured = query_measure(query_id=query.pk)
+    assert measured.status == Query.Status.READY, measured.status_detail
+    assert 0 <= measured.unmerged_accuracy <= 1 and 0 < measured.chance_accuracy <= 1
+    assert "validation frames" in measured.status_detail
+    assert query_measure(query_id=query.pk) is None  # claimed once: a second delivery does nothing
+
+
+def test_measuring_a_query_whose_weights_vanished_fails_with_the_reason():
+    query = make_query(status=Query.Status.PENDING)
+    query.model.weights.storage.delete(query.model.weights.name)
+    measured = query_measure(query_id=query.pk)
+    assert measured.status == Query.Status.FAILED
+    assert "not found" in measured.status_detail
+
+
+def test_changing_the_task_measures_the_query_again_but_a_new_target_does_not():
+    query = make_query(model=make_model(num_classes=2))
+    query_update(query=query, target_fraction=0.8)
+    assert query.status == Query.Status.READY
+    query_update(query=query, task={"kind": "presence", "classes": ["car"]})
+    query.refresh_from_db()
+    assert query.status == Query.Status.PENDING
+
+
+def test_a_query_of_a_merge_job_is_kept():
+    from webapp.merges.models import MergeJob
+
+    query = make_query()
+    MergeJob.objects.create().queries.add(query)
+    with pytest.raises(ValidationError, match="merge jobs"):
+        query_delete(query=query)
+
+
+def test_analysis_finds_layers_two_models_can_share_without_weights():
+    camera = make_camera()
+    make_query("a", camera=camera, model=make_model("m1"))
+    make_query("b", camera=camera, model=make_model("m2", arch="resnet18"))
+    make_query("c", camera=camera, model=make_model("m3"))
+    analysis = workload_analyze(queries=queries_ready(), mode="shape", user=None)
+    result = analysis.result
+    assert [m["name"] for m in result["models"]] == ["a", "b", "c"]
+    assert result["max_savings_bytes"] > 0
+    assert any({"a", "c"} <= {m["model"] for m in i["members"]} for i in result["instances"])
+    assert set(analysis.queries.values_list("name", flat=True)) == {"a", "b", "c"}
+
+
+def test_analysis_needs_queries_and_a_known_mode():
+    with pytest.raises(ValidationError):
+        workload_analyze(queries=[], user=None)
+    with pytest.raises(ValidationError, match="match mode"):
+        workload_analyze(queries=[make_query()], mode="fuzzy", user=None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_measures_a_new_query(celery_worker):
+    query = create()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        query.refresh_from_db()
+        if query.status in (Query.Status.READY, Query.Status.FAILED):
+            break
+        time.sleep(0.5)
+    assert query.status == Query.Status.READY, (query.status_detail, celery_worker.log_tail())
+    assert query.unmerged_accuracy is not None

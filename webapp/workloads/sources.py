@@ -1,0 +1,137 @@
+"""Camera sources checked before anything opens them, and the first frame that proves they decode.
+
+A source is never handed to a shell; the checks below still refuse whitespace, control characters and
+shell metacharacters outright, keep file paths inside the allowed roots (symlinks resolved), and bound
+every network probe by a timeout.
+"""
+
+from __future__ import annotations
+
+import io
+import unicodedata
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from gemel_engine.data.sources import SHELL_METACHARACTERS, open_source, resolve_media_path, synthetic_config
+from gemel_engine.data.stream import STREAM_SCHEMES, Backoff, StreamSource, redact_url
+from gemel_engine.errors import GemelError
+
+# A URL's query string legitimately carries these; everywhere else they are refused.
+_URL_SAFE = frozenset("&?")
+# Default seconds a stream gets to answer with its first frame (settings.CAMERA_PROBE_TIMEOUT_S overrides).
+DEFAULT_PROBE_TIMEOUT_S = 5.0
+# Longest side of a stored thumbnail, in pixels.
+THUMBNAIL_SIDE = 192
+
+
+def probe_timeout() -> float:
+    """Return the seconds a network camera gets to connect and deliver its first frame."""
+    return float(getattr(settings, "CAMERA_PROBE_TIMEOUT_S", DEFAULT_PROBE_TIMEOUT_S))
+
+
+def allowed_roots() -> list[Path]:
+    """Return the folders file sources may point into: MEDIA_ROOT and settings.CAMERA_FILE_ROOTS."""
+    return [Path(settings.MEDIA_ROOT), *(Path(root) for root in settings.CAMERA_FILE_ROOTS)]
+
+
+def _scheme(source: str) -> str:
+    head, sep, _ = source.partition("://")
+    return head.lower() if sep else ""
+
+
+def _check_characters(source: str, *, url: bool) -> None:
+    for ch in source:
+        if ch.isspace() or unicodedata.category(ch).startswith("C"):
+            raise ValidationError(f"camera source must not contain whitespace or control characters ({ch!r})")
+    refused = SHELL_METACHARACTERS - _URL_SAFE if url else SHELL_METACHARACTERS
+    bad = sorted({ch for ch in source if ch in refused})
+    if bad:
+        raise ValidationError(f"camera source contains shell metacharacters: {' '.join(bad)}")
+
+
+def _resolve_path(path: str) -> Path:
+    for root in allowed_roots():
+        try:
+            full = resolve_media_path(path, media_root=root)
+        except GemelError:
+            continue
+        if full.exists():
+            return full
+    raise ValidationError(
+        "file sources must be inside the media folder or a folder in GEMEL_CAMERA_FILE_ROOTS; "
+        f"{path!r} is not (or does not exist)"
+    )
+
+
+def source_normalize(source: str) -> str:
+    """Return ``source`` in the form stored: URLs unchanged, file URLs and paths as an absolute path.
+
+    Raises:
+        ValidationError: empty, whitespace/control characters/shell metacharacters, an unknown scheme,
+            a malformed synthetic URI, or a path outside the allowed roots (symlinks resolved).
+    """
+    source = source or ""
+    if not source:
+        raise ValidationError("camera source is required")
+    scheme = _scheme(source)
+    _check_characters(source, url=scheme in ("synthetic", *STREAM_SCHEMES))
+    if scheme == "synthetic":
+        try:
+            synthetic_config(source)
+        except GemelError as exc:
+            raise ValidationError(str(exc)) from None
+        return source
+    if scheme in STREAM_SCHEMES:
+        if not urlsplit(source).hostname:
+            raise ValidationError(f"stream URL has no host: {redact_url(source)}")
+        return source
+    if scheme == "file":
+        parts = urlsplit(source)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise ValidationError("file URLs must name a local path without host, query or fragment")
+        return str(_resolve_path(unquote(parts.path)))
+    if scheme:
+        known = ", ".join(f"{s}://" for s in ("synthetic", *STREAM_SCHEMES, "file"))
+        raise ValidationError(f"unknown camera source scheme {scheme!r}; use {known} or a path")
+    return str(_resolve_path(source))
+
+
+def first_frame(source: str, *, fps: float) -> np.ndarray:
+    """Return the first decoded frame (H×W×3 uint8) of a normalised ``source``.
+
+    Streams get ``probe_timeout()`` seconds to connect and deliver it, without reconnect attempts.
+
+    Raises:
+        ValidationError: the source cannot be opened, does not answer in time, or yields no frame.
+    """
+    timeout = probe_timeout()
+    try:
+        if _scheme(source) in STREAM_SCHEMES:
+            camera = StreamSource(
+                source, connect_timeout=timeout, read_timeout=timeout, backoff=Backoff(attempts=0), live=False,
+                fps=fps,
+            )
+        else:
+            camera = open_source(source, fps=fps)
+        with camera:
+            frame = next(iter(camera.frames(max_frames=1)), None)
+    except GemelError as exc:
+        raise ValidationError(f"could not decode a frame from the camera: {exc}") from None
+    if frame is None:
+        raise ValidationError("could not decode a frame from the camera: it yielded none")
+    return frame.image
+
+
+def thumbnail_png(image: np.ndarray) -> bytes:
+    """Return ``image`` scaled down to at most THUMBNAIL_SIDE pixels a side, as PNG bytes."""
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    picture.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
