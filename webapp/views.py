@@ -7,6 +7,7 @@ from django.views.decorators.http import require_GET
 
 import gemel_engine
 from gemel_engine import zoo
+from webapp.edge import selectors as edge_selectors
 
 
 @login_not_required
@@ -18,5 +19,12 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
-    """Render the overview: nodes, memory now, queries and their status."""
-    return render(request, "overview.html", {})
+    """Render the overview: nodes online/offline, GPU memory now (shared vs per model), queries and status."""
+    nodes = edge_selectors.overview_nodes()
+    chart = [
+        {"name": row["node"].name, "shared_bytes": row["shared_bytes"], "per_model_bytes": row["per_model_bytes"],
+         "budget_bytes": row["budget_bytes"], "simulated": bool(row["sample"] and row["sample"].simulated)}
+        for row in nodes
+    ]
+    context = {"nodes": nodes, "queries": edge_selectors.overview_queries(nodes), "memory_data": chart}
+    return render(request, "overview.html", context)

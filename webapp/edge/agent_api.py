@@ -1,5 +1,193 @@
-"""API endpoints of this app."""
+"""The edge agent's API (docs/agent-protocol.md), mounted at /api/agent/: bearer agent tokens only.
 
-from ninja import Router
+A missing or unknown token gets 401, a revoked one 403; dashboard sessions are not accepted here, and
+agent tokens are not accepted anywhere else.
+"""
 
-router = Router()
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.http import FileResponse, HttpRequest
+from ninja import Router, Schema
+from ninja.errors import HttpError
+from ninja.security import HttpBearer
+
+from webapp.edge import selectors, services
+from webapp.edge.models import AgentToken, Deployment, EdgeNode
+
+PROTOCOL_VERSION = 1
+# Seconds between the agent's metrics reports while serving.
+METRICS_INTERVAL_S = 1
+
+
+class AgentTokenAuth(HttpBearer):
+    """``Authorization: Bearer <agent token>``: the token row, or 401 (unknown) / 403 (revoked)."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> AgentToken | None:
+        found = selectors.agent_token_find(token=token)
+        if found is None:
+            return None
+        if found.revoked_at is not None:
+            raise HttpError(403, "this agent token has been revoked")
+        return found
+
+
+router = Router(auth=AgentTokenAuth(), tags=["agent"])
+
+
+class DeviceIn(Schema):
+    kind: Literal["cpu", "cuda"]
+    name: str = ""
+    memory_total_bytes: int = 0
+
+
+class RegisterIn(Schema):
+    protocol: int
+    node: str
+    agent_version: str = ""
+    device: DeviceIn
+    budget_bytes: int | None = None
+    active_deployment: int | None = None
+
+
+class RegisterOut(Schema):
+    node: str
+    heartbeat_interval_s: int
+    metrics_interval_s: int
+
+
+class HeartbeatIn(Schema):
+    node: str
+    active_deployment: int | None = None
+    status: Literal["idle", "serving", "deploying", "degraded"]
+    detail: str = ""
+
+
+class HeartbeatOut(Schema):
+    desired: dict[str, Any] | None
+
+
+class StatusIn(Schema):
+    node: str
+    status: Literal["downloading", "loading", "warming", "active", "failed"]
+    detail: str = ""
+
+
+class StatusOut(Schema):
+    deployment: int
+    status: str
+
+
+class MetricsIn(Schema):
+    node: str
+    at: datetime
+    deployment: int | None = None
+    simulated: bool = False
+    memory: dict[str, Any] = {}
+    queries: dict[str, Any] = {}
+
+
+class MetricsOut(Schema):
+    stored: int
+
+
+class Detail(Schema):
+    detail: str
+
+
+def _node(request: HttpRequest, name: str) -> EdgeNode:
+    node = selectors.node_for_token(token=request.auth, name=name)
+    if node is None:
+        raise HttpError(404, "unknown node: register first")
+    return node
+
+
+def _deployment(request: HttpRequest, deployment_id: int, node: EdgeNode | None = None) -> Deployment:
+    deployment = (
+        Deployment.objects.select_related("node", "bundle__job")
+        .filter(pk=deployment_id, node__token=request.auth).first()
+    )
+    if deployment is None or (node is not None and deployment.node_id != node.pk):
+        raise HttpError(404, "no such deployment for this agent")
+    return deployment
+
+
+def _file_url(deployment_id: int, name: str) -> str:
+    return f"/api/agent/deployments/{deployment_id}/files/{name}"
+
+
+def _refuse(exc: ValidationError) -> HttpError:
+    return HttpError(400, "; ".join(exc.messages))
+
+
+@router.post("/register", response={200: RegisterOut, 400: Detail})
+def register(request: HttpRequest, body: RegisterIn) -> dict[str, Any]:
+    """Register (or re-register) the calling agent's node."""
+    if body.protocol != PROTOCOL_VERSION:
+        raise HttpError(400, f"protocol {body.protocol} is not supported; this server speaks {PROTOCOL_VERSION}")
+    try:
+        node = services.node_register(
+            token=request.auth, name=body.node, device_kind=body.device.kind, device_name=body.device.name,
+            memory_total_bytes=body.device.memory_total_bytes, budget_bytes=body.budget_bytes,
+            agent_version=body.agent_version, active_deployment=body.active_deployment,
+        )
+    except ValidationError as exc:
+        raise _refuse(exc) from None
+    return {"node": node.name, "heartbeat_interval_s": settings.AGENT_HEARTBEAT_SECONDS,
+            "metrics_interval_s": METRICS_INTERVAL_S}
+
+
+@router.post("/heartbeat", response={200: HeartbeatOut, 400: Detail, 404: Detail})
+def heartbeat(request: HttpRequest, body: HeartbeatIn) -> dict[str, Any]:
+    """Record the node's heartbeat and answer its desired deployment (or null)."""
+    node = _node(request, body.node)
+    try:
+        node = services.node_heartbeat(
+            node=node, status=body.status, detail=body.detail, active_deployment=body.active_deployment,
+        )
+    except ValidationError as exc:
+        raise _refuse(exc) from None
+    desired = selectors.deployment_desired(node=node)
+    if desired is None:
+        return {"desired": None}
+    return {"desired": selectors.deployment_desired_json(desired, file_url=_file_url)}
+
+
+@router.get("/deployments/{deployment_id}/files/{name}", response={404: Detail})
+def download(request: HttpRequest, deployment_id: int, name: str) -> FileResponse:
+    """Stream one file of the deployment's bundle (only deployments of the caller's nodes)."""
+    deployment = _deployment(request, deployment_id)
+    path = selectors.deployment_file_path(deployment=deployment, name=name)
+    if path is None:
+        raise HttpError(404, f"bundle file {name!r} not found")
+    return FileResponse(path.open("rb"), content_type="application/octet-stream")
+
+
+@router.post("/deployments/{deployment_id}/status", response={200: StatusOut, 400: Detail, 404: Detail})
+def deployment_status(request: HttpRequest, deployment_id: int, body: StatusIn) -> dict[str, Any]:
+    """Record a step of applying a deployment (downloading, loading, warming, active, failed)."""
+    node = _node(request, body.node)
+    deployment = _deployment(request, deployment_id, node)
+    try:
+        deployment = services.deployment_report_status(deployment=deployment, status=body.status, detail=body.detail)
+    except ValidationError as exc:
+        raise _refuse(exc) from None
+    return {"deployment": deployment.pk, "status": deployment.status}
+
+
+@router.post("/metrics", response={200: MetricsOut, 400: Detail, 404: Detail})
+def metrics(request: HttpRequest, body: MetricsIn) -> dict[str, Any]:
+    """Store one metrics report and send it to the live monitor."""
+    node = _node(request, body.node)
+    try:
+        sample = services.metrics_record(
+            node=node, at=body.at, deployment=body.deployment, simulated=body.simulated,
+            memory=body.memory, queries=body.queries,
+        )
+    except ValidationError as exc:
+        raise _refuse(exc) from None
+    return {"stored": sample.pk}

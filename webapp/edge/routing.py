@@ -1,5 +1,10 @@
 """Websocket routes of this app."""
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-websocket_urlpatterns: list[URLPattern] = []
+from webapp.edge.consumers import NodeMetricsConsumer
+
+websocket_urlpatterns: list[URLPattern] = [
+    path("ws/nodes/", NodeMetricsConsumer.as_asgi()),
+    path("ws/nodes/<int:node_id>/", NodeMetricsConsumer.as_asgi()),
+]

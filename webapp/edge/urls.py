@@ -1,5 +1,10 @@
 """Pages of this app."""
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-urlpatterns: list[URLPattern] = []
+from webapp.edge import views
+
+urlpatterns: list[URLPattern] = [
+    path("deployments/", views.deployments, name="deployments"),
+    path("monitor/", views.monitor, name="monitor"),
+]

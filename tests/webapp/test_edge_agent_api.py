@@ -1,0 +1,198 @@
+"""The agent API (docs/agent-protocol.md) through Django's test client with bearer tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.webapp.test_edge_factories import make_bundle, make_node
+from webapp.edge.models import Deployment, EdgeNode, MetricSample
+from webapp.edge.services import agent_token_create, agent_token_revoke, deployment_create
+
+pytestmark = pytest.mark.django_db
+
+
+def call(client, method: str, path: str, token: str | None, body: dict[str, Any] | None = None):
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
+    if method == "GET":
+        return client.get(path, **headers)
+    return client.post(path, body or {}, content_type="application/json", **headers)
+
+
+def register_body(node: str = "edge-1", **extra: Any) -> dict[str, Any]:
+    return {"protocol": 1, "node": node, "agent_version": "0.1.0",
+            "device": {"kind": "cpu", "name": "cpu", "memory_total_bytes": 1 << 30},
+            "budget_bytes": 1 << 30, "active_deployment": None, **extra}
+
+
+def heartbeat_body(node: str = "edge-1", **extra: Any) -> dict[str, Any]:
+    return {"node": node, "active_deployment": None, "status": "idle", "detail": "", **extra}
+
+
+def metrics_body(node: str = "edge-1", **extra: Any) -> dict[str, Any]:
+    return {"node": node, "at": "2026-11-29T16:40:00.123Z", "deployment": None, "simulated": True,
+            "memory": {"budget_bytes": 1 << 30, "resident_bytes": 5 << 20, "shared_bytes": 3 << 20,
+                       "per_model_bytes": {"north_cars": 2 << 20}, "swapped_bytes_total": 0, "gpu": None},
+            "queries": {"north_cars": {"fps": 4.9, "drop_rate": 0.01, "effective_accuracy": 0.9}}, **extra}
+
+
+def test_it_refuses_a_missing_or_unknown_token_with_401(client):
+    assert call(client, "POST", "/api/agent/register", None, register_body()).status_code == 401
+    response = call(client, "POST", "/api/agent/register", "not-a-token", register_body())
+    assert response.status_code == 401
+    assert "detail" in response.json()
+
+
+def test_it_refuses_a_revoked_token_with_403(client):
+    token, plain = agent_token_create(name="old")
+    agent_token_revoke(token=token)
+    response = call(client, "POST", "/api/agent/register", plain, register_body())
+    assert response.status_code == 403
+    assert "revoked" in response.json()["detail"]
+
+
+def test_it_refuses_a_dashboard_session_on_agent_endpoints(operator_client):
+    assert call(operator_client, "POST", "/api/agent/register", None, register_body()).status_code == 401
+
+
+def test_it_refuses_an_agent_token_on_operator_endpoints(client):
+    _, plain = make_node()
+    assert call(client, "GET", "/api/nodes", plain).status_code == 401
+    assert call(client, "POST", "/api/agent-tokens", plain, {"name": "x"}).status_code == 401
+
+
+def test_it_registers_a_node_and_answers_the_intervals(client, settings):
+    settings.AGENT_HEARTBEAT_SECONDS = 2
+    _, plain = agent_token_create(name="edge")
+    response = call(client, "POST", "/api/agent/register", plain, register_body())
+    assert response.status_code == 200
+    assert response.json() == {"node": "edge-1", "heartbeat_interval_s": 2, "metrics_interval_s": 1}
+    node = EdgeNode.objects.get(name="edge-1")
+    assert (node.device_kind, node.memory_total_bytes, node.status) == ("cpu", 1 << 30, "idle")
+
+
+def test_it_refuses_another_protocol_version(client):
+    _, plain = agent_token_create(name="edge")
+    response = call(client, "POST", "/api/agent/register", plain, register_body(protocol=2))
+    assert response.status_code == 400
+    assert "protocol 2" in response.json()["detail"]
+
+
+def test_it_answers_404_to_a_heartbeat_of_an_unregistered_node(client):
+    _, plain = agent_token_create(name="edge")
+    response = call(client, "POST", "/api/agent/heartbeat", plain, heartbeat_body("nobody"))
+    assert response.status_code == 404
+    assert "unknown node" in response.json()["detail"]
+
+
+def test_it_answers_no_desired_state_before_anything_is_deployed(client):
+    _, plain = make_node()
+    response = call(client, "POST", "/api/agent/heartbeat", plain, heartbeat_body())
+    assert response.status_code == 200
+    assert response.json() == {"desired": None}
+    assert EdgeNode.objects.get().last_seen_at is not None
+
+
+def test_it_answers_the_newest_deployment_with_its_files_and_queries(client, operator):
+    node, plain = make_node()
+    bundle = make_bundle()
+    deployment = deployment_create(bundle=bundle, node=node, user=operator)
+    desired = call(client, "POST", "/api/agent/heartbeat", plain, heartbeat_body()).json()["desired"]
+    assert desired["deployment"] == deployment.pk
+    assert desired["scheduler"] == "merged" and desired["budget_bytes"] == 256 << 20
+    files = {f["name"]: f for f in desired["bundle"]["files"]}
+    assert set(files) == {"manifest.json", "tensors.safetensors"}
+    assert files["tensors.safetensors"]["url"] == f"/api/agent/deployments/{deployment.pk}/files/tensors.safetensors"
+    assert files["tensors.safetensors"]["sha256"] == bundle.files["tensors.safetensors"]["sha256"]
+    [query] = desired["queries"]
+    assert query["name"] == "north_cars" and query["model"] == "north_cars"
+    assert query["task"]["kind"] == "presence" and query["slo_ms"] == 400.0
+    assert query["camera"]["fps"] == 5.0 and query["camera"]["width"] == 32
+    assert query["camera"]["source"].startswith("synthetic://")
+
+
+def test_it_streams_bundle_files_to_the_nodes_own_agent_only(client, operator):
+    node, plain = make_node()
+    _, stranger = make_node("edge-2", token_name="other")
+    deployment = deployment_create(bundle=make_bundle(), node=node, user=operator)
+    path = f"/api/agent/deployments/{deployment.pk}/files/tensors.safetensors"
+    response = call(client, "GET", path, plain)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/octet-stream"
+    body = b"".join(response.streaming_content)
+    assert hashlib.sha256(body).hexdigest() == deployment.bundle.files["tensors.safetensors"]["sha256"]
+    assert call(client, "GET", path, stranger).status_code == 404
+
+
+def test_it_serves_no_file_outside_the_bundle_folder(client, operator, tmp_path):
+    node, plain = make_node()
+    bundle = make_bundle()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not serve")
+    folder = Path(bundle.path)
+    os.symlink(secret, folder / "link.bin")
+    bundle.files = {**bundle.files, "link.bin": {"sha256": "0" * 64, "size_bytes": 12}}
+    bundle.save()
+    deployment = deployment_create(bundle=bundle, node=node, user=operator)
+    base = f"/api/agent/deployments/{deployment.pk}/files/"
+    assert call(client, "GET", base + "link.bin", plain).status_code == 404
+    assert call(client, "GET", base + "..", plain).status_code == 404
+    assert call(client, "GET", base + "workload.json", plain).status_code == 404
+
+
+def test_it_records_each_status_step_and_supersedes_the_previous_deployment(client, operator):
+    node, plain = make_node()
+    first = deployment_create(bundle=make_bundle(), node=node, user=operator)
+    for status in ("downloading", "loading", "warming", "active"):
+        response = call(client, "POST", f"/api/agent/deployments/{first.pk}/status", plain,
+                         {"node": "edge-1", "status": status, "detail": ""})
+        assert response.status_code == 200
+    second = deployment_create(bundle=make_bundle(), node=node, user=operator)
+    call(client, "POST", f"/api/agent/deployments/{second.pk}/status", plain,
+         {"node": "edge-1", "status": "active", "detail": ""})
+    first.refresh_from_db()
+    node.refresh_from_db()
+    assert first.status == "superseded"
+    assert node.active_deployment_id == second.pk and node.status == "serving"
+    assert [h.status for h in first.history.all()] == ["pending", "downloading", "loading", "warming", "active",
+                                                       "superseded"]
+
+
+def test_it_keeps_the_active_deployment_when_the_next_one_fails(client, operator):
+    node, plain = make_node()
+    first = deployment_create(bundle=make_bundle(), node=node, user=operator)
+    call(client, "POST", f"/api/agent/deployments/{first.pk}/status", plain, {"node": "edge-1", "status": "active"})
+    second = deployment_create(bundle=make_bundle(), node=node, user=operator)
+    response = call(client, "POST", f"/api/agent/deployments/{second.pk}/status", plain,
+                    {"node": "edge-1", "status": "failed", "detail": "bundle refused: sha256 differs"})
+    assert response.status_code == 200
+    node.refresh_from_db()
+    second.refresh_from_db()
+    assert node.active_deployment_id == first.pk
+    assert node.status == "degraded" and "sha256" in node.status_detail
+    assert second.status == "failed" and "sha256" in second.detail
+    assert Deployment.objects.get(pk=first.pk).status == "active"
+
+
+def test_it_refuses_a_status_for_another_nodes_deployment(client, operator):
+    node, _ = make_node()
+    _, stranger = make_node("edge-2", token_name="other")
+    deployment = deployment_create(bundle=make_bundle(), node=node, user=operator)
+    response = call(client, "POST", f"/api/agent/deployments/{deployment.pk}/status", stranger,
+                    {"node": "edge-2", "status": "active"})
+    assert response.status_code == 404
+
+
+def test_it_stores_metrics_and_keeps_only_the_newest_samples(client, settings):
+    settings.METRICS_RETENTION = 10
+    node, plain = make_node()
+    ids = [call(client, "POST", "/api/agent/metrics", plain, metrics_body()).json()["stored"] for _ in range(13)]
+    kept = list(MetricSample.objects.filter(node=node).order_by("id").values_list("id", flat=True))
+    assert kept == ids[3:]
+    sample = MetricSample.objects.get(pk=ids[-1])
+    assert (sample.resident_bytes, sample.shared_bytes, sample.simulated) == (5 << 20, 3 << 20, True)
+    assert sample.payload["queries"]["north_cars"]["fps"] == 4.9

@@ -1,0 +1,68 @@
+"""The node websocket through the real ASGI application (auth, routing) and the real Redis channel layer."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.utils import timezone
+
+from tests.webapp.test_edge_factories import make_bundle, make_node
+from webapp.asgi import application
+from webapp.edge.services import deployment_create, metrics_record
+
+
+def _connect(path: str, client=None) -> WebsocketCommunicator:
+    headers = [(b"origin", b"http://testserver")]
+    if client is not None:
+        headers.append((b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+async def test_it_refuses_an_anonymous_websocket():
+    communicator = _connect("/ws/nodes/")
+    connected, code = await communicator.connect()
+    assert not connected and code == 4401
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+async def test_it_refuses_an_unknown_node(viewer_client):
+    communicator = _connect("/ws/nodes/999/", viewer_client)
+    connected, code = await communicator.connect()
+    assert not connected and code == 4404
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+async def test_it_pushes_metrics_of_one_node_to_its_watchers(viewer_client):
+    node, _ = await sync_to_async(make_node)()
+    one = _connect(f"/ws/nodes/{node.pk}/", viewer_client)
+    every = _connect("/ws/nodes/", viewer_client)
+    assert (await one.connect())[0] and (await every.connect())[0]
+    sample = await sync_to_async(metrics_record)(
+        node=node, at=timezone.now(), deployment=None, simulated=True,
+        memory={"resident_bytes": 7, "shared_bytes": 3}, queries={"q": {"fps": 2.0}},
+    )
+    for communicator in (one, every):
+        message = await communicator.receive_json_from(timeout=5)
+        assert message["type"] == "node.metrics"
+        assert message["sample"]["id"] == sample.pk and message["sample"]["queries"]["q"]["fps"] == 2.0
+        await communicator.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+async def test_it_pushes_deployment_status_as_it_changes(operator_client, operator):
+    node, _ = await sync_to_async(make_node)()
+    bundle = await sync_to_async(make_bundle)()
+    communicator = _connect("/ws/nodes/", operator_client)
+    assert (await communicator.connect())[0]
+    deployment = await sync_to_async(deployment_create)(bundle=bundle, node=node, user=operator)
+    message = await communicator.receive_json_from(timeout=5)
+    assert message["type"] == "deployment.status"
+    assert message["deployment"]["id"] == deployment.pk and message["deployment"]["status"] == "pending"
+    assert message["node"]["name"] == "edge-1"
+    await communicator.disconnect()

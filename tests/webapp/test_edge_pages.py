@@ -1,0 +1,114 @@
+"""Overview, deployments and monitor pages, the operator API, and who may do what."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from tests.webapp.test_edge_factories import make_bundle, make_node, make_query
+from webapp.edge.models import AgentToken, Deployment, EdgeNode
+from webapp.edge.services import deployment_create, deployment_report_status, metrics_record
+
+pytestmark = pytest.mark.django_db
+EVIL = '<script>alert("x")</script>'
+
+
+def test_it_shows_deploy_buttons_per_bundle_and_node(operator_client):
+    node, _ = make_node()
+    bundle = make_bundle()
+    page = operator_client.get(reverse("deployments")).content.decode()
+    assert f'id="deploy-{bundle.pk}-{node.pk}"' in page
+    assert f'id="rollback-{node.pk}"' in page
+    assert 'id="deployment-status"' in page
+
+
+def test_it_disables_the_deploy_button_and_says_why_for_a_bundle_below_target(operator_client):
+    node, _ = make_node()
+    bundle = make_bundle(meets=False)
+    page = operator_client.get(reverse("deployments")).content.decode()
+    button = page[page.index(f'id="deploy-{bundle.pk}-{node.pk}"'):]
+    assert "disabled" in button[: button.index(">")]
+    assert "accuracy target" in page or "not deployable" in page
+
+
+def test_it_renders_node_and_camera_names_as_text(operator_client):
+    node, _ = make_node(EVIL)
+    make_query(camera=EVIL)
+    deployment = deployment_create(bundle=make_bundle(), node=node, user=None)
+    deployment_report_status(deployment=deployment, status="failed", detail=EVIL)
+    from django.utils import timezone
+
+    metrics_record(node=node, at=timezone.now(), deployment=None, simulated=True,
+                   memory={"shared_bytes": 1, "per_model_bytes": {EVIL: 5}}, queries={})
+    for name in ("overview", "deployments", "monitor"):
+        page = operator_client.get(reverse(name)).content.decode()
+        assert EVIL not in page, name
+        assert "&lt;script&gt;" in page or "\\u003Cscript\\u003E" in page, name
+
+
+def test_it_lets_an_operator_deploy_and_roll_back_through_the_api(operator_client):
+    node, _ = make_node()
+    first = make_bundle()
+    response = operator_client.post("/api/deployments", {"bundle": first.pk, "node": node.pk},
+                                    content_type="application/json")
+    assert response.status_code == 201
+    deployment_report_status(deployment=Deployment.objects.get(pk=response.json()["id"]), status="active", detail="")
+    second = operator_client.post("/api/deployments", {"bundle": make_bundle().pk, "node": node.pk},
+                                  content_type="application/json").json()
+    deployment_report_status(deployment=Deployment.objects.get(pk=second["id"]), status="active", detail="")
+    back = operator_client.post(f"/api/nodes/{node.pk}/rollback")
+    assert back.status_code == 201
+    assert back.json()["bundle"] == first.pk
+
+
+def test_it_answers_the_reason_when_a_deploy_is_refused(operator_client):
+    node, _ = make_node()
+    response = operator_client.post("/api/deployments", {"bundle": make_bundle(meets=False).pk, "node": node.pk},
+                                    content_type="application/json")
+    assert response.status_code == 400
+    assert "cannot be deployed" in response.json()["detail"]
+
+
+def test_it_forbids_a_viewer_to_deploy_roll_back_or_create_tokens(viewer_client):
+    node, _ = make_node()
+    bundle = make_bundle()
+    assert viewer_client.post("/api/deployments", {"bundle": bundle.pk, "node": node.pk},
+                              content_type="application/json").status_code == 403
+    assert viewer_client.post(f"/api/nodes/{node.pk}/rollback").status_code == 403
+    assert viewer_client.post("/api/agent-tokens", {"name": "x"}, content_type="application/json").status_code == 403
+    assert viewer_client.get("/api/agent-tokens").status_code == 403
+    assert not Deployment.objects.exists() and AgentToken.objects.count() == 1
+    page = viewer_client.get(reverse("deployments")).content.decode()
+    assert 'id="token-form"' not in page
+    button = page[page.index(f'id="deploy-{bundle.pk}-{node.pk}"'):]
+    assert "disabled" in button[: button.index(">")]
+
+
+def test_it_creates_a_token_shown_once_for_an_operator(operator_client):
+    response = operator_client.post("/api/agent-tokens", {"name": "edge-7"}, content_type="application/json")
+    assert response.status_code == 201
+    plain = response.json()["token"]
+    listed = operator_client.get("/api/agent-tokens").json()
+    assert listed[0]["name"] == "edge-7" and "token" not in listed[0]
+    assert plain not in operator_client.get(reverse("deployments")).content.decode()
+
+
+def test_it_catches_the_monitor_up_from_the_metrics_api(viewer_client):
+    from django.utils import timezone
+
+    node, _ = make_node()
+    ids = [metrics_record(node=node, at=timezone.now(), deployment=None, simulated=True,
+                          memory={"resident_bytes": i}, queries={}).pk for i in range(3)]
+    response = viewer_client.get(f"/api/nodes/{node.pk}/metrics", {"after": ids[0]})
+    assert [s["id"] for s in response.json()] == ids[1:]
+    page = viewer_client.get(reverse("monitor"), {"node": node.pk}).content.decode()
+    assert 'id="memory-chart"' in page and 'data-points="0"' in page and 'id="fps-chart"' in page
+
+
+def test_it_shows_nodes_online_and_offline_on_the_overview(viewer_client):
+    from django.utils import timezone
+
+    EdgeNode.objects.create(name="fresh", last_seen_at=timezone.now())
+    EdgeNode.objects.create(name="silent")
+    page = viewer_client.get(reverse("overview")).content.decode()
+    assert page.count(">online<") == 1 and page.count(">offline<") == 1

@@ -1,0 +1,329 @@
+"""Reads for edge nodes, agent tokens, deployments and metric samples."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from webapp.edge.models import AgentToken, Deployment, EdgeNode, MetricSample
+from webapp.merges.models import MergeBundle, MergeJob
+
+# Missed heartbeats after which a node counts as offline.
+OFFLINE_AFTER_HEARTBEATS = 3
+# Samples the monitor draws when it first opens (older ones stay in the database).
+METRICS_PAGE = 600
+# Statuses in which a deployment is still on its way to the node.
+IN_FLIGHT = (
+    Deployment.Status.PENDING, Deployment.Status.DOWNLOADING, Deployment.Status.LOADING, Deployment.Status.WARMING,
+)
+
+
+def token_hash(token: str) -> str:
+    """Return the sha256 hex digest under which the plain agent token is stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def agent_token_find(*, token: str) -> AgentToken | None:
+    """Return the agent token whose plain text is ``token`` (revoked or not), or None when unknown."""
+    if not token:
+        return None
+    return AgentToken.objects.filter(token_hash=token_hash(token)).first()
+
+
+def agent_tokens_list() -> QuerySet[AgentToken]:
+    """Return every agent token, newest first, with the nodes that used it."""
+    return AgentToken.objects.order_by("-created_at").prefetch_related("nodes")
+
+
+def node_offline_after() -> timedelta:
+    """Return how long a node may stay silent before it counts as offline (3 heartbeat intervals)."""
+    return timedelta(seconds=OFFLINE_AFTER_HEARTBEATS * settings.AGENT_HEARTBEAT_SECONDS)
+
+
+def node_is_online(node: EdgeNode, *, now: datetime | None = None) -> bool:
+    """Return whether ``node`` sent a heartbeat within the last three heartbeat intervals."""
+    if node.last_seen_at is None:
+        return False
+    return (now or timezone.now()) - node.last_seen_at <= node_offline_after()
+
+
+def nodes_list() -> QuerySet[EdgeNode]:
+    """Return every edge node by name, with its active deployment and bundle."""
+    return EdgeNode.objects.select_related("active_deployment__bundle").order_by("name")
+
+
+def node_for_token(*, token: AgentToken, name: str) -> EdgeNode | None:
+    """Return the node called ``name`` if the agent with ``token`` registered it, else None."""
+    return EdgeNode.objects.filter(name=name, token=token).first()
+
+
+def deployment_desired(*, node: EdgeNode) -> Deployment | None:
+    """Return the node's desired deployment: its newest one that was not rolled back (None: nothing)."""
+    return (
+        Deployment.objects.filter(node=node)
+        .exclude(status=Deployment.Status.ROLLED_BACK)
+        .select_related("bundle__job")
+        .order_by("-created_at", "-id")
+        .first()
+    )
+
+
+def deployment_history(*, node: EdgeNode | None = None, limit: int = 50) -> list[Deployment]:
+    """Return the newest ``limit`` deployments (of ``node`` when given) with their status histories."""
+    rows = Deployment.objects.select_related("node", "bundle__job", "created_by").prefetch_related("history")
+    if node is not None:
+        rows = rows.filter(node=node)
+    return list(rows.order_by("-created_at", "-id")[:limit])
+
+
+def deployment_to_json(deployment: Deployment) -> dict[str, Any]:
+    """Return what the dashboard shows of a deployment (its status and where it is going)."""
+    return {
+        "id": deployment.pk,
+        "node": deployment.node_id,
+        "bundle": deployment.bundle_id,
+        "job": deployment.bundle.job_id,
+        "bundle_index": deployment.bundle.index,
+        "status": deployment.status,
+        "detail": deployment.detail,
+        "previous": deployment.previous_id,
+        "created_at": deployment.created_at.isoformat() if deployment.created_at else None,
+        "updated_at": deployment.updated_at.isoformat() if deployment.updated_at else None,
+    }
+
+
+def node_to_json(node: EdgeNode, *, now: datetime | None = None) -> dict[str, Any]:
+    """Return what the dashboard shows of a node (status, online, device, active deployment)."""
+    return {
+        "id": node.pk,
+        "name": node.name,
+        "status": node.status,
+        "status_detail": node.status_detail,
+        "online": node_is_online(node, now=now),
+        "device_kind": node.device_kind,
+        "device_name": node.device_name,
+        "memory_total_bytes": node.memory_total_bytes,
+        "budget_bytes": node.budget_bytes,
+        "last_seen_at": node.last_seen_at.isoformat() if node.last_seen_at else None,
+        "active_deployment": node.active_deployment_id,
+    }
+
+
+def bundle_folder(bundle: MergeBundle) -> Path:
+    """Return the bundle's folder (paths stored relative are relative to MEDIA_ROOT)."""
+    path = Path(bundle.path)
+    return path if path.is_absolute() else Path(settings.MEDIA_ROOT) / path
+
+
+def bundle_files(bundle: MergeBundle) -> list[dict[str, Any]]:
+    """Return each file of ``bundle`` as {name, path, sha256, size_bytes}.
+
+    Uses the merges app's ``merge_bundle_files`` selector when it exists; else the checksums recorded on
+    the bundle row, computing any that are missing from the folder.
+    """
+    try:
+        from webapp.merges.selectors import merge_bundle_files
+    except ImportError:
+        merge_bundle_files = None
+    if merge_bundle_files is not None:
+        return [dict(item) for item in merge_bundle_files(bundle)]
+    folder = bundle_folder(bundle)
+    recorded = bundle.files or {}
+    if recorded:
+        names = sorted(recorded)
+    else:
+        names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    files = []
+    for name in names:
+        path = folder / name
+        info = recorded.get(name) or {}
+        sha256 = info.get("sha256") or _sha256_file(path)
+        size = info.get("size_bytes")
+        files.append({"name": name, "path": str(path), "sha256": sha256,
+                      "size_bytes": int(size) if size is not None else path.stat().st_size})
+    return files
+
+
+def _sha256_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def bundle_deployable(bundle: MergeBundle) -> tuple[bool, str]:
+    """Return whether ``bundle`` may be deployed and, when not, why (every query must meet its target).
+
+    Uses the merges app's ``merge_bundle_deployable`` selector when it exists; else the bundle's own flag.
+    """
+    try:
+        from webapp.merges.selectors import merge_bundle_deployable
+    except ImportError:
+        merge_bundle_deployable = None
+    if merge_bundle_deployable is not None:
+        ok, reason = merge_bundle_deployable(bundle)
+        return bool(ok), str(reason or "")
+    if bundle.meets_targets:
+        return True, ""
+    missed = sorted(
+        name for name, required in (bundle.required or {}).items()
+        if (bundle.accuracies or {}).get(name, 0.0) < required
+    )
+    return False, "queries below their accuracy target: " + (", ".join(missed) or "unknown")
+
+
+def _manifest_model_names(bundle: MergeBundle) -> list[str]:
+    try:
+        manifest = json.loads((bundle_folder(bundle) / "manifest.json").read_text())
+        return [str(entry["name"]) for entry in manifest.get("models", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def _bundle_model_for(query: Any, manifest_names: list[str]) -> str:
+    """Return the manifest model that serves ``query``: its own name, its model entry's, or a unique match."""
+    for candidate in (query.name, query.model.name):
+        if candidate in manifest_names:
+            return candidate
+    return query.name
+
+
+def deployment_desired_json(deployment: Deployment, *, file_url: Any) -> dict[str, Any]:
+    """Return the protocol's ``desired`` object for ``deployment`` (docs/agent-protocol.md §2).
+
+    ``file_url(deployment_id, name)`` returns the download path of one bundle file.
+    """
+    bundle = deployment.bundle
+    files = [
+        {"name": item["name"], "url": file_url(deployment.pk, item["name"]),
+         "sha256": item["sha256"], "size_bytes": int(item["size_bytes"])}
+        for item in bundle_files(bundle)
+    ]
+    manifest_names = _manifest_model_names(bundle)
+    queries = []
+    for query in bundle.job.queries.select_related("camera", "model").order_by("name"):
+        camera = query.camera
+        queries.append({
+            "name": query.name,
+            "model": _bundle_model_for(query, manifest_names),
+            "task": query.task,
+            "camera": {"name": camera.name, "source": camera.source, "fps": float(camera.fps),
+                       "width": int(camera.width), "height": int(camera.height)},
+            "slo_ms": float(query.slo_ms),
+        })
+    budget = deployment.budget_bytes if deployment.budget_bytes is not None else deployment.node.budget_bytes
+    return {
+        "deployment": deployment.pk,
+        "bundle": {"files": files},
+        "budget_bytes": budget,
+        "scheduler": deployment.scheduler,
+        "queries": queries,
+    }
+
+
+def deployment_file_path(*, deployment: Deployment, name: str) -> Path | None:
+    """Return the path of bundle file ``name`` of ``deployment`` when it is one of the bundle's files and
+    lies inside the bundle folder; else None (unknown name, path escaping the folder, file missing)."""
+    folder = bundle_folder(deployment.bundle).resolve()
+    for item in bundle_files(deployment.bundle):
+        if item["name"] != name:
+            continue
+        path = Path(item.get("path") or folder / name).resolve()
+        if path.parent != folder and folder not in path.parents:
+            return None
+        return path if path.is_file() else None
+    return None
+
+
+def deployments_in_flight(*, node: EdgeNode) -> QuerySet[Deployment]:
+    """Return the node's deployments still on their way (pending, downloading, loading, warming)."""
+    return Deployment.objects.filter(node=node, status__in=IN_FLIGHT)
+
+
+def bundles_for_deployment() -> list[dict[str, Any]]:
+    """Return the bundles of running or finished merge jobs, newest first, each with (deployable, reason)."""
+    bundles = (
+        MergeBundle.objects.filter(job__status__in=[MergeJob.Status.SUCCEEDED, MergeJob.Status.RUNNING])
+        .select_related("job")
+        .order_by("-job__created_at", "-index")
+    )
+    rows = []
+    for bundle in bundles:
+        ok, reason = bundle_deployable(bundle)
+        rows.append({"bundle": bundle, "deployable": ok, "reason": reason})
+    return rows
+
+
+def sample_to_json(sample: MetricSample) -> dict[str, Any]:
+    """Return a metric sample as the monitor draws it (the agent's body plus id, node and timestamps)."""
+    payload = sample.payload or {}
+    return {
+        "id": sample.pk,
+        "node": sample.node_id,
+        "deployment": sample.deployment_id,
+        "at": sample.at.isoformat(),
+        "simulated": sample.simulated,
+        "resident_bytes": sample.resident_bytes,
+        "shared_bytes": sample.shared_bytes,
+        "gpu_used_bytes": sample.gpu_used_bytes,
+        "memory": payload.get("memory") or {},
+        "queries": payload.get("queries") or {},
+    }
+
+
+def node_metrics(*, node: EdgeNode, after: int | None = None, limit: int = METRICS_PAGE) -> list[dict[str, Any]]:
+    """Return the node's samples with an id above ``after``, oldest first (at most ``limit``).
+
+    Without ``after``, the newest ``limit`` samples.
+    """
+    rows = MetricSample.objects.filter(node=node)
+    if after is not None:
+        return [sample_to_json(s) for s in rows.filter(id__gt=after).order_by("id")[:limit]]
+    newest = list(rows.order_by("-id")[:limit])
+    return [sample_to_json(s) for s in reversed(newest)]
+
+
+def node_latest_sample(*, node: EdgeNode) -> MetricSample | None:
+    """Return the node's newest metric sample, or None."""
+    return MetricSample.objects.filter(node=node).order_by("-id").first()
+
+
+def overview_nodes() -> list[dict[str, Any]]:
+    """Return each node with online state and its memory now (shared vs per model, from the newest sample)."""
+    now = timezone.now()
+    rows = []
+    for node in nodes_list():
+        sample = node_latest_sample(node=node)
+        memory = (sample.payload or {}).get("memory", {}) if sample else {}
+        rows.append({
+            "node": node,
+            "online": node_is_online(node, now=now),
+            "sample": sample,
+            "shared_bytes": int(memory.get("shared_bytes") or 0),
+            "per_model_bytes": {str(k): int(v or 0) for k, v in (memory.get("per_model_bytes") or {}).items()},
+            "budget_bytes": memory.get("budget_bytes") or node.budget_bytes,
+            "queries": (sample.payload or {}).get("queries", {}) if sample else {},
+        })
+    return rows
+
+
+def overview_queries(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return every query (read-only from the workloads app) with its status and, where a node serves it,
+    the node and its newest fps, drop rate and effective accuracy."""
+    from webapp.workloads.models import Query
+
+    served: dict[str, tuple[EdgeNode, dict[str, Any]]] = {}
+    for row in nodes:
+        for name, figures in (row["queries"] or {}).items():
+            if row["online"] and isinstance(figures, dict):
+                served[str(name)] = (row["node"], figures)
+    rows = []
+    for query in Query.objects.select_related("camera", "model").order_by("name"):
+        node, figures = served.get(query.name, (None, {}))
+        rows.append({"query": query, "node": node, "figures": figures})
+    return rows

@@ -1,0 +1,295 @@
+"""Writes for the edge: agent tokens, nodes (as agents register and beat), deployments and metric samples.
+
+Every change the dashboard should see live goes to the channel-layer groups ``nodes`` (all nodes) and
+``node-<id>`` after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from webapp.edge import selectors
+from webapp.edge.models import AgentToken, Deployment, DeploymentStatusChange, EdgeNode, MetricSample
+from webapp.live import group_send_on_commit
+from webapp.merges.models import MergeBundle
+
+logger = logging.getLogger(__name__)
+
+ALL_NODES_GROUP = "nodes"
+# Statuses an agent may report for a deployment (docs/agent-protocol.md §4).
+REPORTABLE = (
+    Deployment.Status.DOWNLOADING, Deployment.Status.LOADING, Deployment.Status.WARMING,
+    Deployment.Status.ACTIVE, Deployment.Status.FAILED,
+)
+# Statuses the server gave a deployment that an agent's late report does not undo.
+SETTLED_BY_SERVER = (Deployment.Status.ROLLED_BACK, Deployment.Status.SUPERSEDED)
+
+
+def node_group(node_id: int) -> str:
+    """Return the channel-layer group of one node's live events."""
+    return f"node-{node_id}"
+
+
+def _broadcast(node: EdgeNode, message_type: str, payload: dict[str, Any]) -> None:
+    for group in (node_group(node.pk), ALL_NODES_GROUP):
+        group_send_on_commit(group, message_type, payload)
+
+
+def _broadcast_deployment(deployment: Deployment) -> None:
+    node = deployment.node
+    _broadcast(node, "deployment.status", {
+        "deployment": selectors.deployment_to_json(deployment), "node": selectors.node_to_json(node),
+    })
+
+
+def agent_token_create(*, name: str, user: AbstractBaseUser | None = None) -> tuple[AgentToken, str]:
+    """Create an agent token called ``name``; return the row and the plain token (shown this once only).
+
+    Raises:
+        ValidationError: an empty or over-long name.
+    """
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise ValidationError("a token needs a name of 1 to 100 characters")
+    plain = secrets.token_urlsafe(32)
+    token = AgentToken.objects.create(
+        name=name, token_hash=selectors.token_hash(plain), prefix=plain[:8],
+        created_by=user if user is not None and user.is_authenticated else None,
+    )
+    return token, plain
+
+
+def agent_token_revoke(*, token: AgentToken, user: AbstractBaseUser | None = None) -> AgentToken:
+    """Revoke ``token`` (agents presenting it get 403 from now on); revoking twice keeps the first time."""
+    if token.revoked_at is None:
+        AgentToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        token.refresh_from_db()
+        logger.info("agent token %s revoked by %s", token, user)
+    return token
+
+
+def _own_deployment(node: EdgeNode, deployment_id: int | None) -> Deployment | None:
+    if deployment_id is None:
+        return None
+    return Deployment.objects.filter(pk=deployment_id, node=node).first()
+
+
+@transaction.atomic
+def node_register(
+    *, token: AgentToken, name: str, device_kind: str, device_name: str, memory_total_bytes: int,
+    budget_bytes: int | None, agent_version: str, active_deployment: int | None,
+) -> EdgeNode:
+    """Create or update the node ``name`` for the agent holding ``token``; return it.
+
+    The token that registers a node last owns it (every token is an operator's credential). The active
+    deployment the agent reports is kept when it is one of this node's deployments.
+
+    Raises:
+        ValidationError: empty or over-long name, unknown device kind, negative sizes.
+    """
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise ValidationError("node name must be 1 to 100 characters")
+    if device_kind not in ("cpu", "cuda"):
+        raise ValidationError(f"device.kind must be cpu or cuda, got {device_kind!r}")
+    if memory_total_bytes < 0 or (budget_bytes is not None and budget_bytes <= 0):
+        raise ValidationError("memory sizes must be positive")
+    node, _ = EdgeNode.objects.select_for_update().get_or_create(name=name)
+    node.token = token
+    node.device_kind = device_kind
+    node.device_name = device_name[:200]
+    node.memory_total_bytes = memory_total_bytes
+    node.budget_bytes = budget_bytes
+    node.agent_version = agent_version[:32]
+    node.last_seen_at = timezone.now()
+    node.active_deployment = _own_deployment(node, active_deployment)
+    node.status = EdgeNode.Status.SERVING if node.active_deployment else EdgeNode.Status.IDLE
+    node.save()
+    _broadcast(node, "node.status", {"node": selectors.node_to_json(node)})
+    return node
+
+
+@transaction.atomic
+def node_heartbeat(*, node: EdgeNode, status: str, detail: str, active_deployment: int | None) -> EdgeNode:
+    """Record a heartbeat: the node is seen now, in ``status``, serving ``active_deployment``; return it.
+
+    Raises:
+        ValidationError: an unknown status.
+    """
+    if status not in EdgeNode.Status.values:
+        raise ValidationError(f"status must be one of {', '.join(EdgeNode.Status.values)}, got {status!r}")
+    node = EdgeNode.objects.select_for_update().get(pk=node.pk)
+    changed = (node.status, node.status_detail, node.active_deployment_id)
+    node.status = status
+    node.status_detail = detail or ""
+    node.active_deployment = _own_deployment(node, active_deployment)
+    was_offline = not selectors.node_is_online(node)
+    node.last_seen_at = timezone.now()
+    node.save(update_fields=["status", "status_detail", "active_deployment", "last_seen_at"])
+    if was_offline or changed != (node.status, node.status_detail, node.active_deployment_id):
+        _broadcast(node, "node.status", {"node": selectors.node_to_json(node)})
+    return node
+
+
+def _record_status(deployment: Deployment, status: str, detail: str) -> None:
+    DeploymentStatusChange.objects.create(deployment=deployment, status=status, detail=detail)
+
+
+@transaction.atomic
+def deployment_create(
+    *, bundle: MergeBundle, node: EdgeNode, user: AbstractBaseUser | None, budget_bytes: int | None = None,
+    scheduler: str = "merged",
+) -> Deployment:
+    """Assign ``bundle`` to ``node``: it becomes the node's desired deployment; return it.
+
+    Deployments of the node still on their way are superseded (the agent converges on the newest).
+
+    Raises:
+        ValidationError: the bundle is not deployable (a query misses its accuracy target; the reason is
+            in the message), or the budget is not positive.
+    """
+    ok, reason = selectors.bundle_deployable(bundle)
+    if not ok:
+        raise ValidationError(f"bundle cannot be deployed: {reason}")
+    if budget_bytes is not None and budget_bytes <= 0:
+        raise ValidationError("budget_bytes must be positive")
+    node = EdgeNode.objects.select_for_update().get(pk=node.pk)
+    return _deployment_new(node=node, bundle=bundle, user=user, budget_bytes=budget_bytes, scheduler=scheduler,
+                           detail="")
+
+
+def _deployment_new(
+    *, node: EdgeNode, bundle: MergeBundle, user: AbstractBaseUser | None, budget_bytes: int | None,
+    scheduler: str, detail: str,
+) -> Deployment:
+    for stale in selectors.deployments_in_flight(node=node):
+        stale.status = Deployment.Status.SUPERSEDED
+        stale.detail = "replaced by a newer deployment before it was applied"
+        stale.save(update_fields=["status", "detail", "updated_at"])
+        _record_status(stale, stale.status, stale.detail)
+        _broadcast_deployment(stale)
+    deployment = Deployment.objects.create(
+        node=node, bundle=bundle, scheduler=scheduler, budget_bytes=budget_bytes, detail=detail,
+        previous=node.active_deployment,
+        created_by=user if user is not None and user.is_authenticated else None,
+    )
+    _record_status(deployment, deployment.status, detail)
+    _broadcast_deployment(deployment)
+    return deployment
+
+
+@transaction.atomic
+def deployment_rollback(*, node: EdgeNode, user: AbstractBaseUser | None) -> Deployment:
+    """Return ``node`` to the deployment its current one replaced: the current one is marked rolled back
+    and a new deployment of the earlier bundle becomes desired; return the new deployment.
+
+    Raises:
+        ValidationError: nothing is deployed, or the current deployment replaced nothing.
+    """
+    node = EdgeNode.objects.select_for_update().get(pk=node.pk)
+    current = selectors.deployment_desired(node=node)
+    if current is None:
+        raise ValidationError("nothing is deployed on this node")
+    target = current.previous
+    if target is None or target.pk == current.pk:
+        raise ValidationError("the current deployment replaced nothing: there is nothing to roll back to")
+    current.status = Deployment.Status.ROLLED_BACK
+    current.detail = f"rolled back to the bundle of deployment {target.pk}"
+    current.save(update_fields=["status", "detail", "updated_at"])
+    _record_status(current, current.status, current.detail)
+    _broadcast_deployment(current)
+    return _deployment_new(
+        node=node, bundle=target.bundle, user=user, budget_bytes=target.budget_bytes, scheduler=target.scheduler,
+        detail=f"rollback from deployment {current.pk}",
+    )
+
+
+@transaction.atomic
+def deployment_report_status(*, deployment: Deployment, status: str, detail: str) -> Deployment:
+    """Record a status the agent reported for ``deployment`` and update its node; return the deployment.
+
+    ``active`` makes it the node's active deployment and supersedes the one active before; ``failed``
+    keeps the node's active deployment (the agent goes on serving it) and marks the node degraded.
+
+    Raises:
+        ValidationError: a status agents may not report.
+    """
+    if status not in REPORTABLE:
+        raise ValidationError(f"status must be one of {', '.join(REPORTABLE)}, got {status!r}")
+    deployment = Deployment.objects.select_for_update().select_related("bundle").get(pk=deployment.pk)
+    node = EdgeNode.objects.select_for_update().get(pk=deployment.node_id)
+    detail = detail or ""
+    _record_status(deployment, status, detail)
+    if deployment.status not in SETTLED_BY_SERVER:
+        deployment.status = status
+        deployment.detail = detail
+        deployment.save(update_fields=["status", "detail", "updated_at"])
+    if status == Deployment.Status.ACTIVE:
+        before = node.active_deployment
+        if before is not None and before.pk != deployment.pk and before.status == Deployment.Status.ACTIVE:
+            before.status = Deployment.Status.SUPERSEDED
+            before.detail = f"replaced by deployment {deployment.pk}"
+            before.save(update_fields=["status", "detail", "updated_at"])
+            _record_status(before, before.status, before.detail)
+            _broadcast_deployment(before)
+        node.active_deployment = deployment
+        node.status, node.status_detail = EdgeNode.Status.SERVING, ""
+    elif status == Deployment.Status.FAILED:
+        node.status = EdgeNode.Status.DEGRADED if node.active_deployment_id else EdgeNode.Status.IDLE
+        node.status_detail = detail
+    else:
+        node.status, node.status_detail = EdgeNode.Status.DEPLOYING, detail
+    node.last_seen_at = timezone.now()
+    node.save(update_fields=["active_deployment", "status", "status_detail", "last_seen_at"])
+    deployment.node = node
+    _broadcast_deployment(deployment)
+    return deployment
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@transaction.atomic
+def metrics_record(
+    *, node: EdgeNode, at: datetime, deployment: int | None, simulated: bool, memory: dict[str, Any],
+    queries: dict[str, Any],
+) -> MetricSample:
+    """Store one metrics report of ``node`` (keeping its newest METRICS_RETENTION samples) and send it to
+    the live monitor after commit; return the sample.
+
+    Raises:
+        ValidationError: ``memory`` or ``queries`` is not an object.
+    """
+    if not isinstance(memory, dict) or not isinstance(queries, dict):
+        raise ValidationError("memory and queries must be objects")
+    gpu = memory.get("gpu") if isinstance(memory.get("gpu"), dict) else None
+    sample = MetricSample.objects.create(
+        node=node, deployment=_own_deployment(node, deployment), at=at, simulated=bool(simulated),
+        resident_bytes=_int_or_none(memory.get("resident_bytes")) or 0,
+        shared_bytes=_int_or_none(memory.get("shared_bytes")) or 0,
+        gpu_used_bytes=_int_or_none(gpu.get("used_bytes")) if gpu else None,
+        payload={"memory": memory, "queries": queries},
+    )
+    keep = settings.METRICS_RETENTION
+    expired = MetricSample.objects.filter(node=node).order_by("-id").values_list("id", flat=True)[keep:]
+    expired_ids = list(expired)
+    if expired_ids:
+        MetricSample.objects.filter(id__in=expired_ids).delete()
+    EdgeNode.objects.filter(pk=node.pk).update(last_seen_at=timezone.now())
+    _broadcast(node, "node.metrics", {"node": node.pk, "sample": selectors.sample_to_json(sample)})
+    return sample

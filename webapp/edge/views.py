@@ -1,0 +1,48 @@
+"""Pages of the edge app: deployments (deploy, rollback, history, agent tokens) and the live monitor."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_GET
+
+from webapp.accounts.selectors import user_is_operator
+from webapp.edge import selectors
+from webapp.edge.models import EdgeNode
+
+
+@require_GET
+def deployments(request: HttpRequest) -> HttpResponse:
+    """Render bundles with a Deploy button per node (gated with the reason), live status, history,
+    rollback buttons and, for operators, the agent tokens."""
+    nodes = list(selectors.nodes_list())
+    history = selectors.deployment_history()
+    context = {
+        "nodes": [{"node": n, "online": selectors.node_is_online(n)} for n in nodes],
+        "bundles": selectors.bundles_for_deployment(),
+        "history": history,
+        "tokens": list(selectors.agent_tokens_list()) if user_is_operator(request.user) else [],
+        "live_data": {
+            "deployments": [selectors.deployment_to_json(d) for d in history],
+            "nodes": [selectors.node_to_json(n) for n in nodes],
+        },
+    }
+    return render(request, "edge/deployments.html", context)
+
+
+@require_GET
+def monitor(request: HttpRequest) -> HttpResponse:
+    """Render the live monitor of one node (``?node=<id>``, else the first): memory, fps, drops, accuracy."""
+    nodes = list(selectors.nodes_list())
+    node = None
+    if request.GET.get("node", "").isdigit():
+        node = get_object_or_404(EdgeNode, pk=int(request.GET["node"]))
+    elif nodes:
+        node = nodes[0]
+    context = {
+        "nodes": nodes,
+        "node": node,
+        "online": selectors.node_is_online(node) if node else False,
+        "monitor_data": {"node": selectors.node_to_json(node) if node else None},
+    }
+    return render(request, "edge/monitor.html", context)
