@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from gemel_engine.runtime.swap import (
     Mover,
     SimulatedMover,
     SwapManager,
+    SwapPlan,
     Unit,
     find_units,
     pipelined_seconds,
@@ -45,6 +47,7 @@ from gemel_engine.runtime.swap import (
 
 Timing = Literal["measured", "profiled"]
 TIMINGS: tuple[Timing, ...] = ("measured", "profiled")
+_MEASURED_KEPT = 8
 
 
 def resolve_device(device: torch.device | str) -> torch.device:
@@ -114,7 +117,8 @@ class Executor:
         self.profiles = dict(profiles or {})
         self.timing = timing
         for model in self.models.values():
-            model.to("cpu")
+            if not any(t.is_meta for t in model.parameters()):  # meta models (the simulator's) have nothing to move
+                model.to("cpu")
         self.units, module_order = find_units(self.models)
         self.order = {name: self._execution_order(name, keys) for name, keys in module_order.items()}
         self._layer_unit = {member: key for key, unit in self.units.items() for member in unit.members}
@@ -133,7 +137,7 @@ class Executor:
             self.units, budget, policy=policy, keep_shared=keep_shared, mover=mover, bandwidth=self.bandwidth
         )
         self._hooks = self._register_cuda_hooks() if self.device.type == "cuda" else []
-        self._measured: dict[str, float] = {}
+        self._measured: dict[str, deque[float]] = {}
 
     @property
     def simulated(self) -> bool:
@@ -201,17 +205,29 @@ class Executor:
             steps.append((load, compute.get(path, 0.0)))
         return steps
 
+    def _pipelined(self, name: str, plan: SwapPlan, transfer: Sequence[float], compute: Mapping[str, float]) -> float:
+        return pipelined_seconds(self._layer_steps(name, dict(zip(plan.load, transfer, strict=True)), compute))
+
     def estimate(self, name: str, batch: int) -> float:
         """Return the predicted seconds of running ``batch`` frames on model ``name`` now (loads included).
 
-        Uses the layer profile when there is one, else the last measured pass scaled by batch size.
+        Uses the layer profile when there is one, else the fastest of the recent measured passes (per frame)
+        times the batch size: optimistic, so one slow pass cannot make a query look infeasible for good.
         """
         missing = self.swap.missing(self.order[name])
         loads = {key: self.bandwidth.seconds(self.units[key].nbytes) for key in missing}
         profile = self.profiles.get(name)
         if profile is not None:
             return pipelined_seconds(self._layer_steps(name, loads, profile.layer_seconds(batch)))
-        return sum(loads.values()) + self._measured.get(name, 0.0) * batch
+        recent = self._measured.get(name)
+        return sum(loads.values()) + (min(recent) if recent else 0.0) * batch
+
+    def _swap_in(self, name: str) -> tuple[SwapPlan, list[float]]:
+        needed = self.order[name]
+        plan = self.swap.plan(needed)
+        transfer = self.swap.apply(plan)
+        self.swap.touch(needed)
+        return plan, transfer
 
     def infer(self, name: str, images: np.ndarray, task: Task) -> Inference:
         """Run model ``name`` on ``images`` (N×H×W×3 uint8), loading what it lacks first; charge the clock.
@@ -221,11 +237,8 @@ class Executor:
             RuntimeBudgetError: the model cannot fit beside the pinned units.
         """
         model = self.models[name]
-        needed = self.order[name]
-        plan = self.swap.plan(needed)
         started = time.perf_counter()
-        transfer = self.swap.apply(plan)
-        self.swap.touch(needed)
+        plan, transfer = self._swap_in(name)
         timer = LayerTimer(model) if self.device.type == "cpu" and self.timing == "measured" else None
         if timer is not None:
             with timer.measure():
@@ -236,18 +249,27 @@ class Executor:
         if self.device.type == "cuda":
             modelled = elapsed
         else:
-            compute = (
-                timer.seconds if timer is not None else self.profiles[name].layer_seconds(max(1, len(images)))
-            )
-            loads = dict(zip(plan.load, transfer, strict=True))
-            modelled = pipelined_seconds(self._layer_steps(name, loads, compute))
-        self._measured[name] = (modelled - sum(transfer)) / max(1, len(images))
+            compute = timer.seconds if timer is not None else self.profiles[name].layer_seconds(max(1, len(images)))
+            modelled = self._pipelined(name, plan, transfer, compute)
+        self._measured.setdefault(name, deque(maxlen=_MEASURED_KEPT)).append(
+            (modelled - sum(transfer)) / max(1, len(images))
+        )
         self.clock.account(modelled, elapsed)
         return Inference(predictions, modelled, plan.load_bytes, sum(transfer))
 
     def run(self, name: str, frames: Sequence[Any], task: Task) -> list[Target]:
         """Return model ``name``'s predictions for ``frames`` (objects with an ``image``), via ``infer``."""
         return self.infer(name, np.stack([frame.image for frame in frames]), task).predictions
+
+    def warm_up(self, image: np.ndarray, tasks: Mapping[str, Task]) -> None:
+        """Run each model once on ``image`` off the clock (CPU: first passes allocate and are slow; not timed).
+
+        On CUDA nothing runs: a pass would need the model loaded, which the schedule itself does.
+        """
+        if self.device.type != "cpu":
+            return
+        for name, task in tasks.items():
+            predict(self.models[name], image[np.newaxis], task, batch_size=1)
 
     def memory(self) -> dict[str, Any]:
         """Return the protocol's ``memory`` object: budget, resident bytes (shared vs per model), swaps, GPU."""
