@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -278,6 +279,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run the edge agent until SIGTERM/SIGINT (docs/agent-protocol.md)."""
+    from gemel_engine.runtime.agent import AgentConfig, run_agent
+
+    budget = None if args.budget_mb is None else int(args.budget_mb * 1024 * 1024)
+    state_dir = args.state_dir or Path("var") / "agent" / args.node
+    return run_agent(AgentConfig(server=args.server, token=args.token, node=args.node, budget_bytes=budget,
+                                 state_dir=state_dir, device=args.device))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark by name."""
     from gemel_engine.bench import run_benchmark
@@ -342,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo_build.add_argument("--scale", choices=("tiny", "mix", "small", "paper"), default="tiny", help="workload size")
     demo_build.add_argument("--out", type=Path, required=True, help="folder for workload.json, weights and frames")
     demo_build.set_defaults(handler=cmd_demo_build)
+
+    agent = commands.add_parser("agent", help="run the edge agent: serve what the dashboard deploys to this node")
+    agent.add_argument("--server", required=True, help="dashboard URL, e.g. http://127.0.0.1:8000")
+    agent.add_argument("--token", default=os.environ.get("GEMEL_AGENT_TOKEN"),
+                       help="agent token (default: $GEMEL_AGENT_TOKEN)")
+    agent.add_argument("--node", required=True, help="this node's name")
+    agent.add_argument("--budget-mb", type=float, help="device memory budget in MiB")
+    agent.add_argument("--state-dir", type=Path, help="state.json and bundles (default: var/agent/NODE)")
+    agent.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    agent.set_defaults(handler=cmd_agent)
 
     bench = commands.add_parser("bench", help="run a benchmark (python -m gemel_engine bench NAME --help)")
     bench.add_argument("benchmark", help="benchmark name, e.g. analyze")
