@@ -1,5 +1,333 @@
-"""API endpoints of this app."""
+"""JSON API of cameras, models, queries, workload analyses and demo seeds.
 
-from ninja import Router
+Reads are open to every signed-in user; writes need an operator (viewers get 403). Service refusals come
+back as 400 with {"detail": "..."}.
+"""
 
-router = Router()
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import File, Form, Router, Schema, Status
+from ninja.errors import HttpError
+from ninja.files import UploadedFile
+
+from webapp.accounts.permissions import api_require_operator
+from webapp.workloads import selectors, services
+from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, WorkloadAnalysis
+
+router = Router(tags=["workloads"])
+T = TypeVar("T")
+
+
+class Detail(Schema):
+    detail: str
+
+
+class CameraIn(Schema):
+    name: str
+    source: str
+    fps: float = 10.0
+    width: int = 64
+    height: int = 64
+
+
+class CameraPatch(Schema):
+    name: str | None = None
+    source: str | None = None
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class CameraOut(Schema):
+    id: int
+    name: str
+    source: str
+    fps: float
+    width: int
+    height: int
+    sampling: dict[str, Any]
+    thumbnail_url: str | None
+    created_at: datetime
+
+
+class ModelPatch(Schema):
+    name: str
+
+
+class ModelOut(Schema):
+    id: int
+    name: str
+    arch: str
+    builder_args: dict[str, Any]
+    weights_sha256: str
+    weights_size: int
+    param_bytes: int
+    created_at: datetime
+
+
+class QueryIn(Schema):
+    name: str
+    camera: int
+    model: int
+    task: dict[str, Any]
+    target_fraction: float = 0.95
+    slo_ms: float = 500.0
+
+
+class QueryPatch(Schema):
+    name: str | None = None
+    task: dict[str, Any] | None = None
+    target_fraction: float | None = None
+    slo_ms: float | None = None
+
+
+class QueryOut(Schema):
+    id: int
+    name: str
+    camera: int
+    model: int
+    task: dict[str, Any]
+    target_fraction: float
+    slo_ms: float
+    status: str
+    status_detail: str
+    unmerged_accuracy: float | None
+    chance_accuracy: float | None
+
+
+class AnalysisIn(Schema):
+    queries: list[int] | None = None
+    mode: str = "shape"
+
+
+class AnalysisOut(Schema):
+    id: int
+    mode: str
+    created_at: datetime
+    queries: list[int]
+    result: dict[str, Any]
+
+
+class DemoSeedIn(Schema):
+    scale: str = "tiny"
+
+
+class DemoSeedOut(Schema):
+    scale: str
+    status: str
+    detail: str
+    queries_registered: int
+    queries_total: int
+    celery_task_id: str
+    updated_at: datetime
+
+
+def _call(write: Callable[[], T]) -> T:
+    """Run a service call, turning its ValidationError into a 400 with the reason."""
+    try:
+        return write()
+    except ValidationError as exc:
+        raise HttpError(400, "; ".join(exc.messages)) from None
+
+
+def _camera_out(camera: Camera) -> dict[str, Any]:
+    from django.urls import reverse
+
+    return {
+        "id": camera.pk, "name": camera.name, "source": camera.source, "fps": camera.fps, "width": camera.width,
+        "height": camera.height, "sampling": camera.sampling or {}, "created_at": camera.created_at,
+        "thumbnail_url": reverse("camera_thumbnail", args=[camera.pk]) if camera.thumbnail else None,
+    }
+
+
+def _query_out(query: Query) -> dict[str, Any]:
+    return {
+        "id": query.pk, "name": query.name, "camera": query.camera_id, "model": query.model_id, "task": query.task,
+        "target_fraction": query.target_fraction, "slo_ms": query.slo_ms, "status": query.status,
+        "status_detail": query.status_detail, "unmerged_accuracy": query.unmerged_accuracy,
+        "chance_accuracy": query.chance_accuracy,
+    }
+
+
+def _analysis_out(analysis: WorkloadAnalysis) -> dict[str, Any]:
+    return {
+        "id": analysis.pk, "mode": analysis.mode, "created_at": analysis.created_at, "result": analysis.result,
+        "queries": sorted(query.pk for query in analysis.queries.all()),
+    }
+
+
+# --- cameras -------------------------------------------------------------------------------------------
+
+
+@router.get("/cameras", response=list[CameraOut])
+def list_cameras(request: HttpRequest) -> list[dict[str, Any]]:
+    """List the cameras."""
+    return [_camera_out(camera) for camera in selectors.camera_list()]
+
+
+@router.get("/cameras/{camera_id}", response={200: CameraOut, 404: Detail})
+def get_camera(request: HttpRequest, camera_id: int) -> dict[str, Any]:
+    """Return one camera."""
+    return _camera_out(get_object_or_404(Camera, pk=camera_id))
+
+
+@router.post("/cameras", response={201: CameraOut, 400: Detail, 403: Detail})
+def create_camera(request: HttpRequest, payload: CameraIn) -> Status:
+    """Register a camera (its source is checked and its first frame decoded)."""
+    api_require_operator(request)
+    return Status(201, _camera_out(_call(lambda: services.camera_register(**payload.dict()))))
+
+
+@router.patch("/cameras/{camera_id}", response={200: CameraOut, 400: Detail, 403: Detail, 404: Detail})
+def update_camera(request: HttpRequest, camera_id: int, payload: CameraPatch) -> dict[str, Any]:
+    """Change a camera."""
+    api_require_operator(request)
+    camera = get_object_or_404(Camera, pk=camera_id)
+    return _camera_out(_call(lambda: services.camera_update(camera=camera, **payload.dict(exclude_unset=True))))
+
+
+@router.delete("/cameras/{camera_id}", response={204: None, 400: Detail, 403: Detail, 404: Detail})
+def delete_camera(request: HttpRequest, camera_id: int) -> Status:
+    """Delete a camera no query uses."""
+    api_require_operator(request)
+    camera = get_object_or_404(Camera, pk=camera_id)
+    _call(lambda: services.camera_delete(camera=camera))
+    return Status(204, None)
+
+
+# --- models --------------------------------------------------------------------------------------------
+
+
+@router.get("/models", response=list[ModelOut])
+def list_models(request: HttpRequest) -> list[ModelEntry]:
+    """List the models."""
+    return list(selectors.model_list())
+
+
+@router.get("/models/{model_id}", response={200: ModelOut, 404: Detail})
+def get_model(request: HttpRequest, model_id: int) -> ModelEntry:
+    """Return one model."""
+    return get_object_or_404(ModelEntry, pk=model_id)
+
+
+@router.post("/models", response={201: ModelOut, 400: Detail, 403: Detail})
+def create_model(
+    request: HttpRequest, name: Form[str], arch: Form[str], weights: File[UploadedFile],
+    builder_args: Form[str] = "{}",
+) -> Status:
+    """Upload a model as multipart: name, arch, builder_args (a JSON object) and the weights file."""
+    api_require_operator(request)
+    try:
+        args = json.loads(builder_args)
+    except json.JSONDecodeError as exc:
+        raise HttpError(400, f"builder_args is not valid JSON: {exc}") from None
+    entry = _call(lambda: services.model_register(name=name, arch=arch, weights=weights, builder_args=args))
+    return Status(201, entry)
+
+
+@router.patch("/models/{model_id}", response={200: ModelOut, 400: Detail, 403: Detail, 404: Detail})
+def update_model(request: HttpRequest, model_id: int, payload: ModelPatch) -> ModelEntry:
+    """Rename a model."""
+    api_require_operator(request)
+    model = get_object_or_404(ModelEntry, pk=model_id)
+    return _call(lambda: services.model_update(model=model, name=payload.name))
+
+
+@router.delete("/models/{model_id}", response={204: None, 400: Detail, 403: Detail, 404: Detail})
+def delete_model(request: HttpRequest, model_id: int) -> Status:
+    """Delete a model no query uses."""
+    api_require_operator(request)
+    model = get_object_or_404(ModelEntry, pk=model_id)
+    _call(lambda: services.model_delete(model=model))
+    return Status(204, None)
+
+
+# --- queries -------------------------------------------------------------------------------------------
+
+
+@router.get("/queries", response=list[QueryOut])
+def list_queries(request: HttpRequest) -> list[dict[str, Any]]:
+    """List the queries with their status and measured accuracies."""
+    return [_query_out(query) for query in selectors.query_list()]
+
+
+@router.get("/queries/{query_id}", response={200: QueryOut, 404: Detail})
+def get_query(request: HttpRequest, query_id: int) -> dict[str, Any]:
+    """Return one query."""
+    return _query_out(get_object_or_404(Query, pk=query_id))
+
+
+@router.post("/queries", response={201: QueryOut, 400: Detail, 403: Detail, 404: Detail})
+def create_query(request: HttpRequest, payload: QueryIn) -> Status:
+    """Create a query; its unmerged accuracy is measured by a worker (status pending → measuring → ready)."""
+    api_require_operator(request)
+    camera = get_object_or_404(Camera, pk=payload.camera)
+    model = get_object_or_404(ModelEntry, pk=payload.model)
+    query = _call(lambda: services.query_create(
+        name=payload.name, camera=camera, model=model, task=payload.task, target_fraction=payload.target_fraction,
+        slo_ms=payload.slo_ms,
+    ))
+    return Status(201, _query_out(query))
+
+
+@router.patch("/queries/{query_id}", response={200: QueryOut, 400: Detail, 403: Detail, 404: Detail})
+def update_query(request: HttpRequest, query_id: int, payload: QueryPatch) -> dict[str, Any]:
+    """Change a query's name, task, target or latency bound."""
+    api_require_operator(request)
+    query = get_object_or_404(Query, pk=query_id)
+    return _query_out(_call(lambda: services.query_update(query=query, **payload.dict(exclude_unset=True))))
+
+
+@router.delete("/queries/{query_id}", response={204: None, 400: Detail, 403: Detail, 404: Detail})
+def delete_query(request: HttpRequest, query_id: int) -> Status:
+    """Delete a query."""
+    api_require_operator(request)
+    query = get_object_or_404(Query, pk=query_id)
+    _call(lambda: services.query_delete(query=query))
+    return Status(204, None)
+
+
+# --- analyses and demo seeds ---------------------------------------------------------------------------
+
+
+@router.get("/analyses", response=list[AnalysisOut])
+def list_analyses(request: HttpRequest) -> list[dict[str, Any]]:
+    """List the workload analyses, newest first."""
+    return [_analysis_out(analysis) for analysis in selectors.analysis_list()]
+
+
+@router.get("/analyses/{analysis_id}", response={200: AnalysisOut, 404: Detail})
+def get_analysis(request: HttpRequest, analysis_id: int) -> dict[str, Any]:
+    """Return one analysis."""
+    return _analysis_out(get_object_or_404(WorkloadAnalysis, pk=analysis_id))
+
+
+@router.post("/analyses", response={201: AnalysisOut, 400: Detail, 403: Detail})
+def create_analysis(request: HttpRequest, payload: AnalysisIn) -> Status:
+    """Analyse the sharing potential of the given queries (all when none is given)."""
+    api_require_operator(request)
+    chosen = selectors.query_list() if payload.queries is None else selectors.queries_by_ids(payload.queries)
+    analysis = _call(lambda: services.workload_analyze(queries=chosen, mode=payload.mode, user=request.user))
+    return Status(201, _analysis_out(analysis))
+
+
+@router.get("/demo-seeds", response=list[DemoSeedOut])
+def list_demo_seeds(request: HttpRequest) -> list[DemoSeed]:
+    """List the demo workloads being built or built."""
+    return list(selectors.demo_seed_list())
+
+
+@router.post("/demo-seeds", response={202: DemoSeedOut, 400: Detail, 403: Detail})
+def start_demo_seed(request: HttpRequest, payload: DemoSeedIn) -> Status:
+    """Start building a demo workload on a worker."""
+    api_require_operator(request)
+    _call(lambda: services.demo_seed_start(scale=payload.scale))
+    return Status(202, DemoSeed.objects.get(scale=payload.scale))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from django.db.models import Count, QuerySet
 
@@ -47,3 +48,59 @@ def analysis_list() -> QuerySet[WorkloadAnalysis]:
 def demo_seed_list() -> QuerySet[DemoSeed]:
     """Return the demo seeds, most recently updated first."""
     return DemoSeed.objects.order_by("-updated_at")
+
+
+# Signatures shown in the analysis chart, largest savings first.
+TOP_SIGNATURES = 15
+
+
+def analysis_chart_data(analysis: WorkloadAnalysis) -> dict[str, Any]:
+    """Return what the analysis page draws: per model, its bytes alone and after the structural optimum, and the
+    signatures that save the most with the models that share them.
+
+    A shared layer's one copy is charged to the first model of its group; the others drop it.
+    """
+    result = analysis.result or {}
+    instances = result.get("instances", [])
+    dropped: dict[str, int] = {}
+    signatures: dict[str, dict[str, Any]] = {}
+    for instance in instances:
+        members = [member["model"] for member in instance["members"]]
+        for model in members[1:]:
+            dropped[model] = dropped.get(model, 0) + int(instance["bytes"])
+        row = signatures.setdefault(instance["signature"], {"savings_bytes": 0, "instances": 0, "models": set()})
+        row["savings_bytes"] += int(instance["savings_bytes"])
+        row["instances"] += 1
+        row["models"].update(members)
+    models = result.get("models", [])
+    top = sorted(signatures.items(), key=lambda item: -item[1]["savings_bytes"])[:TOP_SIGNATURES]
+    return {
+        "mode": result.get("mode"),
+        "models": [m["name"] for m in models],
+        "archs": [m.get("arch") or "" for m in models],
+        "unmerged_bytes": [m["param_bytes"] for m in models],
+        "merged_bytes": [m["param_bytes"] - dropped.get(m["name"], 0) for m in models],
+        "shareable_bytes": [m["shareable_param_bytes"] for m in models],
+        "total_bytes": result.get("total_param_bytes", 0),
+        "max_savings_bytes": result.get("max_savings_bytes", 0),
+        "max_savings_fraction": result.get("max_savings_fraction", 0.0),
+        "instance_count": len(instances),
+        "signatures": [
+            {"signature": key, "savings_bytes": row["savings_bytes"], "instances": row["instances"],
+             "models": sorted(row["models"])}
+            for key, row in top
+        ],
+    }
+
+
+def sharing_pairs(analysis: WorkloadAnalysis) -> list[dict[str, Any]]:
+    """Return, per pair of models that can share layers, how many layers and bytes they could share."""
+    pairs: dict[tuple[str, str], dict[str, int]] = {}
+    for instance in (analysis.result or {}).get("instances", []):
+        members = sorted({member["model"] for member in instance["members"]})
+        for i, first in enumerate(members):
+            for second in members[i + 1 :]:
+                row = pairs.setdefault((first, second), {"layers": 0, "bytes": 0})
+                row["layers"] += 1
+                row["bytes"] += int(instance["bytes"])
+    return [{"models": list(key), **row} for key, row in sorted(pairs.items(), key=lambda item: -item[1]["bytes"])]

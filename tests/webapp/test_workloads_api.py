@@ -1,0 +1,113 @@
+"""The workloads API: reads for signed-in users, writes for operators, 401 without a session, 403 without CSRF."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import Client
+
+from tests.webapp.test_workloads_factories import make_camera, make_model, make_query, synthetic_source, write_weights
+from webapp.workloads.models import Camera, ModelEntry, Query
+
+pytestmark = pytest.mark.django_db
+
+
+def post_json(client: Client, url: str, data: dict) -> object:
+    return client.post(url, json.dumps(data), content_type="application/json")
+
+
+def test_an_operator_manages_cameras_models_and_queries(operator_client, tmp_path, django_capture_on_commit_callbacks):
+    response = post_json(operator_client, "/api/cameras", {"name": "gate", "source": synthetic_source("gate"),
+                                                           "fps": 5, "width": 32, "height": 32})
+    assert response.status_code == 201, response.content
+    camera = response.json()
+    assert camera["thumbnail_url"].endswith("thumbnail.png")
+
+    weights = write_weights(tmp_path / "w.safetensors")
+    with weights.open("rb") as handle:
+        response = operator_client.post("/api/models", {"name": "tiny", "arch": "mobilenet_v3_small",
+                                                        "builder_args": '{"num_classes": 2}', "weights": handle})
+    assert response.status_code == 201, response.content
+    model = response.json()
+    assert model["param_bytes"] > 0 and len(model["weights_sha256"]) == 64
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = post_json(operator_client, "/api/queries", {
+            "name": "gate_cars", "camera": camera["id"], "model": model["id"],
+            "task": {"kind": "presence", "classes": ["car"]},
+        })
+    assert response.status_code == 201 and response.json()["status"] == "pending"
+    assert len(callbacks) == 1
+    query_id = response.json()["id"]
+
+    response = operator_client.patch(f"/api/queries/{query_id}", {"slo_ms": 250}, content_type="application/json")
+    assert response.status_code == 200 and response.json()["slo_ms"] == 250
+    assert operator_client.delete(f"/api/cameras/{camera['id']}").status_code == 400  # still used
+    assert operator_client.delete(f"/api/queries/{query_id}").status_code == 204
+    assert operator_client.delete(f"/api/models/{model['id']}").status_code == 204
+    assert operator_client.delete(f"/api/cameras/{camera['id']}").status_code == 204
+    assert not (Camera.objects.exists() or ModelEntry.objects.exists() or Query.objects.exists())
+
+
+def test_refusals_come_back_as_400_with_a_detail(operator_client, tmp_path):
+    response = post_json(operator_client, "/api/cameras", {"name": "x", "source": "file:///etc/passwd"})
+    assert response.status_code == 400 and "inside the media folder" in response.json()["detail"]
+    evil = tmp_path / "evil.pt"
+    sentinel = tmp_path / "pwned"
+    evil.write_bytes(f"cos\nsystem\n(S'touch {sentinel}'\ntR.".encode())
+    with evil.open("rb") as handle:
+        response = operator_client.post("/api/models", {"name": "evil", "arch": "resnet18", "weights": handle})
+    assert response.status_code == 400 and "cannot read weights safely" in response.json()["detail"]
+    assert not sentinel.exists()
+    assert operator_client.get("/api/cameras/999").status_code == 404
+
+
+def test_analyses_cover_all_queries_by_default(operator_client):
+    camera = make_camera()
+    make_query("a", camera=camera, model=make_model("m1"))
+    make_query("b", camera=camera, model=make_model("m2"))
+    response = post_json(operator_client, "/api/analyses", {"mode": "shape"})
+    assert response.status_code == 201
+    assert len(response.json()["queries"]) == 2 and response.json()["result"]["max_savings_bytes"] > 0
+    assert len(operator_client.get("/api/analyses").json()) == 1
+
+
+def test_viewers_read_but_every_write_is_403(viewer_client, tmp_path):
+    query = make_query()
+    assert viewer_client.get("/api/queries").json()[0]["name"] == "north_vehicles"
+    assert viewer_client.get(f"/api/cameras/{query.camera_id}").status_code == 200
+    weights = write_weights(tmp_path / "w.safetensors")
+    writes = [
+        lambda: post_json(viewer_client, "/api/cameras", {"name": "x", "source": synthetic_source("x")}),
+        lambda: viewer_client.patch(f"/api/cameras/{query.camera_id}", {"name": "y"}, content_type="application/json"),
+        lambda: viewer_client.delete(f"/api/queries/{query.pk}"),
+        lambda: viewer_client.delete(f"/api/models/{query.model_id}"),
+        lambda: viewer_client.post("/api/models", {"name": "m", "arch": "mobilenet_v3_small",
+                                                   "weights": weights.open("rb")}),
+        lambda: post_json(viewer_client, "/api/queries", {"name": "q", "camera": query.camera_id,
+                                                          "model": query.model_id, "task": {}}),
+        lambda: post_json(viewer_client, "/api/analyses", {}),
+        lambda: post_json(viewer_client, "/api/demo-seeds", {"scale": "tiny"}),
+    ]
+    for write in writes:
+        response = write()
+        assert response.status_code == 403, response.content
+        assert "detail" in response.json()
+    assert Query.objects.count() == 1 and Camera.objects.get().name == "north"
+
+
+def test_anonymous_callers_get_401_and_nothing_else():
+    make_query()
+    client = Client()
+    for url in ("/api/cameras", "/api/models", "/api/queries", "/api/analyses", "/api/demo-seeds"):
+        assert client.get(url).status_code == 401, url
+    assert post_json(client, "/api/cameras", {"name": "x", "source": synthetic_source("x")}).status_code == 401
+
+
+def test_session_writes_without_the_csrf_token_are_refused(operator):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(operator)
+    response = post_json(client, "/api/cameras", {"name": "x", "source": synthetic_source("x")})
+    assert response.status_code == 403
+    assert not Camera.objects.exists()

@@ -1,0 +1,61 @@
+"""The demo seed registers a built demo workload once: cameras, models and ready queries, reused on a rerun."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from gemel_engine.demo import SCALES
+from gemel_engine.workload import Workload
+from tests.webapp.test_workloads_factories import write_weights
+from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query
+from webapp.workloads.services import demo_seed
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def built_tiny_demo(settings) -> Path:
+    """Write the tiny demo's workload.json with untrained weights, as a finished build leaves it (no training)."""
+    spec = SCALES["tiny"]
+    out = Path(settings.MEDIA_ROOT) / "demo" / "tiny"
+    entries = []
+    for i, entry in enumerate(spec.queries):
+        path = write_weights(out / "weights" / f"{entry.name}.safetensors", arch=entry.query.arch,
+                             num_classes=entry.query.task.num_outputs)
+        entries.append(dataclasses.replace(entry, weights=str(path.relative_to(out)), unmerged_accuracy=0.8 + i / 100,
+                                           chance_accuracy=0.5))
+    return Workload("tiny", spec.cameras, tuple(entries), out).save(out / "workload.json")
+
+
+def test_it_registers_a_built_demo_as_ready_queries_and_reuses_them_on_a_rerun(built_tiny_demo):
+    seed = demo_seed(scale="tiny")
+    assert seed.status == DemoSeed.Status.READY, seed.detail
+    assert seed.queries_registered == seed.queries_total == 3
+    assert sorted(Camera.objects.values_list("name", flat=True)) == ["east", "north"]
+    north = Camera.objects.get(name="north")
+    assert (north.width, north.height) == (32, 32) and north.sampling["every"] == 5 and north.thumbnail
+    queries = Query.objects.order_by("name")
+    assert all(q.status == Query.Status.READY for q in queries)
+    assert queries.get(name="north_vehicles").unmerged_accuracy == 0.8
+    call_command("demo_seed", "--scale", "tiny", "--wait")
+    assert (Camera.objects.count(), ModelEntry.objects.count(), Query.objects.count()) == (2, 3, 3)
+
+
+def test_a_camera_of_the_same_name_with_another_source_fails_the_seed_with_the_reason(built_tiny_demo):
+    Camera.objects.create(name="north", source="synthetic://elsewhere")
+    seed = demo_seed(scale="tiny")
+    assert seed.status == DemoSeed.Status.FAILED
+    assert "another source" in seed.detail
+
+
+def test_starting_a_seed_records_it_as_queued(django_capture_on_commit_callbacks):
+    from webapp.workloads.services import demo_seed_start
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        task_id = demo_seed_start(scale="tiny")
+    assert DemoSeed.objects.get(scale="tiny").celery_task_id == task_id
+    assert len(callbacks) == 1

@@ -1,0 +1,128 @@
+"""The cameras and analysis pages: operators change things through forms, viewers only look, names are escaped."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from tests.webapp.test_workloads_factories import make_camera, make_model, make_query, synthetic_source, write_weights
+from webapp.workloads.models import Camera, ModelEntry, Query
+from webapp.workloads.services import workload_analyze
+
+pytestmark = pytest.mark.django_db
+XSS = "<script>alert(1)</script>"
+
+
+@pytest.fixture
+def hostile_workload():
+    """A camera and a model whose names are markup, and a query over them (query names are identifiers)."""
+    camera = make_camera(XSS, thumbnail="")
+    model = make_model(XSS)
+    query = make_query("north_vehicles", camera=camera, model=model)
+    workload_analyze(queries=[query], user=None)
+    return camera, model, query
+
+
+def page_urls(camera: Camera, model: ModelEntry, query: Query) -> list[str]:
+    return [
+        reverse("cameras"), reverse("analysis"), reverse("camera_create"), reverse("model_create"),
+        reverse("query_create"), reverse("camera_edit", args=[camera.pk]), reverse("camera_delete", args=[camera.pk]),
+        reverse("model_edit", args=[model.pk]), reverse("model_delete", args=[model.pk]),
+        reverse("query_edit", args=[query.pk]), reverse("query_delete", args=[query.pk]),
+    ]
+
+
+def test_every_page_renders_markup_in_names_as_text(operator_client, hostile_workload):
+    for url in page_urls(*hostile_workload):
+        response = operator_client.get(url)
+        assert response.status_code == 200, url
+        body = response.content.decode()
+        assert XSS not in body, url
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in operator_client.get(reverse("cameras")).content.decode()
+
+
+def test_a_refused_query_name_is_echoed_escaped_in_the_form(operator_client, hostile_workload):
+    camera, model, _ = hostile_workload
+    response = operator_client.post(reverse("query_create"), {
+        "name": XSS, "camera": camera.pk, "model": model.pk, "kind": "presence", "classes": ["car"],
+        "target_fraction": 0.95, "slo_ms": 500,
+    })
+    assert response.status_code == 200
+    assert XSS not in response.content.decode()
+
+
+def test_viewers_see_no_write_buttons_and_get_403_on_every_write(viewer_client, hostile_workload):
+    camera, model, query = hostile_workload
+    body = viewer_client.get(reverse("cameras")).content.decode()
+    for marker in ('id="add-camera"', 'id="add-model"', 'id="add-query"', "edit-camera-", "demo-seed-form"):
+        assert marker not in body
+    assert 'id="analysis-form"' not in viewer_client.get(reverse("analysis")).content.decode()
+    for url in page_urls(camera, model, query)[2:]:
+        assert viewer_client.get(url).status_code == 403, url
+        assert viewer_client.post(url, {"name": "x"}).status_code == 403, url
+    assert viewer_client.post(reverse("analysis"), {"mode": "shape"}).status_code == 403
+    assert viewer_client.post(reverse("demo_seed"), {"scale": "tiny"}).status_code == 403
+    assert Camera.objects.get().name == XSS and Query.objects.count() == 1
+
+
+def test_anonymous_visitors_are_sent_to_the_login_page(client, hostile_workload):
+    camera, _, _ = hostile_workload
+    for url in [reverse("cameras"), reverse("analysis"), reverse("camera_thumbnail", args=[camera.pk])]:
+        response = client.get(url)
+        assert response.status_code == 302 and reverse("login") in response["Location"], url
+
+
+def test_an_operator_registers_a_camera_and_sees_its_thumbnail_behind_login(operator_client, client):
+    response = operator_client.post(reverse("camera_create"), {
+        "name": "gate", "source": synthetic_source("gate"), "fps": 5, "width": 32, "height": 32,
+    })
+    assert response.status_code == 302
+    camera = Camera.objects.get(name="gate")
+    thumbnail = operator_client.get(reverse("camera_thumbnail", args=[camera.pk]))
+    assert thumbnail.status_code == 200 and thumbnail["Content-Type"] == "image/png"
+    assert b"".join(thumbnail.streaming_content).startswith(b"\x89PNG")
+
+
+def test_a_refused_source_is_shown_in_the_form(operator_client):
+    response = operator_client.post(reverse("camera_create"), {
+        "name": "bad", "source": "file:///etc/passwd", "fps": 5, "width": 32, "height": 32,
+    })
+    assert response.status_code == 200
+    assert "inside the media folder" in response.content.decode()
+    assert not Camera.objects.exists()
+
+
+def test_an_operator_uploads_a_model_and_creates_a_query(operator_client, tmp_path, django_capture_on_commit_callbacks):
+    weights = write_weights(tmp_path / "w.safetensors")
+    with weights.open("rb") as handle:
+        response = operator_client.post(reverse("model_create"), {
+            "name": "tiny", "arch": "mobilenet_v3_small", "builder_args": '{"num_classes": 2}', "weights": handle,
+        })
+    assert response.status_code == 302, response.content.decode()
+    camera = make_camera()
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = operator_client.post(reverse("query_create"), {
+            "name": "north_cars", "camera": camera.pk, "model": ModelEntry.objects.get().pk, "kind": "presence",
+            "classes": ["car"], "target_fraction": 0.9, "slo_ms": 300,
+        })
+    assert response.status_code == 302
+    assert Query.objects.get().status == Query.Status.PENDING and len(callbacks) == 1
+
+
+def test_deleting_a_camera_in_use_asks_first_and_then_explains_the_refusal(operator_client):
+    query = make_query()
+    url = reverse("camera_delete", args=[query.camera.pk])
+    assert 'id="confirm-delete"' in operator_client.get(url).content.decode()
+    response = operator_client.post(url)
+    assert response.status_code == 200 and "north_vehicles" in response.content.decode()
+    assert Camera.objects.exists()
+
+
+def test_an_operator_runs_an_analysis_over_all_queries_by_default(operator_client):
+    camera = make_camera()
+    make_query("a", camera=camera, model=make_model("m1"))
+    make_query("b", camera=camera, model=make_model("m2"))
+    response = operator_client.post(reverse("analysis"), {"mode": "shape"})
+    assert response.status_code == 302
+    body = operator_client.get(reverse("analysis")).content.decode()
+    assert 'id="bytes-chart"' in body and 'id="analysis-data"' in body and "a ↔ b" in body
