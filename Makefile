@@ -6,8 +6,9 @@ REQUIREMENTS_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 DEMO_DIR ?= var/demo
 STRATEGY ?= gemel+
+DEMO_SCALE ?= tiny
 
-.PHONY: setup test lint run bench clean
+.PHONY: setup chromium test test-services lint run demo-cli bench clean
 
 setup: $(STAMP)
 
@@ -20,17 +21,33 @@ $(STAMP): requirements.txt
 lint: setup
 	$(PY) -m ruff check .
 
-test: setup lint
+# The browser tests drive Debian's chromium (never a downloaded browser); as root, install it when missing.
+chromium:
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		{ echo "install Debian's chromium (apt-get install chromium) for the browser tests" >&2; exit 1; }
+
+test: setup lint chromium
 	$(PY) -m pytest
 
-# The most complete job the project runs today: build the tiny demo workload (synthetic cameras, trained
-# unmerged models; reused when present), analyse it, run the merge search and inspect the merged bundle.
+# The whole product with embedded defaults (SQLite, a private Redis): migrate, create the first operator,
+# start daphne, a Celery worker and the edge agent, build the demo workload in the background.
 run: setup
+	$(PY) -m webapp.run --demo-scale $(DEMO_SCALE)
+
+# The engine alone from the command line: build the tiny demo, analyse it, merge it and inspect the bundle.
+demo-cli: setup
 	test -f $(DEMO_DIR)/workload.json || $(PY) -m gemel_engine demo build --scale tiny --out $(DEMO_DIR)
 	$(PY) -m gemel_engine analyze --workload $(DEMO_DIR)/workload.json --mode shape --top 5
 	$(PY) -m gemel_engine merge --workload $(DEMO_DIR)/workload.json --out $(DEMO_DIR)/merge-$(STRATEGY) \
 		--strategy $(STRATEGY)
 	$(PY) -m gemel_engine inspect $(DEMO_DIR)/merge-$(STRATEGY)
+
+# The web, integration and browser tests again on external services: DATABASE_URL (PostgreSQL) and
+# GEMEL_TEST_REDIS_URL (a Redis database of its own) must be set; .ci/run sets both.
+test-services: setup chromium
+	test -n "$$DATABASE_URL" && test -n "$$GEMEL_TEST_REDIS_URL"
+	$(PY) -m pytest tests/webapp tests/e2e
 
 bench: setup
 	$(PY) -m gemel_engine bench analyze
