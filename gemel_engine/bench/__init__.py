@@ -13,6 +13,7 @@ from gemel_engine.errors import UsageError
 BENCHMARKS = {
     "analyze": "gemel_engine.bench.analyze",
     "merge": "gemel_engine.bench.merge",
+    "runtime": "gemel_engine.bench.runtime",
 }
 
 
