@@ -111,3 +111,13 @@ def test_session_writes_without_the_csrf_token_are_refused(operator):
     response = post_json(client, "/api/cameras", {"name": "x", "source": synthetic_source("x")})
     assert response.status_code == 403
     assert not Camera.objects.exists()
+
+
+def test_an_oversized_upload_is_refused_from_its_length_before_the_body_is_parsed(operator_client, settings):
+    settings.MAX_WEIGHTS_UPLOAD_MB = 1
+    body = b"x" * (3 * 1024 * 1024)
+    for url in ("/api/models", "/models/new/"):
+        response = operator_client.generic("POST", url, body, content_type="multipart/form-data; boundary=zzz")
+        assert response.status_code == 413, url
+        assert b"over the limit of 1 MiB" in response.content
+    assert not ModelEntry.objects.exists()

@@ -15,12 +15,14 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import File, Form, Router, Schema, Status
+from ninja.decorators import decorate_view
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 
 from webapp.accounts.permissions import api_require_operator
 from webapp.workloads import selectors, services
 from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, WorkloadAnalysis
+from webapp.workloads.uploads import refuse_oversized_upload
 
 router = Router(tags=["workloads"])
 T = TypeVar("T")
@@ -218,7 +220,8 @@ def get_model(request: HttpRequest, model_id: int) -> ModelEntry:
     return get_object_or_404(ModelEntry, pk=model_id)
 
 
-@router.post("/models", response={201: ModelOut, 400: Detail, 403: Detail})
+@router.post("/models", response={201: ModelOut, 400: Detail, 403: Detail, 413: Detail})
+@decorate_view(refuse_oversized_upload)
 def create_model(
     request: HttpRequest, name: Form[str], arch: Form[str], weights: File[UploadedFile],
     builder_args: Form[str] = "{}",

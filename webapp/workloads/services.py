@@ -171,8 +171,12 @@ def camera_register(
     source = source_normalize(source)
     camera = Camera(name=name, source=source, fps=fps, width=width, height=height, sampling=_check_sampling(sampling))
     _store_thumbnail(camera, first_frame(source, fps=fps))
-    camera.full_clean()
-    camera.save()
+    try:
+        camera.full_clean()
+        camera.save()
+    except Exception:
+        camera.thumbnail.delete(save=False)  # no row, no file
+        raise
     return camera
 
 

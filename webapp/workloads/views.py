@@ -27,6 +27,7 @@ from webapp.workloads.forms import (
     QueryForm,
 )
 from webapp.workloads.models import Camera, ModelEntry, Query
+from webapp.workloads.uploads import upload_too_large_message
 
 
 @require_GET
@@ -120,7 +121,13 @@ def camera_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @operator_required
 @require_http_methods(["GET", "POST"])
 def model_create(request: HttpRequest) -> HttpResponse:
-    """Upload a model."""
+    """Upload a model (a body over the size limit is refused before it is read)."""
+    too_large = upload_too_large_message(request) if request.method == "POST" else None
+    if too_large is not None:
+        return render(request, "workloads/form.html", {
+            "form": ModelUploadForm(), "error": too_large, "title": "Upload a model", "submit": "Upload model",
+            "multipart": True,
+        }, status=413)
     form = ModelUploadForm(request.POST or None, request.FILES or None)
     return _form_page(request, form, lambda: services.model_register(**form.cleaned_data),
                       title="Upload a model", submit="Upload model", done="Model registered.", multipart=True)
