@@ -59,3 +59,15 @@ def test_starting_a_seed_records_it_as_queued(django_capture_on_commit_callbacks
         task_id = demo_seed_start(scale="tiny")
     assert DemoSeed.objects.get(scale="tiny").celery_task_id == task_id
     assert len(callbacks) == 1
+
+
+def test_a_seed_another_run_is_building_is_left_alone(built_tiny_demo, django_capture_on_commit_callbacks):
+    from webapp.workloads.services import demo_seed_start
+
+    DemoSeed.objects.create(scale="tiny", status=DemoSeed.Status.BUILDING, celery_task_id="abc")
+    seed = demo_seed(scale="tiny")
+    assert seed.status == DemoSeed.Status.BUILDING and not Query.objects.exists()
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert demo_seed_start(scale="tiny") == "abc"
+    assert callbacks == []
+    assert demo_seed(scale="tiny", task_id="abc").status == DemoSeed.Status.READY  # its own redelivery takes over

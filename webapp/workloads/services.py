@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from torch import nn
 
@@ -623,13 +625,39 @@ def demo_seed_start(*, scale: str) -> str:
     _check_scale(scale)
     task_id = uuid.uuid4().hex
     with transaction.atomic():
-        seed, _ = DemoSeed.objects.get_or_create(scale=scale)
+        seed, created = DemoSeed.objects.select_for_update().get_or_create(scale=scale)
+        if not created and _seed_is_live(seed):
+            return seed.celery_task_id  # queued or building right now: one build at a time
         if seed.status != DemoSeed.Status.READY:
             seed.status, seed.detail = DemoSeed.Status.QUEUED, "waiting for a worker"
         seed.celery_task_id = task_id
         seed.save()
         transaction.on_commit(lambda: demo_seed_task.apply_async(args=[scale], task_id=task_id))
     return task_id
+
+
+# A queued or building seed whose row has not moved for this long is taken for dead (its worker stopped).
+DEMO_SEED_STALE = timedelta(hours=1)
+
+
+def _seed_is_live(seed: DemoSeed) -> bool:
+    busy = seed.status in (DemoSeed.Status.QUEUED, DemoSeed.Status.BUILDING)
+    return busy and seed.updated_at is not None and timezone.now() - seed.updated_at < DEMO_SEED_STALE
+
+
+def _seed_claim(scale: str, task_id: str | None) -> bool:
+    """Mark the seed building unless another run is building it (claim once).
+
+    A build whose row went stale is taken over, and so is one started by this same Celery task (a redelivery
+    after its worker died).
+    """
+    DemoSeed.objects.get_or_create(scale=scale)
+    fresh_build = Q(status=DemoSeed.Status.BUILDING, updated_at__gt=timezone.now() - DEMO_SEED_STALE)
+    claimable = ~fresh_build | Q(celery_task_id=task_id) if task_id else ~fresh_build
+    claimed = DemoSeed.objects.filter(claimable, scale=scale).update(
+        status=DemoSeed.Status.BUILDING, detail="starting", updated_at=timezone.now()
+    )
+    return claimed == 1
 
 
 def _check_scale(scale: str) -> None:
@@ -641,11 +669,13 @@ def _seed_progress(scale: str, **fields: Any) -> None:
     DemoSeed.objects.filter(scale=scale).update(updated_at=timezone.now(), **fields)
 
 
-def demo_seed(*, scale: str) -> DemoSeed:
+def demo_seed(*, scale: str, task_id: str | None = None) -> DemoSeed:
     """Build the engine demo of ``scale`` under MEDIA_ROOT/demo/<scale> and register its cameras, models and
     queries (ready, with the accuracies the build measured), each query as soon as its model is trained.
 
     Idempotent: a finished build on disk is reused, and so are cameras, models and queries already registered.
+    Claimed once: while another run builds this scale (and is not stale), this call returns at once.
+    ``task_id`` is the Celery task that was queued for it (a redelivery of the same task may take over).
 
     Returns:
         The seed's row, ready (or failed with the reason).
@@ -655,8 +685,10 @@ def demo_seed(*, scale: str) -> DemoSeed:
     """
     _check_scale(scale)
     spec = DEMO_SCALES[scale]
-    seed, _ = DemoSeed.objects.get_or_create(scale=scale)
-    _seed_progress(scale, status=DemoSeed.Status.BUILDING, detail="starting", queries_total=len(spec.queries))
+    if not _seed_claim(scale, task_id):
+        return DemoSeed.objects.get(scale=scale)
+    seed = DemoSeed.objects.get(scale=scale)
+    _seed_progress(scale, queries_total=len(spec.queries))
     out_dir = Path(settings.MEDIA_ROOT) / "demo" / scale
     cameras = {camera.name: camera for camera in spec.cameras}
     registered: set[str] = set()
