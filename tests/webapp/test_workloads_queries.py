@@ -124,3 +124,14 @@ def test_a_real_worker_measures_a_new_query(celery_worker):
         time.sleep(0.5)
     assert query.status == Query.Status.READY, (query.status_detail, celery_worker.log_tail())
     assert query.unmerged_accuracy is not None
+
+
+def test_a_measurement_abandoned_by_a_dead_worker_is_taken_over():
+    from django.utils import timezone
+
+    from webapp.workloads.services import MEASURE_STALE
+
+    query = make_query(status=Query.Status.MEASURING)
+    assert query_measure(query_id=query.pk) is None  # someone is measuring it right now
+    Query.objects.filter(pk=query.pk).update(updated_at=timezone.now() - MEASURE_STALE * 2)
+    assert query_measure(query_id=query.pk).status == Query.Status.READY

@@ -536,15 +536,21 @@ def query_delete(*, query: Query) -> None:
     query.delete()
 
 
+# A query left measuring this long lost its worker (the task's hard time limit is shorter): measure it again.
+MEASURE_STALE = timedelta(minutes=20)
+
+
 def query_measure(*, query_id: int) -> Query | None:
     """Measure a pending query's unmerged accuracy (and chance accuracy) on its camera's validation frames.
 
-    Claims the query once (pending → measuring); a query already claimed, or deleted, is left alone.
+    Claims the query once (pending → measuring); a query another worker is measuring, or a deleted one, is left
+    alone, but one left measuring past MEASURE_STALE (its worker died; the task is redelivered) is taken over.
 
     Returns:
         The query, ready with its accuracies or failed with the reason; None when there was nothing to claim.
     """
-    claimed = Query.objects.filter(pk=query_id, status=Query.Status.PENDING).update(
+    abandoned = Q(status=Query.Status.MEASURING, updated_at__lt=timezone.now() - MEASURE_STALE)
+    claimed = Query.objects.filter(Q(status=Query.Status.PENDING) | abandoned, pk=query_id).update(
         status=Query.Status.MEASURING, status_detail="measuring the unmerged accuracy", updated_at=timezone.now()
     )
     if claimed != 1:
