@@ -1,5 +1,149 @@
-"""API endpoints of this app."""
+"""The merge-jobs API (session auth): list, start, inspect, follow and cancel merge jobs, and their bundles.
 
-from ninja import Router
+Reads are open to every signed-in user; writes need an operator (viewers get 403).
+"""
 
-router = Router()
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest
+from ninja import Field, Router, Schema
+from ninja.errors import HttpError
+
+from webapp.accounts.permissions import api_require_operator
+from webapp.merges import selectors, services
+from webapp.merges.models import MergeJob
+from webapp.workloads.selectors import queries_by_ids
+
+router = Router(tags=["merge jobs"])
+
+
+class Detail(Schema):
+    detail: str
+
+
+class QueryRef(Schema):
+    id: int
+    name: str
+
+
+class MergeJobIn(Schema):
+    queries: list[int] = Field(..., description="ids of ready queries to merge")
+    strategy: str = "gemel+"
+    budget_minutes: float | None = Field(None, description="wall-clock budget of the search (none: no limit)")
+
+
+class MergeJobOut(Schema):
+    id: int
+    strategy: str
+    status: str
+    budget_minutes: float | None
+    queries: list[QueryRef]
+    created_by: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    heartbeat_at: str | None
+    attempts: int
+    worker: str
+    cancel_requested: bool
+    unmerged_param_bytes: int | None
+    merged_param_bytes: int | None
+    saved_param_bytes: int | None
+    savings_fraction: float | None
+    error: str
+    finished: bool
+
+
+class MergeEventOut(Schema):
+    seq: int
+    type: str
+    at: str | None
+    payload: dict[str, Any]
+
+
+class BundleFileOut(Schema):
+    name: str
+    sha256: str
+    size_bytes: int
+
+
+class MergeBundleOut(Schema):
+    id: int
+    job: int
+    index: int
+    round: int
+    saved_param_bytes: int
+    elapsed: float
+    accuracies: dict[str, float]
+    required: dict[str, float]
+    meets_targets: bool
+    deployable: bool
+    reason: str
+    files: list[BundleFileOut]
+    created_at: str | None
+
+
+def _job(job_id: int) -> MergeJob:
+    try:
+        return selectors.merge_job_get(job_id)
+    except MergeJob.DoesNotExist:
+        raise HttpError(404, f"no merge job {job_id}") from None
+
+
+def _message(error: ValidationError) -> str:
+    return "; ".join(error.messages)
+
+
+@router.get("/merge-jobs", response=list[MergeJobOut])
+def list_jobs(request: HttpRequest) -> list[dict[str, Any]]:
+    """List the merge jobs, newest first."""
+    return [selectors.merge_job_data(job) for job in selectors.merge_job_list()]
+
+
+@router.post("/merge-jobs", response={201: MergeJobOut, 400: Detail, 403: Detail})
+def start_job(request: HttpRequest, payload: MergeJobIn) -> tuple[int, dict[str, Any]]:
+    """Start a merge job over ready queries (operators only); it is queued on the merge workers."""
+    api_require_operator(request)
+    queries = list(queries_by_ids(payload.queries))
+    unknown = sorted(set(payload.queries) - {query.pk for query in queries})
+    if unknown:
+        raise HttpError(400, f"unknown query ids: {', '.join(map(str, unknown))}")
+    try:
+        job = services.merge_job_start(
+            queries=queries, strategy=payload.strategy, budget_minutes=payload.budget_minutes, user=request.user
+        )
+    except ValidationError as exc:
+        raise HttpError(400, _message(exc)) from None
+    return 201, selectors.merge_job_data(selectors.merge_job_get(job.pk))
+
+
+@router.get("/merge-jobs/{job_id}", response={200: MergeJobOut, 404: Detail})
+def get_job(request: HttpRequest, job_id: int) -> dict[str, Any]:
+    """Return one merge job."""
+    return selectors.merge_job_data(_job(job_id))
+
+
+@router.get("/merge-jobs/{job_id}/events", response={200: list[MergeEventOut], 404: Detail})
+def job_events(request: HttpRequest, job_id: int, after: int = 0) -> list[dict[str, Any]]:
+    """Return the job's progress events with a sequence number above ``after``, in order (to catch up)."""
+    return [selectors.merge_event_data(event) for event in selectors.merge_job_events(_job(job_id), after=after)]
+
+
+@router.get("/merge-jobs/{job_id}/bundles", response={200: list[MergeBundleOut], 404: Detail})
+def job_bundles(request: HttpRequest, job_id: int) -> list[dict[str, Any]]:
+    """Return the configurations the job saved, with whether each may be deployed and why not."""
+    return [selectors.merge_bundle_data(bundle) for bundle in selectors.merge_job_bundles(_job(job_id))]
+
+
+@router.post("/merge-jobs/{job_id}/cancel", response={200: MergeJobOut, 403: Detail, 404: Detail, 409: Detail})
+def cancel_job(request: HttpRequest, job_id: int) -> dict[str, Any]:
+    """Cancel a queued or running job (operators only); 409 when it has already finished."""
+    api_require_operator(request)
+    try:
+        job = services.merge_job_cancel(job=_job(job_id), user=request.user)
+    except ValidationError as exc:
+        raise HttpError(409, _message(exc)) from None
+    return selectors.merge_job_data(job)

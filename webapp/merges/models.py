@@ -33,6 +33,8 @@ class MergeJob(models.Model):
     # How many times a worker claimed it (a resume after a dead worker adds one).
     attempts = models.PositiveIntegerField(default=0)
     celery_task_id = models.CharField(max_length=64, blank=True)
+    # Celery hostname of the worker that claimed it last.
+    worker = models.CharField(max_length=200, blank=True)
     # Job folder under MEDIA_ROOT: workload.json, the engine's state.json/result.json and bundles/.
     workdir = models.CharField(max_length=500, blank=True)
     unmerged_param_bytes = models.BigIntegerField(null=True, blank=True)

@@ -1,5 +1,9 @@
 """Websocket routes of this app."""
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-websocket_urlpatterns: list[URLPattern] = []
+from webapp.merges.consumers import MergeJobConsumer
+
+websocket_urlpatterns: list[URLPattern] = [
+    path("ws/merge-jobs/<int:job_id>/", MergeJobConsumer.as_asgi()),
+]

@@ -1,0 +1,170 @@
+// Merge job page: live savings-vs-time and accuracy-vs-target charts, saved configurations, event log, cancel.
+// Data arrives from the page (json_script), the websocket (merge.progress) and the API on every (re)connect.
+// Every name is set with textContent; Plotly labels are entity-escaped so markup in a name shows as text.
+"use strict";
+
+(() => {
+  const data = JSON.parse(document.getElementById("merge-job-data").textContent);
+  const urls = data.urls;
+  const savingsChart = document.getElementById("savings-chart");
+  const accuracyChart = document.getElementById("accuracy-chart");
+  const statusBadge = document.getElementById("job-status");
+  const eventLog = document.getElementById("event-log");
+  const bundleRows = document.getElementById("bundle-rows");
+  const cancelForm = document.getElementById("cancel-form");
+  const cancelButton = document.getElementById("cancel-job");
+  const cancelMessage = document.getElementById("cancel-message");
+
+  let lastSeq = 0;
+  let points = 0;
+  const bundles = new Map();
+
+  // Plotly reads a small HTML subset in labels; escaping keeps a query name literal text.
+  const plotlyText = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  const mib = (bytes) => bytes / 1048576;
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  // -- job status ---------------------------------------------------------------------------------------
+  function showJob(job) {
+    statusBadge.textContent = job.status;
+    statusBadge.className = "badge " + job.status;
+    statusBadge.dataset.status = job.status;
+    document.getElementById("job-attempts").textContent = job.attempts;
+    document.getElementById("job-worker").textContent = job.worker || "—";
+    document.getElementById("job-savings").textContent = job.saved_param_bytes === null ? "—"
+      : gemel.mib(job.saved_param_bytes) + " of " + gemel.mib(job.unmerged_param_bytes)
+        + " (" + (100 * job.savings_fraction).toFixed(1) + "%)";
+    const error = document.getElementById("job-error");
+    error.textContent = job.error || "";
+    error.hidden = !job.error;
+    if (cancelButton) {
+      cancelButton.disabled = job.finished || job.cancel_requested;
+      if (job.cancel_requested && !job.finished) cancelMessage.textContent = "cancelling at the next safe point…";
+      if (job.finished) cancelMessage.textContent = "";
+    }
+  }
+
+  // -- savings chart --------------------------------------------------------------------------------------
+  Plotly.newPlot(savingsChart, [{ x: [], y: [], mode: "lines+markers", line: { shape: "hv" }, name: "saved" }],
+    gemel.layout({ xaxis: { title: { text: "seconds into the search" } }, yaxis: { title: { text: "MiB saved" } },
+      showlegend: false }), { responsive: true, displaylogo: false });
+
+  function addPoint(seconds, bytes) {
+    Plotly.extendTraces(savingsChart, { x: [[seconds]], y: [[mib(bytes)]] }, [0]);
+    points += 1;
+    savingsChart.dataset.points = String(points);
+  }
+
+  // -- accuracy chart -------------------------------------------------------------------------------------
+  function drawAccuracy() {
+    const latest = [...bundles.values()].sort((a, b) => b.index - a.index)[0];
+    const names = data.queries.map((q) => q.name);
+    const labels = names.map(plotlyText);
+    const required = data.queries.map((q) => (latest && q.name in latest.required ? latest.required[q.name]
+      : (q.unmerged_accuracy || 0) * q.target_fraction));
+    const accuracy = names.map((n) => (latest && n in latest.accuracies ? latest.accuracies[n] : null));
+    const colours = names.map((n, i) => (accuracy[i] !== null && accuracy[i] >= required[i] ? "#2f6f4f" : "#9a3412"));
+    Plotly.react(accuracyChart, [
+      { type: "bar", x: labels, y: accuracy, name: latest ? "config " + latest.index : "accuracy", marker: { color: colours } },
+      { type: "scatter", mode: "markers", x: labels, y: required, name: "target",
+        marker: { symbol: "line-ew-open", size: 30, line: { width: 3, color: "#1c1c1c" } } },
+    ], gemel.layout({ yaxis: { title: { text: "accuracy" }, range: [0, 1.05] } }), { responsive: true, displaylogo: false });
+  }
+
+  // -- saved configurations -------------------------------------------------------------------------------
+  function drawBundles() {
+    const rows = [...bundles.values()].sort((a, b) => a.index - b.index).map((b) => {
+      const row = el("tr");
+      row.id = "bundle-" + b.id;
+      row.dataset.deployable = String(b.deployable);
+      row.append(el("td", b.index === 0 ? "0 (unmerged)" : b.index), el("td", b.round), el("td", gemel.mib(b.saved_param_bytes)),
+        el("td", b.elapsed.toFixed(1) + " s"), el("td", b.deployable ? "yes" : "no — " + b.reason, b.deployable ? "" : "error"),
+        el("td", b.files.map((f) => f.name + " " + gemel.mib(f.size_bytes) + " sha256 " + f.sha256.slice(0, 12) + "…").join(", "), "muted"));
+      return row;
+    });
+    bundleRows.replaceChildren(...rows);
+  }
+
+  function addBundles(list) {
+    for (const bundle of list) bundles.set(bundle.index, bundle);
+    if (list.length) { drawBundles(); drawAccuracy(); }
+  }
+
+  // -- events -----------------------------------------------------------------------------------------------
+  function describe(event) {
+    const p = event.payload || {};
+    switch (event.type) {
+      case "search.started": return (p.resumed ? "resumed after round " + p.rounds : "started") + ", " + p.queued_trials + " trials queued";
+      case "round.started": return "round " + p.round + ": trying " + p.trial_layers + " shared layers";
+      case "round.finished": return "round " + p.round + (p.accepted ? " accepted" : " rejected") + ", " + gemel.mib(p.bytes_saved) + " saved";
+      case "config.accepted": return "configuration saved (round " + p.round + ")";
+      case "search.finished": return "finished (" + p.status + ")";
+      case "search.cancelled": return "cancelled";
+      case "search.failed": return "failed: " + p.error;
+      case "job.claimed": return "attempt " + p.attempt + " on " + p.worker;
+      case "job.requeued": return "requeued: " + p.reason;
+      case "job.cancel_requested": return "cancel asked by " + p.by;
+      case "job.cancelled": return "cancelled" + (p.by ? " by " + p.by : "");
+      default: return "";
+    }
+  }
+
+  function addEvent(event) {
+    if (event.seq <= lastSeq) return;
+    lastSeq = event.seq;
+    const p = event.payload || {};
+    if (event.type === "search.started" && !p.resumed) addPoint(0, 0);
+    if (event.type === "round.finished") addPoint(p.elapsed, p.bytes_saved);
+    const item = el("li");
+    item.dataset.seq = event.seq;
+    item.append(el("span", "#" + event.seq + " " + event.type, "muted"), document.createTextNode(" " + describe(event)));
+    eventLog.append(item);
+  }
+
+  // -- live updates -----------------------------------------------------------------------------------------
+  async function catchUp() {
+    try {
+      const [job, events, list] = await Promise.all([
+        gemel.api("GET", urls.job), gemel.api("GET", urls.events + "?after=" + lastSeq), gemel.api("GET", urls.bundles),
+      ]);
+      events.forEach(addEvent);
+      addBundles(list);
+      showJob(job);
+    } catch (error) {
+      cancelMessage && (cancelMessage.textContent = error.message);
+    }
+  }
+
+  function onMessage(message) {
+    if (message.event) {
+      if (message.event.seq > lastSeq + 1) { catchUp(); return; }  // missed some: fetch them in order
+      addEvent(message.event);
+    }
+    addBundles(message.bundles || []);
+    if (message.job) showJob(message.job);
+  }
+
+  if (cancelForm) {
+    cancelForm.addEventListener("submit", async (submit) => {
+      submit.preventDefault();
+      cancelButton.disabled = true;
+      try {
+        showJob(await gemel.api("POST", urls.cancel));
+      } catch (error) {
+        cancelMessage.textContent = error.message;
+      }
+    });
+  }
+
+  data.events.forEach(addEvent);
+  addBundles(data.bundles);
+  drawAccuracy();
+  showJob(data.job);
+  gemel.live(urls.live, { onMessage, onOpen: catchUp, status: document.getElementById("live-status") });
+})();

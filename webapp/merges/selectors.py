@@ -1,0 +1,195 @@
+"""Reads of the merges app: jobs, their events and bundles, what a bundle holds and whether it may be deployed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from gemel_engine.bundle import MANIFEST_NAME, TENSORS_NAME
+from gemel_engine.search import list_strategies
+from webapp.merges.models import MergeBundle, MergeEvent, MergeJob
+
+# Files of a bundle, in the order an agent should fetch them.
+BUNDLE_FILES = (MANIFEST_NAME, TENSORS_NAME)
+FINISHED = (MergeJob.Status.SUCCEEDED, MergeJob.Status.FAILED, MergeJob.Status.CANCELLED)
+
+
+def merge_strategies() -> list[str]:
+    """Return the names of the engine's registered merge strategies."""
+    return list_strategies()
+
+
+def merge_job_group(job_id: int) -> str:
+    """Return the channel-layer group that receives a job's ``merge.progress`` messages."""
+    return f"merge-job-{job_id}"
+
+
+def merge_job_list() -> QuerySet[MergeJob]:
+    """Return the merge jobs, newest first, with their queries and creator loaded."""
+    return MergeJob.objects.select_related("created_by").prefetch_related("queries").order_by("-created_at", "-pk")
+
+
+def merge_job_get(job_id: int) -> MergeJob:
+    """Return the job ``job_id`` with its queries loaded.
+
+    Raises:
+        MergeJob.DoesNotExist: there is none.
+    """
+    return merge_job_list().get(pk=job_id)
+
+
+def merge_job_exists(job_id: int) -> bool:
+    """Return whether the job ``job_id`` exists."""
+    return MergeJob.objects.filter(pk=job_id).exists()
+
+
+def merge_job_is_live(job_id: int) -> bool:
+    """Return whether the job is running on a worker that showed a sign of life recently (not stale)."""
+    fresh = timezone.now() - timedelta(seconds=settings.MERGE_STALE_AFTER_S)
+    return MergeJob.objects.filter(pk=job_id, status=MergeJob.Status.RUNNING, heartbeat_at__gte=fresh).exists()
+
+
+def merge_job_events(job: MergeJob, *, after: int = 0) -> QuerySet[MergeEvent]:
+    """Return the job's events with a sequence number above ``after``, in order."""
+    return job.events.filter(seq__gt=after).order_by("seq")
+
+
+def merge_job_bundles(job: MergeJob) -> QuerySet[MergeBundle]:
+    """Return the configurations the job saved, in order (index 0: the unmerged start)."""
+    return job.bundles.order_by("index")
+
+
+def media_path(stored: str) -> Path:
+    """Return the absolute path of a path stored relative to MEDIA_ROOT (absolute ones are kept)."""
+    path = Path(stored)
+    return path if path.is_absolute() else Path(settings.MEDIA_ROOT) / path
+
+
+def merge_job_workdir(job: MergeJob) -> Path:
+    """Return the absolute path of the job's folder (workload, checkpoint, bundles)."""
+    return media_path(job.workdir)
+
+
+def merge_bundle_dir(bundle: MergeBundle) -> Path:
+    """Return the absolute path of the bundle's folder."""
+    return media_path(bundle.path)
+
+
+def merge_bundle_files(bundle: MergeBundle) -> list[dict[str, Any]]:
+    """Return the bundle's files as ``{"name", "path", "sha256", "size_bytes"}`` (path absolute), manifest first."""
+    folder = merge_bundle_dir(bundle)
+    return [
+        {
+            "name": name,
+            "path": str(folder / name),
+            "sha256": bundle.files.get(name, {}).get("sha256", ""),
+            "size_bytes": int(bundle.files.get(name, {}).get("size_bytes", 0)),
+        }
+        for name in BUNDLE_FILES
+    ]
+
+
+def _shortfalls(bundle: MergeBundle, query_names: list[str]) -> list[str]:
+    reasons = []
+    for name in query_names:
+        accuracy, required = bundle.accuracies.get(name), bundle.required.get(name)
+        if required is None or accuracy is None:
+            reasons.append(f"{name}: no measured accuracy")
+        elif accuracy < required:
+            reasons.append(f"{name}: accuracy {accuracy:.3f} below its target {required:.3f}")
+    return reasons
+
+
+def merge_bundle_deployable(bundle: MergeBundle) -> tuple[bool, str]:
+    """Return whether ``bundle`` may be deployed, and why not: every query must meet its accuracy target and
+    the bundle's files must be on disk with the recorded sizes. The reason is empty when it may."""
+    names = [query.name for query in bundle.job.queries.all()] or sorted(bundle.required)
+    reasons = _shortfalls(bundle, names)
+    if reasons:
+        return False, "below target: " + "; ".join(reasons)
+    for file in merge_bundle_files(bundle):
+        path = Path(file["path"])
+        if not file["sha256"] or not path.is_file() or path.stat().st_size != file["size_bytes"]:
+            return False, f"bundle file {file['name']} is missing or changed on the server"
+    return True, ""
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value else None
+
+
+def merge_job_data(job: MergeJob) -> dict[str, Any]:
+    """Return the job as JSON-ready data (API responses, websocket messages and the job page)."""
+    unmerged, merged = job.unmerged_param_bytes, job.merged_param_bytes
+    saved = unmerged - merged if unmerged is not None and merged is not None else None
+    return {
+        "id": job.pk,
+        "strategy": job.strategy,
+        "status": job.status,
+        "budget_minutes": job.budget_minutes,
+        "queries": [{"id": query.pk, "name": query.name} for query in job.queries.all()],
+        "created_by": job.created_by.get_username() if job.created_by else None,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "heartbeat_at": _iso(job.heartbeat_at),
+        "attempts": job.attempts,
+        "worker": job.worker,
+        "cancel_requested": job.cancel_requested,
+        "unmerged_param_bytes": unmerged,
+        "merged_param_bytes": merged,
+        "saved_param_bytes": saved,
+        "savings_fraction": saved / unmerged if saved is not None and unmerged else None,
+        "error": job.error,
+        "finished": job.status in FINISHED,
+    }
+
+
+def merge_event_data(event: MergeEvent) -> dict[str, Any]:
+    """Return the event as JSON-ready data."""
+    return {"seq": event.seq, "type": event.type, "at": _iso(event.at), "payload": event.payload}
+
+
+def merge_bundle_data(bundle: MergeBundle) -> dict[str, Any]:
+    """Return the bundle as JSON-ready data, with whether it may be deployed and why not."""
+    deployable, reason = merge_bundle_deployable(bundle)
+    return {
+        "id": bundle.pk,
+        "job": bundle.job_id,
+        "index": bundle.index,
+        "round": bundle.round,
+        "saved_param_bytes": bundle.saved_param_bytes,
+        "elapsed": bundle.elapsed,
+        "accuracies": bundle.accuracies,
+        "required": bundle.required,
+        "meets_targets": bundle.meets_targets,
+        "deployable": deployable,
+        "reason": reason,
+        "files": [{k: v for k, v in f.items() if k != "path"} for f in merge_bundle_files(bundle)],
+        "created_at": _iso(bundle.created_at),
+    }
+
+
+def merge_job_page_data(job: MergeJob) -> dict[str, Any]:
+    """Return what the job page's script starts from: the job, its queries' targets, events and bundles."""
+    return {
+        "job": merge_job_data(job),
+        "events": [merge_event_data(event) for event in merge_job_events(job)],
+        "bundles": [merge_bundle_data(bundle) for bundle in merge_job_bundles(job).select_related("job")],
+        "queries": [
+            {"name": q.name, "unmerged_accuracy": q.unmerged_accuracy, "target_fraction": q.target_fraction}
+            for q in job.queries.all()
+        ],
+        "urls": {
+            "job": f"/api/merge-jobs/{job.pk}",
+            "events": f"/api/merge-jobs/{job.pk}/events",
+            "bundles": f"/api/merge-jobs/{job.pk}/bundles",
+            "cancel": f"/api/merge-jobs/{job.pk}/cancel",
+            "live": f"/ws/merge-jobs/{job.pk}/",
+        },
+    }
