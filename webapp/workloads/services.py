@@ -153,12 +153,13 @@ def _unique_name(model: type[Camera | ModelEntry | Query], name: str, *, exclude
         raise ValidationError(f"the name {name!r} is already taken")
 
 
-@transaction.atomic
 def camera_register(
     *, name: str, source: str, fps: float = 10.0, width: int = 64, height: int = 64,
     sampling: dict[str, Any] | None = None,
 ) -> Camera:
     """Register a camera after checking its source and decoding its first frame (kept as a thumbnail).
+
+    The probe runs before the transaction, so a slow stream never holds the database's write lock.
 
     Returns:
         The saved camera.
@@ -172,22 +173,25 @@ def camera_register(
     _check_camera_numbers(fps=fps, width=width, height=height)
     source = source_normalize(source)
     camera = Camera(name=name, source=source, fps=fps, width=width, height=height, sampling=_check_sampling(sampling))
-    _store_thumbnail(camera, first_frame(source, fps=fps))
+    image = first_frame(source, fps=fps)
+    _store_thumbnail(camera, image)
     try:
-        camera.full_clean()
-        camera.save()
+        with transaction.atomic():
+            _unique_name(Camera, name)
+            camera.full_clean()
+            camera.save()
     except Exception:
         camera.thumbnail.delete(save=False)  # no row, no file
         raise
     return camera
 
 
-@transaction.atomic
 def camera_update(
     *, camera: Camera, name: str | None = None, source: str | None = None, fps: float | None = None,
     width: int | None = None, height: int | None = None,
 ) -> Camera:
-    """Change a camera's name, source, rate or frame size; a new source is checked and probed again.
+    """Change a camera's name, source, rate or frame size; a new source is checked and probed again (before the
+    transaction, so a slow stream never holds the database's write lock).
 
     Queries of the camera go back to pending (and are measured again) when its frames change.
 
@@ -198,23 +202,27 @@ def camera_update(
         ValidationError: as for ``camera_register``.
     """
     new_name = camera.name if name is None else _clean_name(name, "camera")
-    _unique_name(Camera, new_name, exclude=camera.pk)
     fps = camera.fps if fps is None else fps
     width = camera.width if width is None else width
     height = camera.height if height is None else height
     _check_camera_numbers(fps=fps, width=width, height=height)
     frames_change = (fps, width, height) != (camera.fps, camera.width, camera.height)
+    image = None
     if source is not None and source != camera.source:
         source = source_normalize(source)
-        _store_thumbnail(camera, first_frame(source, fps=fps))
+        image = first_frame(source, fps=fps)
         frames_change = frames_change or source != camera.source
-        camera.source = source
-    camera.name, camera.fps, camera.width, camera.height = new_name, fps, width, height
-    camera.full_clean()
-    camera.save()
-    if frames_change:
-        for query in camera.queries.all():
-            _query_remeasure(query)
+    with transaction.atomic():
+        _unique_name(Camera, new_name, exclude=camera.pk)
+        if image is not None:
+            _store_thumbnail(camera, image)
+            camera.source = source
+        camera.name, camera.fps, camera.width, camera.height = new_name, fps, width, height
+        camera.full_clean()
+        camera.save()
+        if frames_change:
+            for query in camera.queries.all():
+                _query_remeasure(query)
     return camera
 
 
@@ -300,24 +308,33 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _store_checked_weights(
-    *, name: str, arch: str, builder_args: dict[str, Any], spooled: Path, sha256: str
-) -> ModelEntry:
-    """Validate the weights in ``spooled`` against the architecture and keep them; ``spooled`` is consumed."""
+def _checked_param_bytes(*, arch: str, builder_args: dict[str, Any], spooled: Path) -> int:
+    """Return the parameter bytes of ``arch`` after checking the weights in ``spooled`` fit it key by key.
+
+    Raises:
+        ValidationError: builder arguments the architecture refuses, or weights unsafe, corrupt or unfit.
+    """
     model = _build_meta(arch, builder_args)
     try:
         state = zoo.read_state_dict(spooled, max_bytes=_max_weights_bytes())
         zoo.check_state_dict(model, state, source="weights")
     except GemelError as exc:
         raise ValidationError(str(exc).replace(str(spooled), "weights")) from None
-    del state
+    return model_param_bytes(model)
+
+
+@transaction.atomic
+def _store_weights(*, name: str, arch: str, builder_args: dict[str, Any], spooled: Path, sha256: str,
+                   param_bytes: int) -> ModelEntry:
+    """Move checked weights from ``spooled`` into MEDIA_ROOT/weights/ and save their row (the file goes if it fails)."""
+    _unique_name(ModelEntry, name)
     relative = f"weights/{uuid.uuid4().hex}{spooled.suffix}"
     final = Path(settings.MEDIA_ROOT) / relative
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(spooled, final)
     entry = ModelEntry(
         name=name, arch=arch, builder_args=builder_args, weights=relative, weights_sha256=sha256,
-        weights_size=final.stat().st_size, param_bytes=model_param_bytes(model),
+        weights_size=final.stat().st_size, param_bytes=param_bytes,
     )
     try:
         entry.full_clean()
@@ -326,6 +343,14 @@ def _store_checked_weights(
         final.unlink(missing_ok=True)
         raise
     return entry
+
+
+def _register_spooled(*, name: str, arch: str, builder_args: dict[str, Any], spooled: Path, sha256: str) -> ModelEntry:
+    """Check the weights in ``spooled`` (outside any transaction: it takes a while) and keep them."""
+    _unique_name(ModelEntry, name)
+    param_bytes = _checked_param_bytes(arch=arch, builder_args=builder_args, spooled=spooled)
+    return _store_weights(name=name, arch=arch, builder_args=builder_args, spooled=spooled, sha256=sha256,
+                          param_bytes=param_bytes)
 
 
 def _spool_path(suffix: str) -> Path:
@@ -365,10 +390,7 @@ def model_register(
     spooled = _spool_path(suffix)
     try:
         sha256 = _spool_upload(weights, spooled)
-        with transaction.atomic():
-            _unique_name(ModelEntry, name)
-            return _store_checked_weights(name=name, arch=arch, builder_args=builder_args, spooled=spooled,
-                                          sha256=sha256)
+        return _register_spooled(name=name, arch=arch, builder_args=builder_args, spooled=spooled, sha256=sha256)
     finally:
         spooled.unlink(missing_ok=True)
 
@@ -386,10 +408,8 @@ def model_register_file(*, name: str, arch: str, path: Path, builder_args: dict[
     spooled.parent.mkdir(parents=True, exist_ok=True)
     try:
         shutil.copyfile(path, spooled)
-        with transaction.atomic():
-            _unique_name(ModelEntry, name)
-            return _store_checked_weights(name=name, arch=arch, builder_args=builder_args, spooled=spooled,
-                                          sha256=_file_sha256(spooled))
+        return _register_spooled(name=name, arch=arch, builder_args=builder_args, spooled=spooled,
+                                 sha256=_file_sha256(spooled))
     finally:
         spooled.unlink(missing_ok=True)
 
@@ -586,7 +606,6 @@ def _measure(query: Query) -> tuple[float, float | None, int]:
 # --- analysis ------------------------------------------------------------------------------------------
 
 
-@transaction.atomic
 def workload_analyze(*, queries: Iterable[Query], mode: str = "shape", user: Any = None) -> WorkloadAnalysis:
     """Analyse which layers the queries' models could share, on models built on the meta device.
 
@@ -607,10 +626,11 @@ def workload_analyze(*, queries: Iterable[Query], mode: str = "shape", user: Any
     for query in chosen:
         models[query.name] = _build_meta(query.model.arch, dict(query.model.builder_args or {}))
     result = analyze_models(models, mode=mode, archs={q.name: q.model.arch for q in chosen}).to_dict()  # type: ignore[arg-type]
-    analysis = WorkloadAnalysis.objects.create(
-        mode=mode, result=result, created_by=user if getattr(user, "is_authenticated", False) else None
-    )
-    analysis.queries.set(chosen)
+    with transaction.atomic():  # the models are built before: the write lock is held only to save
+        analysis = WorkloadAnalysis.objects.create(
+            mode=mode, result=result, created_by=user if getattr(user, "is_authenticated", False) else None
+        )
+        analysis.queries.set(chosen)
     return analysis
 
 
