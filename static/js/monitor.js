@@ -14,6 +14,8 @@
     accuracy: { el: document.getElementById("effective-accuracy-chart"), value: (q) => q.effective_accuracy, title: "accuracy" },
   };
   let lastId = 0;
+  // Points kept per trace (about an hour of one-second samples); older ones scroll off.
+  const MAX_POINTS = 3600;
 
   // Plotly reads a few HTML tags in labels: escape names so they always show as text.
   function label(text) { return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); }
@@ -64,7 +66,8 @@
     }
     if (!updates.size) return;
     const indices = [...updates.keys()];
-    Plotly.extendTraces(chart.el, { x: indices.map((i) => updates.get(i).x), y: indices.map((i) => updates.get(i).y) }, indices);
+    Plotly.extendTraces(chart.el, { x: indices.map((i) => updates.get(i).x), y: indices.map((i) => updates.get(i).y) }, indices,
+      MAX_POINTS);
     countPoints(chart.el);
   }
 
@@ -75,7 +78,7 @@
     Plotly.extendTraces(memoryChart, {
       x: memoryTraces.map(() => fresh.map((s) => s.at)),
       y: memoryTraces.map((t) => fresh.map(t.y)),
-    }, memoryTraces.map((_, i) => i));
+    }, memoryTraces.map((_, i) => i), MAX_POINTS);
     countPoints(memoryChart);
     for (const chart of Object.values(queryCharts)) extendQueries(chart, fresh);
     const newest = fresh[fresh.length - 1];
