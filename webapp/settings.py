@@ -233,7 +233,9 @@ TIME_ZONE = "UTC"
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        # channels_redis blocks up to 5 s reading a channel; redis-py >= 8 times reads out after 5 s by default,
+        # which would end every idle websocket consumer: give reads more time than the blocking pop.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30},
     },
 }
 

@@ -34,7 +34,10 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
         url = server.start()
     django_settings.REDIS_URL = url
     django_settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": 30}]},  # see settings.CHANNEL_LAYERS
+        }
     }
     channel_layers.backends = {}
     celery_app.conf.update(broker_url=celery_redis_url(url), result_backend=celery_redis_url(url))
