@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
+from ninja.responses import Status
 
 from webapp.accounts.permissions import api_require_operator
 from webapp.merges import selectors, services
@@ -104,7 +105,7 @@ def list_jobs(request: HttpRequest) -> list[dict[str, Any]]:
 
 
 @router.post("/merge-jobs", response={201: MergeJobOut, 400: Detail, 403: Detail})
-def start_job(request: HttpRequest, payload: MergeJobIn) -> tuple[int, dict[str, Any]]:
+def start_job(request: HttpRequest, payload: MergeJobIn) -> Status[dict[str, Any]]:
     """Start a merge job over ready queries (operators only); it is queued on the merge workers."""
     api_require_operator(request)
     queries = list(queries_by_ids(payload.queries))
@@ -117,7 +118,7 @@ def start_job(request: HttpRequest, payload: MergeJobIn) -> tuple[int, dict[str,
         )
     except ValidationError as exc:
         raise HttpError(400, _message(exc)) from None
-    return 201, selectors.merge_job_data(selectors.merge_job_get(job.pk))
+    return Status(201, selectors.merge_job_data(selectors.merge_job_get(job.pk)))
 
 
 @router.get("/merge-jobs/{job_id}", response={200: MergeJobOut, 404: Detail})

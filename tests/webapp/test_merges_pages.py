@@ -1,0 +1,142 @@
+"""Merge-job pages and API: who may start and cancel, what the API returns, and names rendered as text."""
+
+from __future__ import annotations
+
+import json
+
+from django.test import Client
+from django.urls import reverse
+
+from tests.webapp.test_merges_factories import make_bundle, make_job, make_ready_queries
+from webapp.merges.models import MergeJob
+from webapp.merges.selectors import merge_bundle_deployable
+
+Status = MergeJob.Status
+HOSTILE = "<script>alert(1)</script>"
+JSON = "application/json"
+
+
+def test_it_shows_the_start_form_to_operators_only(client, operator, viewer):
+    make_ready_queries()
+    client.force_login(operator)
+    page = client.get(reverse("merge_jobs"))
+    assert page.status_code == 200 and b'id="merge-start-form"' in page.content
+    assert b"q0_mobilenet_v3_small" in page.content and b'value="gemel+"' in page.content
+    client.force_login(viewer)
+    page = client.get(reverse("merge_jobs"))
+    assert page.status_code == 200 and b"merge-start-form" not in page.content
+
+
+def test_it_starts_a_job_from_the_form_and_opens_its_page(operator_client, django_capture_on_commit_callbacks):
+    queries = make_ready_queries()
+    with django_capture_on_commit_callbacks():
+        response = operator_client.post(reverse("merge_jobs"), {
+            "queries": [q.pk for q in queries], "strategy": "gemel", "budget_minutes": "2.5",
+        })
+    job = MergeJob.objects.get()
+    assert response.status_code == 302 and response.url == reverse("merge_job_detail", args=[job.pk])
+    assert (job.strategy, job.budget_minutes, job.queries.count()) == ("gemel", 2.5, 3)
+
+
+def test_it_shows_what_is_wrong_with_the_start_form(operator_client, db):
+    response = operator_client.post(reverse("merge_jobs"), {"strategy": "gemel", "budget_minutes": "-1"})
+    assert response.status_code == 400 and b"This field is required" in response.content
+    assert not MergeJob.objects.exists()
+
+
+def test_it_refuses_a_viewer_who_posts_the_start_form_or_cancels(viewer_client, db):
+    queries = make_ready_queries()
+    response = viewer_client.post(reverse("merge_jobs"), {"queries": [q.pk for q in queries], "strategy": "gemel"})
+    assert response.status_code == 403 and not MergeJob.objects.exists()
+    job = make_job()
+    assert viewer_client.post(reverse("merge_job_cancel", args=[job.pk])).status_code == 403
+    job.refresh_from_db()
+    assert job.status == Status.QUEUED
+
+
+def test_it_cancels_a_job_from_its_page(operator_client, db):
+    job = make_job()
+    response = operator_client.post(reverse("merge_job_cancel", args=[job.pk]))
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == Status.CANCELLED
+
+
+def test_it_renders_hostile_query_names_as_text(operator_client, db):
+    [query] = make_ready_queries(("mobilenet_v3_small",), names=[HOSTILE])
+    job = make_job(queries=[query], status=Status.RUNNING)
+    make_bundle(job, accuracies={HOSTILE: 0.5}, required={HOSTILE: 0.4})
+    for url in (reverse("merge_jobs"), reverse("merge_job_detail", args=[job.pk])):
+        html = operator_client.get(url).content.decode()
+        assert HOSTILE not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    html = operator_client.get(reverse("merge_job_detail", args=[job.pk])).content.decode()
+    start = html.index('<script id="merge-job-data" type="application/json">')
+    blob = html[start:html.index("</script>", start)].split(">", 1)[1]
+    assert "<" not in blob  # json_script escapes it as \u003C
+    data = json.loads(blob)
+    assert data["queries"][0]["name"] == HOSTILE and HOSTILE in data["bundles"][0]["accuracies"]
+    assert 'id="savings-chart"' in html and 'data-points="0"' in html and 'id="accuracy-chart"' in html
+    assert 'id="cancel-job"' in html and 'id="job-status"' in html
+
+
+def test_the_job_page_has_no_cancel_button_for_viewers(viewer_client, db):
+    job = make_job()
+    html = viewer_client.get(reverse("merge_job_detail", args=[job.pk])).content.decode()
+    assert 'id="job-status"' in html and 'id="cancel-job"' not in html
+
+
+def test_it_answers_404_for_an_unknown_job(operator_client, db):
+    assert operator_client.get(reverse("merge_job_detail", args=[999])).status_code == 404
+    assert operator_client.get("/api/merge-jobs/999").status_code == 404
+
+
+def test_the_api_refuses_anonymous_users_and_viewer_writes(viewer_client, db):
+    queries = make_ready_queries()
+    job = make_job()
+    assert Client().get("/api/merge-jobs").status_code == 401
+    body = {"queries": [q.pk for q in queries], "strategy": "gemel"}
+    response = viewer_client.post("/api/merge-jobs", body, content_type=JSON)
+    assert response.status_code == 403 and "operators only" in response.json()["detail"]
+    assert viewer_client.post(f"/api/merge-jobs/{job.pk}/cancel").status_code == 403
+    assert viewer_client.get(f"/api/merge-jobs/{job.pk}").status_code == 200
+    assert MergeJob.objects.count() == 1
+
+
+def test_the_api_starts_a_job_and_explains_what_it_refuses(operator_client, django_capture_on_commit_callbacks):
+    queries = make_ready_queries()
+    ids = [q.pk for q in queries]
+    with django_capture_on_commit_callbacks():
+        response = operator_client.post("/api/merge-jobs", {"queries": ids, "strategy": "gemel", "budget_minutes": 1},
+                                        content_type=JSON)
+    assert response.status_code == 201, response.content
+    job = response.json()
+    assert job["status"] == "queued" and sorted(q["id"] for q in job["queries"]) == sorted(ids)
+    refused = operator_client.post("/api/merge-jobs", {"queries": ids, "strategy": "magic"}, content_type=JSON)
+    assert refused.status_code == 400 and "unknown strategy" in refused.json()["detail"]
+    refused = operator_client.post("/api/merge-jobs", {"queries": [9999]}, content_type=JSON)
+    assert refused.status_code == 400 and "9999" in refused.json()["detail"]
+
+
+def test_the_api_lists_events_after_a_sequence_number_and_cancels_once(operator_client, db):
+    job = make_job()
+    response = operator_client.post(f"/api/merge-jobs/{job.pk}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert operator_client.post(f"/api/merge-jobs/{job.pk}/cancel").status_code == 409
+    events = operator_client.get(f"/api/merge-jobs/{job.pk}/events?after=0").json()
+    assert [e["type"] for e in events] == ["job.cancelled"] and events[0]["seq"] == 1
+    assert operator_client.get(f"/api/merge-jobs/{job.pk}/events?after=1").json() == []
+    assert [j["id"] for j in operator_client.get("/api/merge-jobs").json()] == [job.pk]
+
+
+def test_a_bundle_below_a_target_is_not_deployable_and_says_why(operator_client, db):
+    queries = make_ready_queries(("mobilenet_v3_small", "mobilenet_v2"), names=["north", "east"])
+    job = make_job(queries=queries, status=Status.SUCCEEDED)
+    below = make_bundle(job, index=1, accuracies={"north": 0.9, "east": 0.7}, required={"north": 0.8, "east": 0.75})
+    ok, reason = merge_bundle_deployable(below)
+    assert not ok and "east" in reason and "north" not in reason
+    unsaved = make_bundle(job, index=2, accuracies={"north": 0.9, "east": 0.8}, required={"north": 0.8, "east": 0.75})
+    ok, reason = merge_bundle_deployable(unsaved)
+    assert not ok and "missing" in reason
+    listed = operator_client.get(f"/api/merge-jobs/{job.pk}/bundles").json()
+    assert [(b["index"], b["deployable"], b["meets_targets"]) for b in listed] == [(1, False, False), (2, False, True)]
