@@ -199,7 +199,8 @@ _SQLITE = {
     "ENGINE": "django.db.backends.sqlite3",
     "NAME": DATA_DIR / "gemel.sqlite3",
     # Subprocesses of the tests (Celery worker, daphne) must see the test database: keep it on disk.
-    "TEST": {"NAME": DATA_DIR / "test-gemel.sqlite3"},
+    # One file per test run, so that concurrent runs in one checkout never share a test database.
+    "TEST": {"NAME": DATA_DIR / f"test-gemel-{os.getpid()}.sqlite3"},
     "OPTIONS": {
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
