@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from webapp.edge.models import AgentToken, Deployment, EdgeNode, MetricSample
 from webapp.merges.models import MergeBundle, MergeJob
+from webapp.merges.selectors import merge_bundle_deployable, merge_bundle_dir, merge_bundle_files
 
 # Missed heartbeats after which a node counts as offline.
 OFFLINE_AFTER_HEARTBEATS = 3
@@ -117,64 +118,20 @@ def node_to_json(node: EdgeNode, *, now: datetime | None = None) -> dict[str, An
 
 
 def bundle_folder(bundle: MergeBundle) -> Path:
-    """Return the bundle's folder (paths stored relative are relative to MEDIA_ROOT)."""
-    path = Path(bundle.path)
-    return path if path.is_absolute() else Path(settings.MEDIA_ROOT) / path
+    """Return the bundle's folder (absolute)."""
+    return merge_bundle_dir(bundle)
 
 
 def bundle_files(bundle: MergeBundle) -> list[dict[str, Any]]:
-    """Return each file of ``bundle`` as {name, path, sha256, size_bytes}.
-
-    Uses the merges app's ``merge_bundle_files`` selector when it exists; else the checksums recorded on
-    the bundle row, computing any that are missing from the folder.
-    """
-    try:
-        from webapp.merges.selectors import merge_bundle_files
-    except ImportError:
-        merge_bundle_files = None
-    if merge_bundle_files is not None:
-        return [dict(item) for item in merge_bundle_files(bundle)]
-    folder = bundle_folder(bundle)
-    recorded = bundle.files or {}
-    if recorded:
-        names = sorted(recorded)
-    else:
-        names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-    files = []
-    for name in names:
-        path = folder / name
-        info = recorded.get(name) or {}
-        sha256 = info.get("sha256") or _sha256_file(path)
-        size = info.get("size_bytes")
-        files.append({"name": name, "path": str(path), "sha256": sha256,
-                      "size_bytes": int(size) if size is not None else path.stat().st_size})
-    return files
-
-
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    """Return each file of ``bundle`` as {name, path, sha256, size_bytes} (the merges app's record)."""
+    return [dict(item) for item in merge_bundle_files(bundle)]
 
 
 def bundle_deployable(bundle: MergeBundle) -> tuple[bool, str]:
-    """Return whether ``bundle`` may be deployed and, when not, why (every query must meet its target).
-
-    Uses the merges app's ``merge_bundle_deployable`` selector when it exists; else the bundle's own flag.
-    """
-    try:
-        from webapp.merges.selectors import merge_bundle_deployable
-    except ImportError:
-        merge_bundle_deployable = None
-    if merge_bundle_deployable is not None:
-        ok, reason = merge_bundle_deployable(bundle)
-        return bool(ok), str(reason or "")
-    if bundle.meets_targets:
-        return True, ""
-    missed = sorted(
-        name for name, required in (bundle.required or {}).items()
-        if (bundle.accuracies or {}).get(name, 0.0) < required
-    )
-    return False, "queries below their accuracy target: " + (", ".join(missed) or "unknown")
+    """Return whether ``bundle`` may be deployed and, when not, why (every query must meet its target and
+    its files must be intact; the merges app decides)."""
+    ok, reason = merge_bundle_deployable(bundle)
+    return bool(ok), str(reason or "")
 
 
 def _manifest_model_names(bundle: MergeBundle) -> list[str]:
