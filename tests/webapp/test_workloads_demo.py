@@ -71,3 +71,39 @@ def test_a_seed_another_run_is_building_is_left_alone(built_tiny_demo, django_ca
         assert demo_seed_start(scale="tiny") == "abc"
     assert callbacks == []
     assert demo_seed(scale="tiny", task_id="abc").status == DemoSeed.Status.READY  # its own redelivery takes over
+
+
+@pytest.fixture
+def micro_scale(monkeypatch):
+    """A real demo scale small enough to train in seconds: one short camera, two tiny models, two steps each."""
+    from gemel_engine.data.sampling import SamplingSpec
+    from gemel_engine.demo import DemoScale
+    from gemel_engine.queries import Query as EngineQuery
+    from gemel_engine.queries import Task
+    from gemel_engine.train import TrainArgs
+    from gemel_engine.workload import CameraSpec, QueryEntry
+
+    camera = CameraSpec("micro_cam", "synthetic://micro_cam?seed=3&width=64&height=48&fps=5&frames=40",
+                        SamplingSpec(size=(32, 32)), val_fraction=0.5, gap_seconds=0.0)
+    task = Task("presence", ("car", "bus", "truck"))
+    scale = DemoScale(
+        name="micro", cameras=(camera,),
+        queries=tuple(
+            QueryEntry(EngineQuery(name, "micro_cam", "mobilenet_v3_small", task)) for name in ("m_a", "m_b")
+        ),
+        train={"mobilenet_v3_small": TrainArgs(steps=2, batch_size=8, device="cpu")},
+    )
+    monkeypatch.setitem(SCALES, "micro", scale)
+    return scale
+
+
+def test_a_real_build_registers_each_query_as_soon_as_its_model_is_trained(micro_scale, settings):
+    seed = demo_seed(scale="micro")
+    assert seed.status == DemoSeed.Status.READY, seed.detail
+    workload_file = Path(settings.MEDIA_ROOT) / "demo" / "micro" / "workload.json"
+    built = Workload.load(workload_file)
+    first = Query.objects.get(name="m_a")
+    assert first.status == Query.Status.READY
+    assert first.unmerged_accuracy == built.query("m_a").unmerged_accuracy
+    assert first.created_at.timestamp() < workload_file.stat().st_mtime  # registered before the build ended
+    assert ModelEntry.objects.get(name="m_b").weights_sha256
