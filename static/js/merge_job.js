@@ -73,7 +73,7 @@
     Plotly.react(accuracyChart, [
       { type: "bar", x: labels, y: accuracy, name: latest ? "config " + latest.index : "accuracy", marker: { color: colours } },
       { type: "scatter", mode: "markers", x: labels, y: required, name: "target",
-        marker: { symbol: "line-ew-open", size: 30, line: { width: 3, color: "#1c1c1c" } } },
+        marker: { symbol: "line-ew-open", size: 36, color: "#1c1c1c", line: { width: 3, color: "#1c1c1c" } } },
     ], gemel.layout({ yaxis: { title: { text: "accuracy" }, range: [0, 1.05] } }), { responsive: true, displaylogo: false });
   }
 

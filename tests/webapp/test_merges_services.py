@@ -15,7 +15,7 @@ from django.utils import timezone
 from gemel_engine.workload import Workload
 from tests.webapp.test_merges_factories import make_job, make_ready_queries
 from webapp.merges.models import MergeJob
-from webapp.merges.selectors import merge_bundle_deployable, merge_bundle_files
+from webapp.merges.selectors import merge_bundle_deployable, merge_bundle_files, merge_job_is_live
 from webapp.merges.services import (
     merge_job_cancel,
     merge_job_claim,
@@ -23,6 +23,7 @@ from webapp.merges.services import (
     merge_job_run,
     merge_job_start,
 )
+from webapp.merges.tasks import run_merge_job
 from webapp.workloads.models import Query
 
 Status = MergeJob.Status
@@ -191,3 +192,19 @@ def test_a_worker_that_lost_its_job_writes_nothing_more(operator, tiny_search):
     job.refresh_from_db()
     assert (job.status, job.worker, job.finished_at) == (Status.RUNNING, "new", None)
     assert list(job.events.values_list("type", flat=True)) == ["job.claimed"]
+
+
+def test_the_task_skips_a_job_that_is_finished_or_unknown(db):
+    finished = make_job(status=Status.SUCCEEDED)
+    assert run_merge_job.apply(args=(finished.pk,)).get() == "skipped"
+    assert run_merge_job.apply(args=(987654,)).get() == "skipped"
+    finished.refresh_from_db()
+    assert finished.attempts == 0 and not finished.events.exists()
+
+
+def test_a_job_is_live_only_while_its_heartbeat_is_fresh(db, settings):
+    settings.MERGE_STALE_AFTER_S = 30
+    assert merge_job_is_live(make_job(status=Status.RUNNING, heartbeat_at=timezone.now()).pk)
+    old = timezone.now() - timedelta(seconds=31)
+    assert not merge_job_is_live(make_job(status=Status.RUNNING, heartbeat_at=old).pk)
+    assert not merge_job_is_live(make_job(status=Status.QUEUED).pk)
