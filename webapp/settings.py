@@ -93,6 +93,9 @@ def env_database(name: str, default: dict[str, Any]) -> dict[str, Any]:
         raise ImproperlyConfigured(f"{name} is not a usable database URL ({exc})") from None
     if config.get("ENGINE") not in _DATABASE_ENGINES:
         raise ImproperlyConfigured(f"{name} must point at PostgreSQL or SQLite, got {raw.split(':', 1)[0]!r}")
+    if config["ENGINE"] == default.get("ENGINE"):
+        # A URL names the database, not how to use it: keep the engine's options (SQLite's locking mode).
+        config["OPTIONS"] = {**default.get("OPTIONS", {}), **config.get("OPTIONS", {})}
     return config
 
 
