@@ -39,6 +39,8 @@ PROTOCOL_VERSION = 1
 STATE_FILE = "state.json"
 _BACKOFF_START_S = 1.0
 _BACKOFF_MAX_S = 30.0
+# Statuses with which the server refuses the agent's token.
+_REFUSED = (401, 403)
 _CHUNK = 1 << 20
 # Failed deployment ids remembered in state.json (never tried again).
 _FAILED_KEPT = 50
@@ -74,6 +76,8 @@ class AgentConfig:
     device: str = "auto"
     # Seconds one HTTP request may take.
     request_timeout_s: float = 30.0
+    # Seconds between registration attempts while the server refuses the token (401/403).
+    refused_retry_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.server.startswith(("http://", "https://")):
@@ -269,6 +273,28 @@ class Agent:
         self.metrics_interval_s = float(answer.get("metrics_interval_s") or self.metrics_interval_s)
         logger.info("registered node %s with %s", self.config.node, self.config.server)
 
+    def register_until_accepted(self, *, refused: AgentError | None = None) -> None:
+        """Register, and while the server refuses the token (401/403) keep serving and ask again every
+        ``refused_retry_s``: an edge box goes on watching its cameras while an operator fixes the token.
+
+        Raises:
+            Stopped: the agent was asked to stop while waiting.
+            AgentError: any other refusal.
+        """
+        while True:
+            if refused is not None:
+                logger.error("the server refused the agent (%s); serving goes on, asking again in %.0f s",
+                             refused, self.config.refused_retry_s)
+                if self.stop_event.wait(self.config.refused_retry_s):
+                    raise Stopped("stopped")
+            try:
+                self.register()
+                return
+            except AgentError as exc:
+                if exc.status not in _REFUSED:
+                    raise
+                refused = exc
+
     def status(self) -> tuple[str, str]:
         """Return the heartbeat's (status, detail): idle, serving, deploying or degraded."""
         with self._lock:
@@ -443,16 +469,21 @@ class Agent:
         self.restore()
         self.server.start()
         try:
-            self.register()
+            self.register_until_accepted()
             next_beat = next_metrics = time.monotonic()
             while not self.stop_event.is_set():
                 now = time.monotonic()
-                if now >= next_beat:
-                    self.converge(self.heartbeat())
-                    next_beat = time.monotonic() + self.heartbeat_interval_s
-                if now >= next_metrics:
-                    self.send_metrics()
-                    next_metrics = time.monotonic() + self.metrics_interval_s
+                try:
+                    if now >= next_beat:
+                        self.converge(self.heartbeat())
+                        next_beat = time.monotonic() + self.heartbeat_interval_s
+                    if now >= next_metrics:
+                        self.send_metrics()
+                        next_metrics = time.monotonic() + self.metrics_interval_s
+                except AgentError as exc:
+                    if exc.status not in _REFUSED:
+                        raise
+                    self.register_until_accepted(refused=exc)
                 self.stop_event.wait(max(0.0, min(next_beat, next_metrics) - time.monotonic()))
         except Stopped:
             pass

@@ -11,15 +11,18 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
+from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.db import connection
 
+from tests.webapp.conftest import point_this_process_at_redis
 from webapp.embedded_redis import EmbeddedRedis
 from webapp.stack import (
     REPO_ROOT,
@@ -84,6 +87,17 @@ class LiveStack:
         """Start the edge agent."""
         return self.start("agent", self.agent_command())
 
+    def restart_redis(self, *, down_for: float) -> None:
+        """Take Redis away for ``down_for`` seconds: restart the private server (its data is lost, as with any
+        restart without persistence), or drop every client connection of an external one."""
+        if self.redis_server is not None:
+            self.redis_server.stop()
+            time.sleep(down_for)
+            self.redis_server.start()
+        else:
+            redis.Redis.from_url(self.redis_url).client_kill_filter(_type="normal", skipme=True)
+            time.sleep(down_for)
+
     def stop(self) -> None:
         """Stop every process and the private Redis."""
         for process in reversed(list(self.processes.values())):
@@ -140,6 +154,9 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator
             GEMEL_MEDIA_DIR=str(media_root), GEMEL_CAMERA_FILE_ROOTS=str(root / "videos"),
             GEMEL_AGENT_HEARTBEAT_S="1",
         )
+    # This process queues Celery tasks and sends channel-layer messages too: point it at the stack's Redis.
+    django_settings.MEDIA_ROOT = media_root
+    point_this_process_at_redis(redis_url)
     port = free_port()
     stack = LiveStack(f"http://127.0.0.1:{port}/", redis_url, media_root, root / "logs", env, token, redis_server)
     try:

@@ -21,6 +21,19 @@ from webapp.stack import ManagedProcess, celery_worker_command, child_environmen
 PASSWORD = "correct horse battery staple"  # noqa: S105 - test accounts only
 
 
+def point_this_process_at_redis(url: str) -> None:
+    """Make this test process queue Celery tasks and send channel-layer messages through the Redis at ``url``."""
+    django_settings.REDIS_URL = url
+    django_settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": 30}]},  # see settings.CHANNEL_LAYERS
+        }
+    }
+    channel_layers.backends = {}
+    celery_app.conf.update(broker_url=celery_redis_url(url), result_backend=celery_redis_url(url))
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     """A Redis server for the session: the one in GEMEL_TEST_REDIS_URL (its db flushed) or a private one."""
@@ -32,15 +45,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
     else:
         server = EmbeddedRedis(Path(tmp_path_factory.mktemp("redis")) / "redis.sock")
         url = server.start()
-    django_settings.REDIS_URL = url
-    django_settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": url, "socket_timeout": 30}]},  # see settings.CHANNEL_LAYERS
-        }
-    }
-    channel_layers.backends = {}
-    celery_app.conf.update(broker_url=celery_redis_url(url), result_backend=celery_redis_url(url))
+    point_this_process_at_redis(url)
     yield url
     if server is not None:
         server.stop()

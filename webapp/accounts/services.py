@@ -5,13 +5,30 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from webapp.accounts.models import OPERATOR_GROUP, VIEWER_GROUP
 
 ROLES = (OPERATOR_GROUP, VIEWER_GROUP)
+
+
+def roles_ensure() -> None:
+    """Create the operator and viewer groups and the operate permission unless they exist.
+
+    The first migration creates them; this keeps a database whose rows were flushed (tests) or restored
+    without them usable.
+    """
+    content_type, _ = ContentType.objects.get_or_create(app_label="accounts", model="role")
+    operate, _ = Permission.objects.get_or_create(
+        content_type=content_type, codename="operate",
+        defaults={"name": "Can change cameras, models, merge jobs and deployments"},
+    )
+    operator, _ = Group.objects.get_or_create(name=OPERATOR_GROUP)
+    operator.permissions.add(operate)
+    Group.objects.get_or_create(name=VIEWER_GROUP)
 
 
 @transaction.atomic
@@ -32,6 +49,7 @@ def user_create(*, username: str, password: str, role: str) -> User:
     user.set_password(password)
     user.full_clean()
     user.save()
+    roles_ensure()
     user.groups.add(Group.objects.get(name=role))
     return user
 

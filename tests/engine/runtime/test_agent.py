@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gemel_engine.runtime.agent import Agent, AgentConfig
+from gemel_engine.runtime.agent import Agent, AgentConfig, AgentError
 from gemel_engine.runtime.serving import EdgeServer
 from tests.engine.runtime.conftest import desired_json
 
@@ -131,3 +131,29 @@ def test_it_serves_the_saved_deployment_again_after_a_restart(small_bundle, tamp
         time.sleep(0.1)
     assert 2 in again._failed, "the failed deployment stays remembered across restarts"
     again.server.close()
+
+
+class RefusingDashboard(FakeDashboard):
+    """Refuses the agent's token for the first ``refusals`` registrations, as after a token was re-created."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def post(self, path: str, body: dict[str, Any], *, retry: bool = True) -> dict[str, Any]:
+        if path == "/api/agent/register" and self.refusals:
+            self.refusals -= 1
+            raise AgentError(f"POST {path}: 401 unknown agent token", 401)
+        return super().post(path, body, retry=retry)
+
+
+def test_a_refused_token_keeps_the_agent_serving_and_asking_again(tmp_path, small_bundle):
+    dashboard = RefusingDashboard(refusals=2)
+    config = AgentConfig(server="http://dashboard.invalid", token="t", node="edge-1", state_dir=tmp_path / "state",
+                         device="cpu", budget_bytes=256 << 20, refused_retry_s=0.05)
+    agent = Agent(config, server=EdgeServer(device="cpu", budget_bytes=256 << 20), client=dashboard)
+    converge_and_wait(agent, dashboard.desired(1, small_bundle))
+    agent.register_until_accepted()
+    assert dashboard.refusals == 0
+    assert [path for path, _ in dashboard.posts].count("/api/agent/register") == 1
+    assert agent.server.active is not None and agent.active_deployment == 1
