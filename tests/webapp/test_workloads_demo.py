@@ -61,16 +61,23 @@ def test_starting_a_seed_records_it_as_queued(django_capture_on_commit_callbacks
     assert len(callbacks) == 1
 
 
-def test_a_seed_another_run_is_building_is_left_alone(built_tiny_demo, django_capture_on_commit_callbacks):
+def test_a_seed_another_process_is_building_is_left_alone(
+    built_tiny_demo, settings, django_capture_on_commit_callbacks
+):
+    import fcntl
+
     from webapp.workloads.services import demo_seed_start
 
     DemoSeed.objects.create(scale="tiny", status=DemoSeed.Status.BUILDING, celery_task_id="abc")
-    seed = demo_seed(scale="tiny")
-    assert seed.status == DemoSeed.Status.BUILDING and not Query.objects.exists()
-    with django_capture_on_commit_callbacks() as callbacks:
-        assert demo_seed_start(scale="tiny") == "abc"
-    assert callbacks == []
-    assert demo_seed(scale="tiny", task_id="abc").status == DemoSeed.Status.READY  # its own redelivery takes over
+    lock = Path(settings.MEDIA_ROOT) / "demo" / ".tiny.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what a running build holds
+        assert demo_seed(scale="tiny").status == DemoSeed.Status.BUILDING and not Query.objects.exists()
+        with django_capture_on_commit_callbacks() as callbacks:
+            assert demo_seed_start(scale="tiny") == "abc"
+        assert callbacks == []
+    # the holder is gone (a build that died leaves only a stale row): the next seed builds
+    assert demo_seed(scale="tiny").status == DemoSeed.Status.READY
 
 
 @pytest.fixture

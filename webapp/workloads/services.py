@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -641,7 +643,8 @@ def demo_seed_start(*, scale: str) -> str:
     """Queue building and registering the engine demo of ``scale`` on a worker.
 
     Returns:
-        The Celery task id (the seed's row shows progress on the cameras page).
+        The Celery task id (the seed's row shows progress on the cameras page); while a build of this scale is
+        running, its task id, and nothing is queued.
 
     Raises:
         ValidationError: an unknown scale.
@@ -649,11 +652,11 @@ def demo_seed_start(*, scale: str) -> str:
     from webapp.workloads.tasks import demo_seed_task
 
     _check_scale(scale)
+    if demo_build_running(scale=scale):
+        return DemoSeed.objects.get(scale=scale).celery_task_id
     task_id = uuid.uuid4().hex
     with transaction.atomic():
-        seed, created = DemoSeed.objects.select_for_update().get_or_create(scale=scale)
-        if not created and _seed_is_live(seed):
-            return seed.celery_task_id  # queued or building right now: one build at a time
+        seed, _ = DemoSeed.objects.get_or_create(scale=scale)
         if seed.status != DemoSeed.Status.READY:
             seed.status, seed.detail = DemoSeed.Status.QUEUED, "waiting for a worker"
         seed.celery_task_id = task_id
@@ -662,28 +665,34 @@ def demo_seed_start(*, scale: str) -> str:
     return task_id
 
 
-# A queued or building seed whose row has not moved for this long is taken for dead (its worker stopped).
-DEMO_SEED_STALE = timedelta(hours=1)
+def _demo_dir(scale: str) -> Path:
+    return Path(settings.MEDIA_ROOT) / "demo" / scale
 
 
-def _seed_is_live(seed: DemoSeed) -> bool:
-    busy = seed.status in (DemoSeed.Status.QUEUED, DemoSeed.Status.BUILDING)
-    return busy and seed.updated_at is not None and timezone.now() - seed.updated_at < DEMO_SEED_STALE
+@contextlib.contextmanager
+def _demo_build_lock(scale: str) -> Iterator[bool]:
+    """Hold the scale's build lock while the block runs; yields False (and holds nothing) if another process has it.
 
-
-def _seed_claim(scale: str, task_id: str | None) -> bool:
-    """Mark the seed building unless another run is building it (claim once).
-
-    A build whose row went stale is taken over, and so is one started by this same Celery task (a redelivery
-    after its worker died).
+    An OS file lock, so a build whose process died (a stopped worker, Ctrl-C) never blocks the next one.
     """
-    DemoSeed.objects.get_or_create(scale=scale)
-    fresh_build = Q(status=DemoSeed.Status.BUILDING, updated_at__gt=timezone.now() - DEMO_SEED_STALE)
-    claimable = ~fresh_build | Q(celery_task_id=task_id) if task_id else ~fresh_build
-    claimed = DemoSeed.objects.filter(claimable, scale=scale).update(
-        status=DemoSeed.Status.BUILDING, detail="starting", updated_at=timezone.now()
-    )
-    return claimed == 1
+    path = Path(settings.MEDIA_ROOT) / "demo" / f".{scale}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def demo_build_running(*, scale: str) -> bool:
+    """Return whether a process is building (or registering) the demo of ``scale`` right now."""
+    with _demo_build_lock(scale) as free:
+        return not free
 
 
 def _check_scale(scale: str) -> None:
@@ -695,13 +704,12 @@ def _seed_progress(scale: str, **fields: Any) -> None:
     DemoSeed.objects.filter(scale=scale).update(updated_at=timezone.now(), **fields)
 
 
-def demo_seed(*, scale: str, task_id: str | None = None) -> DemoSeed:
+def demo_seed(*, scale: str) -> DemoSeed:
     """Build the engine demo of ``scale`` under MEDIA_ROOT/demo/<scale> and register its cameras, models and
     queries (ready, with the accuracies the build measured), each query as soon as its model is trained.
 
     Idempotent: a finished build on disk is reused, and so are cameras, models and queries already registered.
-    Claimed once: while another run builds this scale (and is not stale), this call returns at once.
-    ``task_id`` is the Celery task that was queued for it (a redelivery of the same task may take over).
+    One build per scale at a time: while another process builds it, this call returns its row at once.
 
     Returns:
         The seed's row, ready (or failed with the reason).
@@ -711,11 +719,17 @@ def demo_seed(*, scale: str, task_id: str | None = None) -> DemoSeed:
     """
     _check_scale(scale)
     spec = DEMO_SCALES[scale]
-    if not _seed_claim(scale, task_id):
-        return DemoSeed.objects.get(scale=scale)
-    seed = DemoSeed.objects.get(scale=scale)
-    _seed_progress(scale, queries_total=len(spec.queries))
-    out_dir = Path(settings.MEDIA_ROOT) / "demo" / scale
+    DemoSeed.objects.get_or_create(scale=scale)
+    with _demo_build_lock(scale) as mine:
+        if mine:
+            _seed_progress(scale, status=DemoSeed.Status.BUILDING, detail="starting", queries_total=len(spec.queries))
+            _demo_build(scale)
+    return DemoSeed.objects.get(scale=scale)
+
+
+def _demo_build(scale: str) -> None:
+    spec = DEMO_SCALES[scale]
+    out_dir = _demo_dir(scale)
     cameras = {camera.name: camera for camera in spec.cameras}
     registered: set[str] = set()
 
@@ -739,14 +753,14 @@ def demo_seed(*, scale: str, task_id: str | None = None) -> DemoSeed:
         workload = Workload.load(saved) if saved.is_file() else build_demo(scale, out_dir, progress=progress)
         for entry in workload.queries:
             register(entry)
-    except (GemelError, ValidationError, OSError) as exc:
-        detail = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+    except Exception as exc:  # the row must not stay "building"; unexpected errors still reach the caller
+        detail = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc) or type(exc).__name__
         _seed_progress(scale, status=DemoSeed.Status.FAILED, detail=f"failed: {detail}")
         logger.warning("demo seed %s failed", scale, exc_info=True)
+        if not isinstance(exc, GemelError | ValidationError | OSError):
+            raise
     else:
         _seed_progress(scale, status=DemoSeed.Status.READY, detail=f"{len(registered)} queries ready")
-    seed.refresh_from_db()
-    return seed
 
 
 def _demo_register(entry: QueryEntry, spec: CameraSpec, out_dir: Path) -> Query:

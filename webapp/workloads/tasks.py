@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celery import Task, shared_task
+from celery import shared_task
 from django.conf import settings
 
 from webapp.workloads import services
@@ -15,9 +15,7 @@ def query_measure_task(query_id: int) -> str | None:
     return None if query is None else query.status
 
 
-@shared_task(
-    bind=True, acks_late=True, soft_time_limit=settings.MERGE_SOFT_TIME_LIMIT, time_limit=settings.MERGE_HARD_TIME_LIMIT
-)
-def demo_seed_task(self: Task, scale: str) -> str:
+@shared_task(acks_late=True, soft_time_limit=settings.MERGE_SOFT_TIME_LIMIT, time_limit=settings.MERGE_HARD_TIME_LIMIT)
+def demo_seed_task(scale: str) -> str:
     """Build and register the demo workload of ``scale``; returns the seed's final status."""
-    return services.demo_seed(scale=scale, task_id=self.request.id).status
+    return services.demo_seed(scale=scale).status
