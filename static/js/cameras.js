@@ -32,8 +32,9 @@
       const badge = row.querySelector("[data-field=status]");
       setStatus(badge, query.status, query.status);
       badge.title = query.status_detail;
-      row.querySelector("[data-field=unmerged_accuracy]").textContent = query.unmerged_accuracy ?? "—";
-      row.querySelector("[data-field=chance_accuracy]").textContent = query.chance_accuracy ?? "—";
+      const shown = (value) => (value === null ? "—" : Number(value).toFixed(3));
+      row.querySelector("[data-field=unmerged_accuracy]").textContent = shown(query.unmerged_accuracy);
+      row.querySelector("[data-field=chance_accuracy]").textContent = shown(query.chance_accuracy);
     }
   }
 
