@@ -5,7 +5,9 @@ Every app contributes a router; the OpenAPI description is at /api/openapi.json 
 
 from __future__ import annotations
 
+from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
+from ninja.errors import ValidationError
 from ninja.security import django_auth
 
 api = NinjaAPI(
@@ -21,3 +23,13 @@ api.add_router("/", "webapp.workloads.api.router")
 api.add_router("/", "webapp.merges.api.router")
 api.add_router("/", "webapp.edge.api.router")
 api.add_router("/agent/", "webapp.edge.agent_api.router")
+
+
+@api.exception_handler(ValidationError)
+def invalid_input(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    """Answer malformed input with 422 and one readable ``detail`` line (plus the per-field ``errors``)."""
+    problems = []
+    for error in exc.errors:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "payload"))
+        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
+    return api.create_response(request, {"detail": "; ".join(problems), "errors": exc.errors}, status=422)

@@ -53,3 +53,11 @@ def test_login_with_the_right_password_signs_in(client, operator):
 
 def test_the_api_answers_401_without_a_session(client):
     assert client.get("/api/openapi.json").status_code in (200, 401)
+
+
+def test_malformed_api_input_gets_422_with_one_readable_detail(operator_client):
+    response = operator_client.post("/api/merge-jobs", data="{}", content_type="application/json")
+    assert response.status_code == 422
+    body = response.json()
+    assert isinstance(body["detail"], str) and "queries" in body["detail"]
+    assert body["errors"]
