@@ -5,6 +5,7 @@ Every app contributes a router; the OpenAPI description is at /api/openapi.json 
 
 from __future__ import annotations
 
+from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import ValidationError
@@ -18,6 +19,7 @@ api = NinjaAPI(
     "a bearer token on /api/agent/ only (docs/agent-protocol.md).",
     auth=django_auth,
     urls_namespace="api",
+    docs_decorator=login_required,
 )
 api.add_router("/", "webapp.workloads.api.router")
 api.add_router("/", "webapp.merges.api.router")

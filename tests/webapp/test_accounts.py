@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.test import Client
 
 from tests.webapp.conftest import PASSWORD
 from webapp.accounts.selectors import user_is_operator, user_role
@@ -51,8 +52,15 @@ def test_login_with_the_right_password_signs_in(client, operator):
     assert client.get("/").status_code == 200
 
 
-def test_the_api_answers_401_without_a_session(client):
-    assert client.get("/api/openapi.json").status_code in (200, 401)
+def test_the_api_and_its_description_need_a_session(viewer_client):
+    anonymous = Client()
+    assert anonymous.get("/api/merge-jobs").status_code == 401
+    assert anonymous.get("/api/openapi.json").status_code == 302
+    assert anonymous.get("/api/docs").status_code == 302
+    spec = viewer_client.get("/api/openapi.json")
+    assert spec.status_code == 200
+    assert "/api/agent/register" in spec.json()["paths"]
+    assert viewer_client.get("/api/docs").status_code == 200
 
 
 def test_malformed_api_input_gets_422_with_one_readable_detail(operator_client):
