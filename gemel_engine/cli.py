@@ -286,7 +286,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     budget = None if args.budget_mb is None else int(args.budget_mb * 1024 * 1024)
     state_dir = args.state_dir or Path("var") / "agent" / args.node
     return run_agent(AgentConfig(server=args.server, token=args.token, node=args.node, budget_bytes=budget,
-                                 state_dir=state_dir, device=args.device))
+                                 state_dir=state_dir, device=args.device, metrics_port=args.metrics_port,
+                                 metrics_host=args.metrics_host))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -362,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--budget-mb", type=float, help="device memory budget in MiB")
     agent.add_argument("--state-dir", type=Path, help="state.json and bundles (default: var/agent/NODE)")
     agent.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    agent.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free port)")
+    agent.add_argument("--metrics-host", default="127.0.0.1", help="address of the Prometheus endpoint")
     agent.set_defaults(handler=cmd_agent)
 
     bench = commands.add_parser("bench", help="run a benchmark (python -m gemel_engine bench NAME --help)")

@@ -26,8 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
+from wsgiref.simple_server import WSGIServer
 
 import requests
+from prometheus_client import start_http_server
 
 import gemel_engine
 from gemel_engine.errors import DeploymentError, GemelError
@@ -78,6 +80,9 @@ class AgentConfig:
     request_timeout_s: float = 30.0
     # Seconds between registration attempts while the server refuses the token (401/403).
     refused_retry_s: float = 30.0
+    # Port of the Prometheus endpoint (/metrics) on metrics_host; None: no endpoint, 0: any free port.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not self.server.startswith(("http://", "https://")):
@@ -452,6 +457,20 @@ class Agent:
 
     # -- the loop ---------------------------------------------------------------------------------------
 
+    def start_prometheus(self) -> WSGIServer | None:
+        """Serve the runtime's figures at ``http://metrics_host:metrics_port/metrics`` when a port is set.
+
+        Returns:
+            The running HTTP server (its ``server_port`` is the port bound), or None without a port.
+        """
+        if self.config.metrics_port is None:
+            return None
+        exporter, _ = start_http_server(
+            self.config.metrics_port, addr=self.config.metrics_host, registry=self.server.prometheus_registry()
+        )
+        logger.info("Prometheus metrics at http://%s:%d/metrics", self.config.metrics_host, exporter.server_port)
+        return exporter
+
     def stop(self) -> None:
         """Ask the loop to end (safe from a signal handler)."""
         self.stop_event.set()
@@ -468,6 +487,7 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.restore()
         self.server.start()
+        exporter = self.start_prometheus()
         try:
             self.register_until_accepted()
             next_beat = next_metrics = time.monotonic()
@@ -492,6 +512,8 @@ class Agent:
             return 1
         finally:
             self.stop_event.set()
+            if exporter is not None:
+                exporter.shutdown()
             if self._worker is not None:
                 self._worker.join(timeout=30)
             self.server.close()

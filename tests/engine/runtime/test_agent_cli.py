@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+import requests
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -36,9 +39,10 @@ def test_it_exits_2_without_a_token(tmp_path):
     assert "error: --token is required" in output
 
 
-def test_it_retries_an_unreachable_server_and_stops_cleanly_on_sigterm(tmp_path):
+def test_it_retries_an_unreachable_server_serving_prometheus_metrics_and_stops_cleanly_on_sigterm(tmp_path):
     port = _closed_port()
-    process = _agent("--server", f"http://127.0.0.1:{port}", "--token", "t", "--node", "edge-1", tmp_path=tmp_path)
+    process = _agent("--server", f"http://127.0.0.1:{port}", "--token", "t", "--node", "edge-1",
+                     "--budget-mb", "64", "--metrics-port", "0", tmp_path=tmp_path)
     watchdog = threading.Timer(60, process.kill)  # a silent agent must not hang the test on readline
     watchdog.start()
     lines: list[str] = []
@@ -50,8 +54,13 @@ def test_it_retries_an_unreachable_server_and_stops_cleanly_on_sigterm(tmp_path)
                 break
         else:
             raise AssertionError("the agent never retried:\n" + "".join(lines))
+        exporter = re.search(r"Prometheus metrics at (http://\S+/metrics)", "".join(lines))
+        assert exporter, "".join(lines)
+        scraped = requests.get(exporter.group(1), timeout=10).text
     finally:
         watchdog.cancel()
+    assert "gemel_budget_bytes 6.7108864e+07" in scraped, scraped
+    assert 'gemel_resident_bytes{kind="shared"} 0.0' in scraped
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=20)
     assert process.returncode == 0, output
