@@ -28,6 +28,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--demo-scale", default=os.environ.get("DEMO_SCALE", "tiny"),
                         help="demo workload built in the background (tiny, mix, small; 'none' to skip)")
     parser.add_argument("--agent-budget-mb", type=int, default=int(os.environ.get("GEMEL_AGENT_BUDGET_MB", "512")))
+    parser.add_argument("--agent-metrics-port", default=os.environ.get("GEMEL_AGENT_METRICS_PORT"),
+                        help="serve the agent's Prometheus metrics on this port")
     parser.add_argument("--no-agent", action="store_true", help="do not start the local edge agent")
     return parser.parse_args(argv)
 
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.executable, "-m", "gemel_engine", "agent", "--server", url, "--token", token, "--node", AGENT_NODE,
             "--budget-mb", str(args.agent_budget_mb), "--state-dir", str(state_dir),
         ]
+        if args.agent_metrics_port:
+            agent += ["--metrics-port", str(args.agent_metrics_port)]
         processes.append(ManagedProcess("edge agent", agent, env, logs / "agent.log"))
 
     stopping = False
