@@ -27,8 +27,11 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		{ echo "install Debian's chromium (apt-get install chromium) for the browser tests" >&2; exit 1; }
 
+# The browser tests run in a process of their own: their live stack (daphne, worker, agent) stays out of the
+# way of the other tests' real workers, and each run has its own session fixtures.
 test: setup lint chromium
-	$(PY) -m pytest
+	$(PY) -m pytest --ignore=tests/e2e
+	$(PY) -m pytest tests/e2e
 
 # The whole product with embedded defaults (SQLite, a private Redis): migrate, create the first operator,
 # start daphne, a Celery worker and the edge agent, build the demo workload in the background.
@@ -47,7 +50,8 @@ demo-cli: setup
 # GEMEL_TEST_REDIS_URL (a Redis database of its own) must be set; .ci/run sets both.
 test-services: setup chromium
 	test -n "$$DATABASE_URL" && test -n "$$GEMEL_TEST_REDIS_URL"
-	$(PY) -m pytest tests/webapp tests/e2e
+	$(PY) -m pytest tests/webapp
+	$(PY) -m pytest tests/e2e
 
 bench: setup
 	$(PY) -m gemel_engine bench analyze

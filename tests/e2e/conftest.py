@@ -128,9 +128,12 @@ def _ensure_accounts(token: str) -> None:
 
 @pytest.fixture(autouse=True)
 def _stack_accounts(request) -> None:
-    """Before each browser test, restore the accounts the stack relies on."""
+    """Before each browser test, point this process at the stack's Redis and media and restore its accounts."""
     if "live_stack" in request.fixturenames:
-        _ensure_accounts(request.getfixturevalue("live_stack").agent_token)
+        stack = request.getfixturevalue("live_stack")
+        django_settings.MEDIA_ROOT = stack.media_root
+        point_this_process_at_redis(stack.redis_url)
+        _ensure_accounts(stack.agent_token)
 
 
 @pytest.fixture(scope="session")

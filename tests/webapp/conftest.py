@@ -32,6 +32,13 @@ def point_this_process_at_redis(url: str) -> None:
     }
     channel_layers.backends = {}
     celery_app.conf.update(broker_url=celery_redis_url(url), result_backend=celery_redis_url(url))
+    # Connections already pooled still point at the previous broker: drop them (Celery has no public reset).
+    if celery_app._pool is not None:
+        celery_app._pool.force_close_all()
+        celery_app._pool = None
+    amqp = celery_app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +62,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 def _web_environment(redis_url, settings, tmp_path) -> None:
     """Give each web test its own media folder and the session's Redis."""
     settings.MEDIA_ROOT = tmp_path / "media"
-    settings.REDIS_URL = redis_url
+    point_this_process_at_redis(redis_url)
 
 
 @pytest.fixture
