@@ -32,10 +32,9 @@ def point_this_process_at_redis(url: str) -> None:
     }
     channel_layers.backends = {}
     celery_app.conf.update(broker_url=celery_redis_url(url), result_backend=celery_redis_url(url))
-    # Connections already pooled still point at the previous broker: drop them (Celery has no public reset).
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-        celery_app._pool = None
+    # Connections already pooled still point at the previous broker: forget them (Celery has no public reset;
+    # closing them would also close kombu's shared producer pool for that broker).
+    celery_app._pool = None
     amqp = celery_app.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None

@@ -20,7 +20,7 @@ def _connect(path: str, client=None) -> WebsocketCommunicator:
 
 
 @pytest.mark.asyncio
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 async def test_it_refuses_an_anonymous_websocket():
     communicator = _connect("/ws/nodes/")
     connected, code = await communicator.connect()
@@ -28,7 +28,7 @@ async def test_it_refuses_an_anonymous_websocket():
 
 
 @pytest.mark.asyncio
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 async def test_it_refuses_an_unknown_node(viewer_client):
     communicator = _connect("/ws/nodes/999/", viewer_client)
     connected, code = await communicator.connect()
@@ -36,7 +36,7 @@ async def test_it_refuses_an_unknown_node(viewer_client):
 
 
 @pytest.mark.asyncio
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 async def test_it_pushes_metrics_of_one_node_to_its_watchers(viewer_client):
     node, _ = await sync_to_async(make_node)()
     one = _connect(f"/ws/nodes/{node.pk}/", viewer_client)
@@ -54,7 +54,7 @@ async def test_it_pushes_metrics_of_one_node_to_its_watchers(viewer_client):
 
 
 @pytest.mark.asyncio
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 async def test_it_pushes_deployment_status_as_it_changes(operator_client, operator):
     node, _ = await sync_to_async(make_node)()
     bundle = await sync_to_async(make_bundle)()

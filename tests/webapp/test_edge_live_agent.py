@@ -26,7 +26,7 @@ from webapp.edge.services import agent_token_create, deployment_create
 from webapp.merges.models import MergeBundle
 from webapp.stack import ManagedProcess, child_environment
 
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+pytestmark = pytest.mark.django_db(transaction=True)
 QUERIES = {"north_cars": ("north", 1), "south_cars": ("south", 2)}
 
 

@@ -27,7 +27,7 @@ from webapp.merges.services import merge_job_cancel, merge_job_start
 from webapp.stack import ManagedProcess, celery_worker_command
 
 Status = MergeJob.Status
-TRANSACTIONAL = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+TRANSACTIONAL = pytest.mark.django_db(transaction=True)
 HEARTBEAT_S, STALE_AFTER_S = 1, 3
 WORKER_ENV = {
     "GEMEL_MERGE_ROUND_MAX_STEPS": "1", "GEMEL_MERGE_ROUND_BATCH_SIZE": "8", "GEMEL_MERGE_DEVICE": "cpu",

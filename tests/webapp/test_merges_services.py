@@ -139,7 +139,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # the heartbeat writes on its own connection
+@pytest.mark.django_db(transaction=True)  # the heartbeat writes on its own connection
 def test_it_runs_a_job_recording_every_event_and_saved_configuration(operator, tiny_search):
     queries = make_ready_queries()
     job = merge_job_start(queries=queries, strategy="gemel", budget_minutes=None, user=operator)
@@ -162,7 +162,7 @@ def test_it_runs_a_job_recording_every_event_and_saved_configuration(operator, t
     assert merge_bundle_deployable(bundles[-1]) == (True, "")
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # the heartbeat writes on its own connection
+@pytest.mark.django_db(transaction=True)  # the heartbeat writes on its own connection
 def test_it_ends_a_running_job_as_cancelled_when_cancel_was_asked(operator, tiny_search):
     job = merge_job_start(queries=make_ready_queries(), strategy="gemel", budget_minutes=None, user=operator)
     assert merge_job_claim(job_id=job.pk, worker="here")
@@ -173,7 +173,7 @@ def test_it_ends_a_running_job_as_cancelled_when_cancel_was_asked(operator, tiny
     assert job.bundles.count() == 1  # only the unmerged start
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # the heartbeat writes on its own connection
+@pytest.mark.django_db(transaction=True)  # the heartbeat writes on its own connection
 def test_it_records_a_failure_with_its_traceback(operator, tiny_search):
     job = merge_job_start(queries=make_ready_queries(), strategy="gemel", budget_minutes=None, user=operator)
     (Path(settings.MEDIA_ROOT) / job.workdir / "workload.json").write_text("{not json")
@@ -182,7 +182,7 @@ def test_it_records_a_failure_with_its_traceback(operator, tiny_search):
     assert job.status == Status.FAILED and "Traceback" in job.error and "workload" in job.error
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # the heartbeat writes on its own connection
+@pytest.mark.django_db(transaction=True)  # the heartbeat writes on its own connection
 def test_a_worker_that_lost_its_job_writes_nothing_more(operator, tiny_search):
     job = merge_job_start(queries=make_ready_queries(), strategy="gemel", budget_minutes=None, user=operator)
     assert merge_job_claim(job_id=job.pk, worker="old")

@@ -18,7 +18,7 @@ from webapp.stack import REPO_ROOT, free_port
 
 def _children(pid: int) -> dict[int, str]:
     listing = subprocess.run(
-        ["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+        ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True, check=False
     ).stdout
     return {int(line.split(None, 1)[0]): line.split(None, 1)[1] for line in listing.splitlines() if line.strip()}
 
