@@ -132,6 +132,8 @@ def test_an_operator_merges_and_deploys_from_the_browser(
 
     job = MergeJob.objects.latest("created_at")
     bundles = list(MergeBundle.objects.filter(job=job).order_by("index"))
+    # The agent registers again on its own when a previous test's flush removed its node and token.
+    _wait(lambda: EdgeNode.objects.filter(name=AGENT_NODE).exists(), timeout=90, what="the agent to register")
     node = EdgeNode.objects.get(name=AGENT_NODE)
     assert len(bundles) >= 2, "the search accepted no merged configuration"
     unmerged, merged = bundles[0], bundles[-1]
