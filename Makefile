@@ -56,6 +56,7 @@ test-services: setup chromium
 bench: setup
 	$(PY) -m gemel_engine bench analyze
 	$(PY) -m gemel_engine bench merge
+	$(PY) -m webapp.loadbench
 
 clean:
 	rm -rf var bench-results .pytest_cache .ruff_cache
