@@ -125,6 +125,18 @@ def celery_redis_url(url: str) -> str:
     return f"redis+socket://{path}?virtual_host={db}"
 
 
+def channel_layers_for(url: str) -> dict[str, Any]:
+    """Return the ``CHANNEL_LAYERS`` setting for the Redis at ``url``."""
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels_redis blocks up to 5 s reading a channel; redis-py >= 8 times reads out after 5 s by
+            # default, which would end every idle websocket consumer: give reads more time than the blocking pop.
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": 30}], "capacity": 1000, "expiry": 30},
+        },
+    }
+
+
 DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
@@ -234,14 +246,7 @@ STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/plotly", Path(plotly.__file__)
 USE_TZ = True
 TIME_ZONE = "UTC"
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # channels_redis blocks up to 5 s reading a channel; redis-py >= 8 times reads out after 5 s by default,
-        # which would end every idle websocket consumer: give reads more time than the blocking pop.
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30},
-    },
-}
+CHANNEL_LAYERS = channel_layers_for(REDIS_URL)
 
 # Celery: read by webapp/celery.py with the CELERY_ namespace.
 CELERY_BROKER_URL = celery_redis_url(os.environ.get("CELERY_BROKER_URL", "").strip() or REDIS_URL)

@@ -15,7 +15,7 @@ from django.db import connection
 
 from webapp.celery import app as celery_app
 from webapp.embedded_redis import EmbeddedRedis
-from webapp.settings import celery_redis_url
+from webapp.settings import celery_redis_url, channel_layers_for
 from webapp.stack import ManagedProcess, celery_worker_command, child_environment, database_url
 
 PASSWORD = "correct horse battery staple"  # noqa: S105 - test accounts only
@@ -24,12 +24,7 @@ PASSWORD = "correct horse battery staple"  # noqa: S105 - test accounts only
 def point_this_process_at_redis(url: str) -> None:
     """Make this test process queue Celery tasks and send channel-layer messages through the Redis at ``url``."""
     django_settings.REDIS_URL = url
-    django_settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": url, "socket_timeout": 30}]},  # see settings.CHANNEL_LAYERS
-        }
-    }
+    django_settings.CHANNEL_LAYERS = channel_layers_for(url)
     channel_layers.backends = {}
     celery_app.conf.update(broker_url=celery_redis_url(url), result_backend=celery_redis_url(url))
     # Connections already pooled still point at the previous broker: forget them (Celery has no public reset;
