@@ -5,6 +5,7 @@ Each benchmark prints a table and writes JSON; figures are medians over repeats 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from collections.abc import Sequence
 
@@ -27,3 +28,12 @@ def run_benchmark(name: str, argv: Sequence[str]) -> int:
         raise UsageError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
     module = importlib.import_module(BENCHMARKS[name])
     return module.main(list(argv))
+
+
+def registered_names(parser: argparse.ArgumentParser, raw: str, known: Sequence[str], what: str) -> list[str]:
+    """Return the comma-separated names in ``raw``; exit through ``parser.error`` naming any not in ``known``."""
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"unknown {what} {unknown}; known: {', '.join(known)}")
+    return names

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gemel_engine.bench import registered_names
 from gemel_engine.demo import build_demo
 from gemel_engine.report import format_table, mib, percent
 from gemel_engine.search import RetrainBudget, SearchConfig, list_strategies, run_search
@@ -119,10 +120,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per strategy, interleaved (medians reported)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/merge.json"), help="JSON output file")
     args = parser.parse_args(argv)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = sorted(set(strategies) - set(list_strategies()))
-    if unknown:
-        parser.error(f"unknown strategies {unknown}; known: {', '.join(list_strategies())}")
+    strategies = registered_names(parser, args.strategies, list_strategies(), "strategies")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.workload is None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from gemel_engine.bench import registered_names
 from gemel_engine.bundle import ModelRecipe, load_bundle
 from gemel_engine.errors import RuntimeBudgetError, UsageError
 from gemel_engine.queries import predict
@@ -131,10 +132,7 @@ def main(argv: Sequence[str]) -> int:
                         help="compute time charged on the CPU: measured per layer now, or the cached profile's")
     parser.add_argument("--out", type=Path, default=Path("bench-results/runtime.json"), help="JSON output file")
     args = parser.parse_args(argv)
-    schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip()]
-    unknown = sorted(set(schedulers) - set(list_schedulers()))
-    if unknown:
-        parser.error(f"unknown schedulers {unknown}; known: {', '.join(list_schedulers())}")
+    schedulers = registered_names(parser, args.schedulers, list_schedulers(), "schedulers")
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     bandwidth = BandwidthModel(args.bandwidth_gbps * 1e9)
