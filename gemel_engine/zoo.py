@@ -18,6 +18,7 @@ import torch
 import torchvision.models as tvm
 import torchvision.models.detection as tvd
 from torch import nn
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from gemel_engine.errors import RegistryError, UnknownArchitectureError, WeightsError
 
@@ -160,6 +161,17 @@ def _detector(name: str, family: str, factory: Builder, *, min_input_size: int =
     )
 
 
+def _fasterrcnn_on_resnet(depth: int) -> Builder:
+    def build(*, weights: None, weights_backbone: None, num_classes: int, **kwargs: Any) -> nn.Module:
+        # Untrained backbones get trainable BatchNorm, as torchvision gives its own untrained detectors.
+        backbone = resnet_fpn_backbone(
+            backbone_name=f"resnet{depth}", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
+        )
+        return tvd.FasterRCNN(backbone, num_classes=num_classes, **kwargs)
+
+    return build
+
+
 for _depth in (18, 34, 50, 101, 152):
     _classifier(f"resnet{_depth}", "resnet", getattr(tvm, f"resnet{_depth}"))
 for _depth in (11, 13, 16, 19):
@@ -172,6 +184,10 @@ _classifier("efficientnet_b0", "efficientnet", tvm.efficientnet_b0)
 _classifier("densenet121", "densenet", tvm.densenet121)
 _classifier("inception_v3", "inception", tvm.inception_v3, min_input_size=75, aux_logits=False, init_weights=True)
 _detector("fasterrcnn_resnet50_fpn", "fasterrcnn", tvd.fasterrcnn_resnet50_fpn)
+# A Faster R-CNN light enough to train from scratch on a CPU whose FPN starts at stride 4, so it sees the
+# 5-10 pixel objects of small frames; the MobileNet-v3 one only has stride-16 and -32 features and does not.
+for _depth in (18, 34):
+    _detector(f"fasterrcnn_resnet{_depth}_fpn", "fasterrcnn", _fasterrcnn_on_resnet(_depth))
 _detector("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn", tvd.fasterrcnn_mobilenet_v3_large_320_fpn)
 _detector("ssd300_vgg16", "ssd", tvd.ssd300_vgg16)
 _detector("ssdlite320_mobilenet_v3_large", "ssd", tvd.ssdlite320_mobilenet_v3_large)

@@ -14,7 +14,8 @@ REQUIRED = {
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
     "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "inception_v3",
-    "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn", "ssd300_vgg16",
+    "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet34_fpn", "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn", "ssd300_vgg16",
     "ssdlite320_mobilenet_v3_large", "retinanet_resnet50_fpn",
 }
 
@@ -167,3 +168,14 @@ def test_anchor_scale_shrinks_a_detectors_anchors_without_changing_its_weights()
     assert retina.anchor_generator.sizes[0] == (16, 20, 25)
     with pytest.raises(ValueError, match="no anchor generator"):
         zoo.get_model("ssd300_vgg16", num_classes=3, device="meta", anchor_scale=0.5)
+
+
+def test_a_resnet18_faster_rcnn_has_a_stride_4_fpn_and_a_classifiers_backbone_shapes():
+    detector = zoo.get_model("fasterrcnn_resnet18_fpn", num_classes=4, device="meta", anchor_scale=0.25)
+    classifier = zoo.get_model("resnet18", num_classes=2, device="meta")
+    assert detector.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    assert isinstance(detector.backbone.body.bn1, nn.BatchNorm2d)  # trainable from scratch, not frozen
+    body = {k.removeprefix("backbone.body."): v.shape for k, v in detector.state_dict().items() if "body." in k}
+    convs = {k: v.shape for k, v in classifier.state_dict().items() if k.startswith(("conv1", "layer"))}
+    assert convs.items() <= body.items()
+    assert detector.roi_heads.box_predictor.cls_score.out_features == 4
