@@ -276,7 +276,7 @@ def fit(
         with torch.autocast(device.type, enabled=use_amp):
             loss = joint_step(model, (images, targets), task, generator=generator, augment=args.augment)
         if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {float(loss)} at step {step}; lower the learning rate")
+            raise TrainingError(f"loss became {float(loss.detach())} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
