@@ -197,6 +197,9 @@ def cmd_demo_build(args: argparse.Namespace) -> int:
     def report(event: dict) -> None:
         if event["type"] == "demo.training":
             print(f"training {event['query']} ({event['arch']}, {event['steps']} steps)...", flush=True)
+        elif event["type"] == "demo.trained":
+            print(f"  accuracy {event['accuracy']:.3f} on {event['val_frames']} validation frames, "
+                  f"{event['seconds']:.0f} s", flush=True)
 
     workload = build_demo(args.scale, args.out, progress=report)
     print()

@@ -7,7 +7,8 @@ writes ``workload.json`` with the weights beside it.
 - ``tiny``: 3 queries on 2 cameras, ResNet and MobileNet, 32×32 frames; a few minutes of CPU (tests).
 - ``mix``: 6 classification queries on 3 cameras (ResNet-18/34, MobileNet-v2) at 32×32: the merge benchmark's
   workload, with layers shared by different subsets of models.
-- ``small``: the dashboard's demo: 6 queries on 3 cameras, ResNet, MobileNet and a Faster R-CNN detector.
+- ``small``: the dashboard's demo: 6 queries on 3 cameras, ResNet, MobileNet and a Faster R-CNN detector on a
+  ResNet-18 FPN (whose backbone layers have the shapes of the ResNet-18 classifiers').
 - ``paper``: the paper's families (ResNet-18/50/101, VGG-16, MobileNet-v3, Faster R-CNN) at 64×64, for
   benchmarks; CPU training takes a long while.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 from gemel_engine.data.sampling import SamplingSpec
 from gemel_engine.errors import UsageError
-from gemel_engine.queries import Query, Task
+from gemel_engine.queries import Query, Task, TaskKind
 from gemel_engine.train import TrainArgs, fit, save_checkpoint, setup
 from gemel_engine.workload import CameraSpec, QueryEntry, Workload, camera_frames, query_data
 
@@ -41,6 +42,11 @@ def _camera(name: str, seed: int, *, size: int, frames: int = 3000, every: int =
         val_fraction=0.2,
         gap_seconds=5.0,
     )
+
+
+def _at_64(kind: TaskKind, classes: tuple[str, ...], **options: Any) -> Task:
+    # Boxes under 4×4 pixels of a 64×64 frame are not visible, so they do not count as objects there.
+    return Task(kind, classes, min_box_area=16, **options)
 
 
 def _query(name: str, camera: str, arch: str, task: Task, **builder_args: Any) -> QueryEntry:
@@ -99,21 +105,21 @@ SCALES: dict[str, DemoScale] = {
         name="small",
         cameras=(_camera("north", 3, size=64), _camera("east", 1, size=64), _camera("south", 7, size=64)),
         queries=(
-            _query("north_vehicles", "north", "resnet18", Task("presence", VEHICLES)),
-            _query("north_traffic", "north", "resnet34", Task("count", VEHICLES, count_edges=(1, 2))),
-            _query("east_vehicles", "east", "resnet18", Task("presence", VEHICLES)),
-            _query("east_cars", "east", "mobilenet_v2", Task("presence", ("car",))),
-            _query("south_vehicles", "south", "mobilenet_v2", Task("presence", VEHICLES)),
+            _query("north_vehicles", "north", "resnet18", _at_64("presence", VEHICLES)),
+            _query("north_traffic", "north", "resnet34", _at_64("count", VEHICLES, count_edges=(1, 2))),
+            _query("east_vehicles", "east", "resnet18", _at_64("presence", VEHICLES)),
+            _query("east_cars", "east", "mobilenet_v2", _at_64("presence", ("car",))),
+            _query("south_vehicles", "south", "mobilenet_v2", _at_64("presence", VEHICLES)),
             _query(
-                "south_detect", "south", "fasterrcnn_mobilenet_v3_large_320_fpn",
-                Task("detection", VEHICLES, min_box_area=16), **_small_detector_args,
+                "south_detect", "south", "fasterrcnn_resnet18_fpn",
+                _at_64("detection", VEHICLES), **_small_detector_args,
             ),
         ),
         train={
             "resnet18": dataclasses.replace(_classifier, steps=300),
             "resnet34": dataclasses.replace(_classifier, steps=300),
             "mobilenet_v2": dataclasses.replace(_classifier, steps=300),
-            "fasterrcnn_mobilenet_v3_large_320_fpn": _detector,
+            "fasterrcnn_resnet18_fpn": _detector,
         },
     ),
     "paper": DemoScale(
@@ -124,14 +130,14 @@ SCALES: dict[str, DemoScale] = {
             _camera("south", 7, size=64, frames=6000),
         ),
         queries=(
-            _query("north_vehicles", "north", "resnet18", Task("presence", VEHICLES)),
-            _query("north_traffic", "north", "resnet50", Task("count", VEHICLES, count_edges=(1, 2))),
-            _query("east_vehicles", "east", "resnet101", Task("presence", VEHICLES)),
-            _query("east_cars", "east", "vgg16", Task("presence", ("car",))),
-            _query("south_vehicles", "south", "mobilenet_v3_large", Task("presence", VEHICLES)),
+            _query("north_vehicles", "north", "resnet18", _at_64("presence", VEHICLES)),
+            _query("north_traffic", "north", "resnet50", _at_64("count", VEHICLES, count_edges=(1, 2))),
+            _query("east_vehicles", "east", "resnet101", _at_64("presence", VEHICLES)),
+            _query("east_cars", "east", "vgg16", _at_64("presence", ("car",))),
+            _query("south_vehicles", "south", "mobilenet_v3_large", _at_64("presence", VEHICLES)),
             _query(
                 "south_detect", "south", "fasterrcnn_resnet50_fpn",
-                Task("detection", VEHICLES, min_box_area=16), **_small_detector_args,
+                _at_64("detection", VEHICLES), **_small_detector_args,
             ),
         ),
         train={
@@ -140,7 +146,7 @@ SCALES: dict[str, DemoScale] = {
             "resnet101": dataclasses.replace(_classifier, steps=400),
             "vgg16": dataclasses.replace(_classifier, steps=400, lr=1e-4),
             "mobilenet_v3_large": dataclasses.replace(_classifier, steps=400),
-            "fasterrcnn_resnet50_fpn": dataclasses.replace(_detector, steps=400),
+            "fasterrcnn_resnet50_fpn": dataclasses.replace(_detector, steps=400, lr=0.01),
         },
     ),
 }

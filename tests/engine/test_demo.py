@@ -4,6 +4,7 @@ import pytest
 
 from gemel_engine import zoo
 from gemel_engine.cli import main
+from gemel_engine.demo import SCALES
 from gemel_engine.queries import evaluate
 from gemel_engine.workload import Workload, camera_frames, query_data
 
@@ -32,3 +33,23 @@ def test_an_unknown_demo_scale_is_refused(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["demo", "build", "--scale", "huge", "--out", str(tmp_path)])
     assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", ["small", "paper"])
+def test_the_larger_scales_mix_three_families_and_a_detector_that_fits_its_task(scale):
+    spec = SCALES[scale]
+    assert len(spec.queries) >= 6
+    assert len(spec.cameras) >= 3
+    families = {zoo.get_spec(e.query.arch).family for e in spec.queries}
+    assert len(families) >= 3
+    assert "fasterrcnn" in families
+    for entry in spec.queries:
+        model = entry.query.build_model(device="meta", **entry.builder_args)
+        assert spec.train_args(entry).steps > 0
+        if entry.query.task.is_detection:
+            assert model.roi_heads.box_predictor.cls_score.out_features == len(entry.query.task.classes) + 1
+
+
+def test_the_paper_scale_has_the_papers_families():
+    archs = {entry.query.arch for entry in SCALES["paper"].queries}
+    assert {"resnet18", "resnet50", "resnet101", "vgg16", "mobilenet_v3_large", "fasterrcnn_resnet50_fpn"} <= archs
