@@ -39,8 +39,11 @@ class RetrainBudget:
 
     # Most optimizer steps in a round.
     max_steps: int = 120
-    # Frames per query per step.
+    # Frames per classification query per step.
     batch_size: int = 32
+    # Frames per detection query per step (a detector's frame costs tens of a classifier's, and detectors
+    # are trained on small batches).
+    detection_batch_size: int = 8
     # AdamW learning rate.
     lr: float = 5e-4
     # Validate every this many steps while queries are far from their targets ...
@@ -61,7 +64,7 @@ class RetrainBudget:
     hopeless_after: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "eval_every", "eval_every_near"):
+        for name in ("max_steps", "batch_size", "detection_batch_size", "eval_every", "eval_every_near"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TrainingError(f"{name} must be a positive integer, got {value!r}")
@@ -152,7 +155,8 @@ def _evaluate(models: ModelSet, names: list[str], data: Mapping[str, QueryData],
 def _query_loss(
     model: nn.Module, query: QueryData, budget: RetrainBudget, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
-    picks, images, targets = draw_batch(query.train, budget.batch_size, generator, device, images=query.images())
+    batch_size = budget.detection_batch_size if query.task.is_detection else budget.batch_size
+    picks, images, targets = draw_batch(query.train, batch_size, generator, device, images=query.images())
     if query.task.is_detection or budget.distill == 0 or query.teacher_logits is None:
         return joint_step(model, (images, targets), query.task, generator=generator, augment=False)
     logits = model(images)
@@ -230,7 +234,7 @@ def joint_retrain(
             for n in affected
         )
         if not torch.isfinite(loss):
-            raise TrainingError(f"joint loss became {float(loss)} at step {steps}")
+            raise TrainingError(f"joint loss became {float(loss.detach())} at step {steps}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[union-attr]
         optimizer.step()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from gemel_engine.bundle import load_bundle
 from gemel_engine.cli import main
@@ -220,10 +221,35 @@ def test_validation_comes_sooner_once_every_lagging_query_is_near_its_target():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_steps": 0}, {"lr": -1.0}, {"distill": -0.5}, {"max_seconds": 0}, {"near_margin": 2.0}]
+    "kwargs",
+    [
+        {"max_steps": 0}, {"detection_batch_size": 0}, {"lr": -1.0}, {"distill": -0.5}, {"max_seconds": 0},
+        {"near_margin": 2.0},
+    ],
 )
 def test_bad_round_budgets_are_refused(kwargs):
     from gemel_engine.train import TrainingError
 
     with pytest.raises(TrainingError):
         RetrainBudget(**kwargs)
+
+
+def test_a_detection_query_retrains_on_its_own_smaller_batches():
+    import numpy as np
+
+    from gemel_engine import zoo
+    from gemel_engine.data.frames import Box
+    from gemel_engine.queries import Task
+    from gemel_engine.search.retrain import QueryData, _query_loss
+    from gemel_engine.train import LabelledFrames
+
+    task = Task("detection", ("car",))
+    detector = zoo.get_model("fasterrcnn_resnet18_fpn", num_classes=2, min_size=64, max_size=64).train()
+    batch_sizes: list[int] = []
+    detector.backbone.register_forward_hook(lambda _module, inputs, _output: batch_sizes.append(len(inputs[0])))
+    frames = LabelledFrames(np.zeros((20, 64, 64, 3), np.uint8), [task.target([Box("car", 5, 5, 30, 30)])] * 20)
+    budget = RetrainBudget(batch_size=16, detection_batch_size=3)
+    query = QueryData("d", task, frames, frames, required=0.0)
+    loss = _query_loss(detector, query, budget, torch.Generator(), torch.device("cpu"))
+    assert batch_sizes == [3]
+    assert torch.isfinite(loss)
