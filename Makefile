@@ -6,7 +6,7 @@ REQUIREMENTS_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 DEMO_DIR ?= var/demo
 STRATEGY ?= gemel+
-DEMO_SCALE ?= tiny
+DEMO_SCALE ?= small
 
 .PHONY: setup chromium test test-services lint run demo-cli bench clean
 

@@ -25,7 +25,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m webapp.run", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("GEMEL_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GEMEL_PORT", "8000")))
-    parser.add_argument("--demo-scale", default=os.environ.get("DEMO_SCALE", "tiny"),
+    parser.add_argument("--demo-scale", default=os.environ.get("DEMO_SCALE", "small"),
                         help="demo workload built in the background (tiny, mix, small; 'none' to skip)")
     parser.add_argument("--agent-budget-mb", type=int, default=int(os.environ.get("GEMEL_AGENT_BUDGET_MB", "512")))
     parser.add_argument("--agent-metrics-port", default=os.environ.get("GEMEL_AGENT_METRICS_PORT"),
