@@ -184,8 +184,8 @@ _classifier("efficientnet_b0", "efficientnet", tvm.efficientnet_b0)
 _classifier("densenet121", "densenet", tvm.densenet121)
 _classifier("inception_v3", "inception", tvm.inception_v3, min_input_size=75, aux_logits=False, init_weights=True)
 _detector("fasterrcnn_resnet50_fpn", "fasterrcnn", tvd.fasterrcnn_resnet50_fpn)
-# A Faster R-CNN light enough to train from scratch on a CPU whose FPN starts at stride 4, so it sees the
-# 5-10 pixel objects of small frames; the MobileNet-v3 one only has stride-16 and -32 features and does not.
+# Faster R-CNNs on backbones light enough to train from scratch on a CPU, whose FPN starts at stride 4 and so
+# sees the 5-10 pixel objects of small frames (the MobileNet-v3 one only has stride-16 and -32 features).
 for _depth in (18, 34):
     _detector(f"fasterrcnn_resnet{_depth}_fpn", "fasterrcnn", _fasterrcnn_on_resnet(_depth))
 _detector("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn", tvd.fasterrcnn_mobilenet_v3_large_320_fpn)
