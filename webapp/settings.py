@@ -267,6 +267,9 @@ MERGE_HARD_TIME_LIMIT = MERGE_SOFT_TIME_LIMIT + 300
 # MERGE_STALE_AFTER_S is presumed dead (its worker was killed) and is resumed from its checkpoint.
 MERGE_HEARTBEAT_S = env_int("GEMEL_MERGE_HEARTBEAT_S", 10, minimum=1)
 MERGE_STALE_AFTER_S = env_int("GEMEL_MERGE_STALE_AFTER_S", 120, minimum=2)
+# Every worker looks for such jobs when it starts and then every MERGE_SWEEP_S seconds (0: only at start), so a
+# job whose worker died is resumed by a worker that was already running.
+MERGE_SWEEP_S = env_int("GEMEL_MERGE_SWEEP_S", 60)
 # Joint-retraining effort per search round: most optimizer steps and frames per step (0: the engine's defaults).
 MERGE_ROUND_MAX_STEPS = env_int("GEMEL_MERGE_ROUND_MAX_STEPS", 0)
 MERGE_ROUND_BATCH_SIZE = env_int("GEMEL_MERGE_ROUND_BATCH_SIZE", 0)

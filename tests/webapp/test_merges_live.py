@@ -10,6 +10,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,11 @@ from webapp.stack import ManagedProcess, celery_worker_command
 
 Status = MergeJob.Status
 TRANSACTIONAL = pytest.mark.django_db(transaction=True)
-HEARTBEAT_S, STALE_AFTER_S = 1, 3
+HEARTBEAT_S, STALE_AFTER_S, SWEEP_S = 1, 3, 1
 WORKER_ENV = {
     "GEMEL_MERGE_ROUND_MAX_STEPS": "1", "GEMEL_MERGE_ROUND_BATCH_SIZE": "8", "GEMEL_MERGE_DEVICE": "cpu",
     "GEMEL_MERGE_HEARTBEAT_S": str(HEARTBEAT_S), "GEMEL_MERGE_STALE_AFTER_S": str(STALE_AFTER_S),
+    "GEMEL_MERGE_SWEEP_S": str(SWEEP_S),
     "OMP_NUM_THREADS": "1",  # the test machine is shared: one torch thread per worker
 }
 
@@ -166,3 +168,23 @@ def test_it_resumes_a_job_from_its_checkpoint_after_its_worker_is_killed(operato
     assert resumed.payload["resumed"] is True and resumed.payload["rounds"] >= 1
     first_round_after = job.events.filter(type="round.started", seq__gt=resumed.seq).order_by("seq").first()
     assert first_round_after.payload["round"] == resumed.payload["rounds"] + 1  # no finished round was redone
+
+
+@TRANSACTIONAL
+def test_a_running_worker_resumes_a_job_orphaned_by_another_without_restarting(operator, start_worker):
+    from webapp.celery import app as celery_app
+
+    job = merge_job_start(queries=make_ready_queries(), strategy="gemel", budget_minutes=None, user=operator)
+    with celery_app.connection_for_write() as connection:
+        connection.default_channel.queue_purge("merge")  # its message went down with the worker that took it
+    worker = start_worker("merge-b")
+    time.sleep(2 * SWEEP_S)  # the worker's start-up sweep has passed: the job was still queued then
+    gone = timezone.now() - timedelta(seconds=10 * STALE_AFTER_S)
+    MergeJob.objects.filter(pk=job.pk).update(status=Status.RUNNING, attempts=1, worker="merge-a@gone",
+                                              heartbeat_at=gone)
+    _wait_for(lambda: _finished(job.pk), timeout=180, what="the orphaned job to be swept up and finish",
+              worker=worker)
+    job.refresh_from_db()
+    assert job.status == Status.SUCCEEDED, job.error
+    assert job.attempts == 2 and job.worker.startswith("merge-b@")
+    assert job.events.filter(type="job.requeued").exists()
