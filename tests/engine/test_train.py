@@ -127,7 +127,7 @@ def _cars_and_buses(count: int, seed: int, task: Task) -> LabelledFrames:
 
 def test_the_resnet18_faster_rcnn_learns_to_detect_from_scratch_in_a_few_dozen_steps():
     task = Task("detection", ("car", "bus"))
-    args = TrainArgs(steps=30, batch_size=4, lr=0.01, optimizer="sgd")
+    args = TrainArgs(steps=40, batch_size=4, lr=0.01, optimizer="sgd")
     model = setup(
         Query("d", "cam", "fasterrcnn_resnet18_fpn", task), args, min_size=64, max_size=64, anchor_scale=0.5,
         rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100,
