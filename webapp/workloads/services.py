@@ -675,7 +675,7 @@ def _demo_build_lock(scale: str) -> Iterator[bool]:
 
     An OS file lock, so a build whose process died (a stopped worker, Ctrl-C) never blocks the next one.
     """
-    path = Path(settings.MEDIA_ROOT) / "demo" / f".{scale}.lock"
+    path = _demo_dir(scale).with_name(f".{scale}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         try:
