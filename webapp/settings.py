@@ -130,9 +130,15 @@ def channel_layers_for(url: str) -> dict[str, Any]:
     return {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # channels_redis blocks up to 5 s reading a channel; redis-py >= 8 times reads out after 5 s by
-            # default, which would end every idle websocket consumer: give reads more time than the blocking pop.
-            "CONFIG": {"hosts": [{"address": url, "socket_timeout": 30}], "capacity": 1000, "expiry": 30},
+            # No socket_timeout: with one, redis-py sends every command through asyncio.wait_for, which on
+            # Python 3.11 drops a cancellation that arrives as the send completes (CPython gh-86296, fixed in
+            # 3.12). A websocket consumer cancelled at that moment then polls its channel forever (BZPOPMIN,
+            # 5 s at a time): a leaked task in daphne, and a test loop that never closes. Reads need no client
+            # timeout: channels_redis's blocking pop ends within 5 s on the server. Connecting stays bounded.
+            "CONFIG": {
+                "hosts": [{"address": url, "socket_timeout": None, "socket_connect_timeout": 5}],
+                "capacity": 1000, "expiry": 30,
+            },
         },
     }
 

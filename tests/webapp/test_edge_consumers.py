@@ -25,6 +25,7 @@ async def test_it_refuses_an_anonymous_websocket():
     communicator = _connect("/ws/nodes/")
     connected, code = await communicator.connect()
     assert not connected and code == 4401
+    await communicator.disconnect()
 
 
 @pytest.mark.asyncio
@@ -33,6 +34,7 @@ async def test_it_refuses_an_unknown_node(viewer_client):
     communicator = _connect("/ws/nodes/999/", viewer_client)
     connected, code = await communicator.connect()
     assert not connected and code == 4404
+    await communicator.disconnect()
 
 
 @pytest.mark.asyncio
