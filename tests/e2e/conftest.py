@@ -11,8 +11,7 @@ import os
 import secrets
 import shutil
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.db import connection
 
+from tests.time_limits import SESSION_BUILD_LIMIT_S, own_time_limit
+from tests.waiting import wait_until
 from tests.webapp.conftest import point_this_process_at_redis, redis_for_tests
 from webapp.embedded_redis import EmbeddedRedis
 from webapp.stack import (
@@ -87,16 +88,22 @@ class LiveStack:
         """Start the edge agent."""
         return self.start("agent", self.agent_command())
 
-    def restart_redis(self, *, down_for: float) -> None:
-        """Take Redis away for ``down_for`` seconds: restart the private server (its data is lost, as with any
-        restart without persistence), or drop every client connection of an external one."""
+    def restart_redis(self, *, down_until: Callable[[], bool], what: str) -> None:
+        """Take Redis away until ``down_until()`` holds (``what`` names it): restart the private server (its data
+        is lost, as with any restart without persistence), or keep dropping every client connection of an
+        external one."""
         if self.redis_server is not None:
             self.redis_server.stop()
-            time.sleep(down_for)
+            wait_until(down_until, timeout=120, what=what, every=0.2)
             self.redis_server.start()
         else:
-            redis.Redis.from_url(self.redis_url).client_kill_filter(_type="normal", skipme=True)
-            time.sleep(down_for)
+            external = redis.Redis.from_url(self.redis_url)
+
+            def dropped_and_done() -> bool:
+                external.client_kill_filter(_type="normal", skipme=True)
+                return down_until()
+
+            wait_until(dropped_and_done, timeout=120, what=what, every=0.2)
 
     def stop(self) -> None:
         """Stop every process and the private Redis."""
@@ -156,10 +163,11 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator
     port = free_port()
     stack = LiveStack(f"http://127.0.0.1:{port}/", redis_url, media_root, root / "logs", env, token, redis_server)
     try:
-        web = stack.start("web", daphne_command("127.0.0.1", port))
-        web.wait_for_http(f"{stack.url}healthz", timeout=90)
-        stack.start_worker()
-        stack.start_agent()
+        with own_time_limit(SESSION_BUILD_LIMIT_S):
+            web = stack.start("web", daphne_command("127.0.0.1", port))
+            web.wait_for_http(f"{stack.url}healthz", timeout=90)
+            stack.start_worker()
+            stack.start_agent()
         yield stack
     finally:
         stack.stop()

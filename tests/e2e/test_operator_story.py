@@ -4,25 +4,16 @@ the node's memory drop, and roll back. A screenshot of each page is saved for CI
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from tests.e2e.conftest import AGENT_NODE, OPERATOR, VIEWER, LiveStack, sign_in
+from tests.waiting import wait_until
 from tests.webapp.test_workloads_factories import write_weights
 
 HOSTILE = '<img src=x onerror="window.__xss=1">'
 CAMERA = f"north {HOSTILE}"
 SOURCE = "synthetic://north?seed=1&width=64&height=48&fps=5&frames=200&time_scale=20&start_hour=9"
 
-
-def _wait(predicate, *, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _shot(page, folder: Path, name: str) -> None:
@@ -101,7 +92,7 @@ def test_an_operator_merges_and_deploys_from_the_browser(
         assert not any("failed" in row for row in statuses), statuses
         return len(statuses) == 2 and all("ready" in row for row in statuses)
 
-    _wait(queries_ready, timeout=240, what="both queries measured by the worker", every=2)
+    wait_until(queries_ready, timeout=240, what="both queries measured by the worker", every=2)
     _shot(page, screenshot_dir, "02-cameras-and-models")
 
     page.goto(f"{stack.url}analysis/")
@@ -119,10 +110,11 @@ def test_an_operator_merges_and_deploys_from_the_browser(
     page.wait_for_url(f"{stack.url}merges/*/")
     page.evaluate("window.__sameDocument = true")
     first = _points(page, "#savings-chart")
-    _wait(lambda: _points(page, "#savings-chart") > first, timeout=240, what="a new savings point over the websocket")
+    wait_until(lambda: _points(page, "#savings-chart") > first, timeout=240,
+               what="a new savings point over the websocket")
     assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
-    _wait(lambda: page.get_attribute("#job-status", "data-status") in ("succeeded", "failed", "cancelled"),
-          timeout=420, what="the merge job to finish", every=1)
+    wait_until(lambda: page.get_attribute("#job-status", "data-status") in ("succeeded", "failed", "cancelled"),
+          timeout=420, what="the merge job to finish", every=1.0)
     assert page.get_attribute("#job-status", "data-status") == "succeeded", page.inner_text("#job-error")
     assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
     _shot(page, screenshot_dir, "04-merge-job")
@@ -133,7 +125,7 @@ def test_an_operator_merges_and_deploys_from_the_browser(
     job = MergeJob.objects.latest("created_at")
     bundles = list(MergeBundle.objects.filter(job=job).order_by("index"))
     # The agent registers again on its own when a previous test's flush removed its node and token.
-    _wait(lambda: EdgeNode.objects.filter(name=AGENT_NODE).exists(), timeout=90, what="the agent to register")
+    wait_until(lambda: EdgeNode.objects.filter(name=AGENT_NODE).exists(), timeout=90, what="the agent to register")
     node = EdgeNode.objects.get(name=AGENT_NODE)
     assert len(bundles) >= 2, "the search accepted no merged configuration"
     unmerged, merged = bundles[0], bundles[-1]
@@ -142,25 +134,25 @@ def test_an_operator_merges_and_deploys_from_the_browser(
     # Deploy the unmerged configuration, then the merged one: the node's memory chart drops.
     page.goto(f"{stack.url}deployments/")
     page.click(f"#deploy-{unmerged.pk}-{node.pk}")
-    _wait(lambda: _active_bundle(AGENT_NODE) == unmerged.pk, timeout=180, what="the unmerged bundle active")
+    wait_until(lambda: _active_bundle(AGENT_NODE) == unmerged.pk, timeout=180, what="the unmerged bundle active")
     monitor = sign_in(browser, stack, OPERATOR)
     monitor.goto(f"{stack.url}monitor/?node={node.pk}")
     monitor.evaluate("window.__sameDocument = true")
-    _wait(lambda: _points(monitor, "#memory-chart") >= 2, timeout=60, what="memory points on the monitor")
+    wait_until(lambda: _points(monitor, "#memory-chart") >= 2, timeout=60, what="memory points on the monitor")
     before = _latest_resident_bytes(monitor, node.pk)
 
     page.click(f"#deploy-{merged.pk}-{node.pk}")
-    _wait(lambda: _active_bundle(AGENT_NODE) == merged.pk, timeout=180, what="the merged bundle active")
-    _wait(lambda: 0 < _latest_resident_bytes(monitor, node.pk) < before, timeout=60, what="the memory to drop")
+    wait_until(lambda: _active_bundle(AGENT_NODE) == merged.pk, timeout=180, what="the merged bundle active")
+    wait_until(lambda: 0 < _latest_resident_bytes(monitor, node.pk) < before, timeout=60, what="the memory to drop")
     seen = _points(monitor, "#memory-chart")
-    _wait(lambda: _points(monitor, "#memory-chart") > seen + 2, timeout=60, what="live memory points")
+    wait_until(lambda: _points(monitor, "#memory-chart") > seen + 2, timeout=60, what="live memory points")
     assert monitor.evaluate("window.__sameDocument === true"), "the monitor reloaded"
     _shot(monitor, screenshot_dir, "05-monitor")
     page.reload()
     _shot(page, screenshot_dir, "06-deployments")
 
     page.click(f"#rollback-{node.pk}")
-    _wait(lambda: _active_bundle(AGENT_NODE) == unmerged.pk, timeout=180, what="the rollback to unmerged")
+    wait_until(lambda: _active_bundle(AGENT_NODE) == unmerged.pk, timeout=180, what="the rollback to unmerged")
 
     # Nothing the operator typed ran as script on any page.
     for path in ("", "cameras/", "analysis/", f"merges/{job.pk}/", "deployments/", f"monitor/?node={node.pk}"):

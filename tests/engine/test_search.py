@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from gemel_engine.search.retrain import RetrainOutcome
 from gemel_engine.search.strategies import Gemel, GemelPlus, SharedStem
 from gemel_engine.sharing import verify_sharing
 from gemel_engine.workload import camera_frames, query_data
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SIGNATURE = LayerSignature("Conv2d", ((8, 8, 3, 3),), "float32", 1)
@@ -161,11 +161,9 @@ def test_a_search_killed_with_sigkill_resumes_and_keeps_every_accepted_configura
     ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_path = job / "state.json"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if state_path.exists() and json.loads(state_path.read_text())["rounds"] >= 2:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: process.poll() is not None or (
+        state_path.exists() and json.loads(state_path.read_text())["rounds"] >= 2), timeout=300,
+        what="two finished rounds")
     assert process.poll() is None, "the search ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from tests.engine.runtime.conftest import make_bundle as write_bundle
+from tests.waiting import wait_until
 from tests.webapp.test_edge_factories import make_bundle, make_query
 from webapp.edge import selectors
 from webapp.edge.models import Deployment, EdgeNode, MetricSample
@@ -30,14 +30,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 QUERIES = {"north_cars": ("north", 1), "south_cars": ("south", 2)}
 
 
-def wait_for(condition: Callable[[], Any], agent: ManagedProcess, what: str, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f} s; agent log:\n{agent.log_tail()}")
+def wait_for(condition: Callable[[], Any], agent: ManagedProcess, what: str, timeout: float = 180.0) -> Any:
+    return wait_until(condition, timeout=timeout, what=what, every=0.1, context=agent.log_tail)
 
 
 def status_of(deployment: Deployment) -> str:

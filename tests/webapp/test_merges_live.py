@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
+from tests.waiting import wait_until
 from tests.webapp.conftest import stack_environment
 from tests.webapp.test_merges_factories import FIVE_ROUNDS, make_job, make_ready_queries
 from webapp.asgi import application
@@ -98,11 +98,7 @@ def start_worker(redis_url, tmp_path) -> Iterator[Callable[[str], ManagedProcess
 
 
 def _wait_for(condition: Callable[[], bool], *, timeout: float, what: str, worker: ManagedProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; worker log:\n{worker.log_tail()}")
-        time.sleep(0.05)
+    wait_until(condition, timeout=timeout, what=what, context=worker.log_tail)
 
 
 def _finished(job_id: int) -> bool:
@@ -177,8 +173,9 @@ def test_a_running_worker_resumes_a_job_orphaned_by_another_without_restarting(o
     job = merge_job_start(queries=make_ready_queries(), strategy="gemel", budget_minutes=None, user=operator)
     with celery_app.connection_for_write() as connection:
         connection.default_channel.queue_purge("merge")  # its message went down with the worker that took it
+    # Celery logs "ready." only after the worker_ready handlers ran, so its start-up sweep has passed (and left
+    # the job alone: it was still queued then). Only the periodic sweep can find the orphan made below.
     worker = start_worker("merge-b")
-    time.sleep(2 * SWEEP_S)  # the worker's start-up sweep has passed: the job was still queued then
     gone = timezone.now() - timedelta(seconds=10 * STALE_AFTER_S)
     MergeJob.objects.filter(pk=job.pk).update(status=Status.RUNNING, attempts=1, worker="merge-a@gone",
                                               heartbeat_at=gone)

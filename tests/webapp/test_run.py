@@ -12,6 +12,7 @@ from pathlib import Path
 
 import requests
 
+from tests.waiting import wait_until
 from webapp.embedded_redis import ping, socket_url
 from webapp.stack import REPO_ROOT, free_port
 
@@ -72,8 +73,8 @@ def test_it_starts_every_process_and_ctrl_c_stops_them_all_then_a_second_start_r
     finally:
         status = _stop(run)
     assert status == 0
-    time.sleep(1)
-    assert not [command for pid, command in children.items() if _alive(pid)]
+    wait_until(lambda: not [command for pid, command in children.items() if _alive(pid)], timeout=60,
+               what="every child process to exit", context=lambda: str(children))
     assert not ping(socket_url(tmp_path / "redis" / "redis.sock"))
 
     again, output = _start(tmp_path, port)

@@ -97,12 +97,12 @@ def test_it_refuses_a_file_that_is_not_a_video_with_could_not_decode(settings):
     assert not Camera.objects.exists()
 
 
-def test_an_unreachable_stream_fails_quickly_with_a_clear_error(settings, silent_listener):  # noqa: F811
+def test_an_unreachable_stream_fails_after_the_probe_timeout_with_a_clear_error(settings, silent_listener):  # noqa: F811
     settings.CAMERA_PROBE_TIMEOUT_S = 1.0
     started = time.monotonic()
-    with pytest.raises(ValidationError, match="could not decode"):
+    with pytest.raises(ValidationError, match=r"could not decode.*no answer .* within 1s"):
         register(f"http://127.0.0.1:{silent_listener}/stream.mjpeg")
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started >= 0.9, "it gave up before the probe timeout"
     assert not Camera.objects.exists()
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from django.core.exceptions import ValidationError
 
+from tests.waiting import wait_until
 from tests.webapp.test_workloads_factories import PRESENCE, make_camera, make_model, make_query, synthetic_source
 from webapp.workloads.models import Query
 from webapp.workloads.selectors import queries_ready
@@ -116,12 +115,9 @@ def test_analysis_needs_queries_and_a_known_mode():
 @pytest.mark.django_db(transaction=True)
 def test_a_real_worker_measures_a_new_query(celery_worker):
     query = create()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        query.refresh_from_db()
-        if query.status in (Query.Status.READY, Query.Status.FAILED):
-            break
-        time.sleep(0.5)
+    wait_until(lambda: Query.objects.get(pk=query.pk).status in (Query.Status.READY, Query.Status.FAILED),
+               timeout=300, what="the worker to measure the query", context=celery_worker.log_tail)
+    query.refresh_from_db()
     assert query.status == Query.Status.READY, (query.status_detail, celery_worker.log_tail())
     assert query.unmerged_accuracy is not None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from gemel_engine.runtime.agent import Agent, AgentConfig, AgentError
 from gemel_engine.runtime.serving import EdgeServer
 from tests.engine.runtime.conftest import desired_json
+from tests.waiting import wait_until
 
 
 class FakeDashboard:
@@ -125,10 +125,8 @@ def test_it_serves_the_saved_deployment_again_after_a_restart(small_bundle, tamp
     assert again.restore() is True
     assert again.active_deployment == 1
     again.server.start()
-    deadline = time.monotonic() + 20
-    while sum(q["frames_total"] for q in again.server.metrics_snapshot()["queries"].values()) == 0:
-        assert time.monotonic() < deadline, "the restored deployment does not serve frames"
-        time.sleep(0.1)
+    wait_until(lambda: sum(q["frames_total"] for q in again.server.metrics_snapshot()["queries"].values()) > 0,
+               timeout=60, what="the restored deployment to serve frames")
     assert 2 in again._failed, "the failed deployment stays remembered across restarts"
     again.server.close()
 

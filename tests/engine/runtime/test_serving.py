@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from gemel_engine.errors import DeploymentError, GemelError
 from gemel_engine.runtime.serving import CameraFeed, DeploymentSpec, EdgeServer
 from tests.engine.runtime.conftest import desired_json
+from tests.waiting import wait_until
 
 PROTOCOL_EXAMPLE = {
     "deployment": 13,
@@ -27,13 +27,6 @@ PROTOCOL_EXAMPLE = {
 
 def _frames(server: EdgeServer) -> int:
     return sum(q["frames_total"] for q in server.metrics_snapshot()["queries"].values())
-
-
-def _wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_the_protocols_desired_object_round_trips_without_its_bundle():
@@ -80,7 +73,7 @@ def server(small_bundle: Path):
 
 def test_a_failed_prepare_leaves_the_active_deployment_serving(server: EdgeServer, small_bundle: Path, tmp_path):
     active = server.active
-    _wait_for(lambda: _frames(server) >= 4)
+    wait_until(lambda: _frames(server) >= 4, timeout=60, what="frames served")
     broken = tmp_path / "broken"
     shutil.copytree(small_bundle, broken)
     (broken / "tensors.safetensors").write_bytes(b"not tensors")
@@ -100,14 +93,14 @@ def test_a_failed_prepare_leaves_the_active_deployment_serving(server: EdgeServe
             server.prepare(bundle, spec)
         assert server.active is active
     before = _frames(server)
-    _wait_for(lambda: _frames(server) > before + 2)
+    wait_until(lambda: _frames(server) > before + 2, timeout=60, what="frames served")
     assert server.serving and server.last_error is None
     assert server.metrics_snapshot()["deployment"] == 1
 
 
 def test_activate_switches_atomically_while_serving(server: EdgeServer, small_bundle: Path):
     old = server.active
-    _wait_for(lambda: _frames(server) >= 3)
+    wait_until(lambda: _frames(server) >= 3, timeout=60, what="frames served")
     spec = DeploymentSpec.from_json(desired_json(2, ["b"], scheduler="time-sharing", slo_ms=300))
     prepared = server.prepare(small_bundle, spec)
     assert server.active is old and not old.released  # preparing never disturbs the active deployment
@@ -116,7 +109,7 @@ def test_activate_switches_atomically_while_serving(server: EdgeServer, small_bu
     assert server.active is prepared and old.released
     snapshot = server.metrics_snapshot()
     assert snapshot["deployment"] == 2 and set(snapshot["queries"]) == {"q_b"}
-    _wait_for(lambda: _frames(server) >= 3)
+    wait_until(lambda: _frames(server) >= 3, timeout=60, what="frames served")
     assert server.serving and server.last_error is None
     with pytest.raises(GemelError, match="released"):
         server.activate(old)
@@ -133,3 +126,4 @@ def test_an_idle_server_reports_the_protocols_idle_metrics():
     info = server.device_info()
     assert (info["kind"], info["memory_total_bytes"]) == ("cpu", 123)
     assert f"{os.cpu_count()} cores (simulated device)" in info["name"]
+
