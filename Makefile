@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 DEMO_DIR ?= var/demo
 STRATEGY ?= gemel+
 DEMO_SCALE ?= small
+STRESS_TESTS ?= tests/webapp
+STRESS_ROUNDS ?= 3
 
-.PHONY: setup chromium test test-services lint run demo-cli bench clean
+.PHONY: setup chromium test test-services test-stress lint run demo-cli bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +34,12 @@ chromium:
 test: setup lint chromium
 	$(PY) -m pytest --ignore=tests/e2e
 	$(PY) -m pytest tests/e2e
+
+# The web, consumer and live-worker tests STRESS_ROUNDS times each, shuffled, in one process, while another
+# process keeps every core busy: what passes here does not depend on luck or on the machine's speed.
+# The shuffle's seed is printed; replay an order with PYTEST_ADDOPTS=--stress-seed=N.
+test-stress: setup
+	$(PY) -m pytest -p tests.stress --stress-rounds $(STRESS_ROUNDS) --stress-load $(STRESS_TESTS)
 
 # The whole product with embedded defaults (SQLite, a private Redis): migrate, create the first operator,
 # start daphne, a Celery worker and the edge agent, build the demo workload in the background.
