@@ -6,6 +6,7 @@ Every app contributes a router; the OpenAPI description is at /api/openapi.json 
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import ValidationError
@@ -35,3 +36,9 @@ def invalid_input(request: HttpRequest, exc: ValidationError) -> HttpResponse:
         where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "payload"))
         problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
     return api.create_response(request, {"detail": "; ".join(problems), "errors": exc.errors}, status=422)
+
+
+@api.exception_handler(PermissionDenied)
+def not_yours(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
+    """Answer an action on something the caller does not own with 403 and the service's reason."""
+    return api.create_response(request, {"detail": str(exc) or "permission denied"}, status=403)

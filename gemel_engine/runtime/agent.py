@@ -33,11 +33,11 @@ from prometheus_client import start_http_server
 
 import gemel_engine
 from gemel_engine.errors import DeploymentError, GemelError
+from gemel_engine.runtime.protocol import PROTOCOL_VERSION
 from gemel_engine.runtime.serving import DeploymentSpec, EdgeServer, PreparedDeployment
 
 logger = logging.getLogger("gemel_engine.agent")
 
-PROTOCOL_VERSION = 1
 STATE_FILE = "state.json"
 _BACKOFF_START_S = 1.0
 _BACKOFF_MAX_S = 30.0

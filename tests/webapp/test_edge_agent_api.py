@@ -196,3 +196,108 @@ def test_it_stores_metrics_and_keeps_only_the_newest_samples(client, settings):
     sample = MetricSample.objects.get(pk=ids[-1])
     assert (sample.resident_bytes, sample.shared_bytes, sample.simulated) == (5 << 20, 3 << 20, True)
     assert sample.payload["queries"]["north_cars"]["fps"] == 4.9
+
+
+# Hostile input (issue 15): one agent token must not break pages for everyone, nor act for another's node.
+
+
+@pytest.mark.parametrize(("where", "value"), [
+    (("memory", "shared_bytes"), "lots"),
+    (("memory", "per_model_bytes"), [1, 2, 3]),
+    (("memory", "resident_bytes"), -1),
+    (("memory", "resident_bytes"), 2**70),
+    (("memory", "gpu"), {"used_bytes": 1.5, "total_bytes": 2}),
+    (("memory", "budget_bytes"), True),
+    (("memory", "surprise"), 1),
+    (("queries", "north_cars", "fps"), float("inf")),
+    (("queries", "north_cars", "drop_rate"), 1.5),
+    (("queries", "north_cars", "effective_accuracy"), "high"),
+    (("queries", "north_cars"), "fast"),
+    (("queries",), ["north_cars"]),
+])
+def test_it_refuses_a_malformed_metrics_report_and_stores_nothing(client, where, value):
+    _, plain = agent_token_create(name="agent")
+    call(client, "POST", "/api/agent/register", plain, register_body())
+    body = metrics_body()
+    target = body
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    response = call(client, "POST", "/api/agent/metrics", plain, body)
+    assert response.status_code in (400, 422), response.content
+    assert ".".join(where[1:]) in response.json()["detail"] or where[0] in response.json()["detail"]
+    assert not MetricSample.objects.exists()
+
+
+def test_it_refuses_non_finite_numbers_sent_as_raw_json(client):
+    _, plain = agent_token_create(name="agent")
+    call(client, "POST", "/api/agent/register", plain, register_body())
+    raw = (b'{"node": "edge-1", "at": "2026-11-29T16:40:00Z", "memory": {}, '
+           b'"queries": {"q": {"fps": NaN, "drop_rate": Infinity}}}')
+    response = client.post("/api/agent/metrics", raw, content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Bearer {plain}")
+    assert response.status_code in (400, 422)
+    assert not MetricSample.objects.exists()
+
+
+def test_it_refuses_too_many_queries_and_overlong_details(client):
+    _, plain = agent_token_create(name="agent")
+    call(client, "POST", "/api/agent/register", plain, register_body())
+    many = {f"q{i}": {"fps": 1.0} for i in range(300)}
+    assert call(client, "POST", "/api/agent/metrics", plain, metrics_body(queries=many)).status_code == 400
+    beat = call(client, "POST", "/api/agent/heartbeat", plain, heartbeat_body(detail="x" * 3_000_000))
+    assert beat.status_code == 422
+    assert "detail" in beat.json()["detail"]
+
+
+def test_ids_too_large_for_the_database_answer_4xx(client):
+    _, plain = agent_token_create(name="agent")
+    call(client, "POST", "/api/agent/register", plain, register_body())
+    assert call(client, "POST", "/api/agent/heartbeat", plain,
+                heartbeat_body(active_deployment=2**70)).status_code == 422
+    status = call(client, "POST", f"/api/agent/deployments/{2**70}/status", plain,
+                  {"node": "edge-1", "status": "active", "detail": ""})
+    assert status.status_code == 404
+    assert call(client, "GET", f"/api/agent/deployments/{2**70}/files/manifest.json", plain).status_code == 404
+
+
+def test_a_malformed_sample_stored_before_the_checks_cannot_break_the_pages(client, operator_client):
+    _, plain = agent_token_create(name="agent")
+    call(client, "POST", "/api/agent/register", plain, register_body())
+    node = EdgeNode.objects.get(name="edge-1")
+    from django.utils import timezone
+    MetricSample.objects.create(node=node, at=timezone.now(), payload={
+        "memory": {"shared_bytes": "lots", "per_model_bytes": [1, 2, 3]}, "queries": {"q": "fast"}})
+    assert operator_client.get("/").status_code == 200
+    samples = operator_client.get(f"/api/nodes/{node.pk}/metrics")
+    assert samples.status_code == 200
+    assert samples.json()[-1]["queries"] == {} and samples.json()[-1]["memory"]["shared_bytes"] == 0
+
+
+def test_a_node_belongs_to_the_token_that_registered_it(client, operator):
+    _, owner = agent_token_create(name="rightful")
+    _, intruder = agent_token_create(name="intruder")
+    assert call(client, "POST", "/api/agent/register", owner, register_body()).status_code == 200
+    node = EdgeNode.objects.get(name="edge-1")
+    deployment_create(bundle=make_bundle(), node=node, user=operator)
+
+    taken = call(client, "POST", "/api/agent/register", intruder, register_body())
+    assert taken.status_code == 403
+    assert "another agent token" in taken.json()["detail"]
+    assert call(client, "POST", "/api/agent/heartbeat", intruder, heartbeat_body()).status_code == 404
+    assert call(client, "POST", "/api/agent/metrics", intruder, metrics_body()).status_code == 404
+    deployment = Deployment.objects.get(node=node)
+    assert call(client, "POST", f"/api/agent/deployments/{deployment.pk}/status", intruder,
+                {"node": "edge-1", "status": "failed", "detail": "x"}).status_code == 404
+    # The rightful agent is untouched: its heartbeat still answers the desired deployment.
+    beat = call(client, "POST", "/api/agent/heartbeat", owner, heartbeat_body())
+    assert beat.status_code == 200 and beat.json()["desired"]["deployment"] == deployment.pk
+
+
+def test_revoking_the_owners_token_lets_a_new_token_take_the_node_over(client):
+    token, old = agent_token_create(name="old box")
+    _, new = agent_token_create(name="new box")
+    call(client, "POST", "/api/agent/register", old, register_body())
+    agent_token_revoke(token=token)
+    assert call(client, "POST", "/api/agent/register", new, register_body()).status_code == 200
+    assert call(client, "POST", "/api/agent/heartbeat", new, heartbeat_body()).status_code == 200

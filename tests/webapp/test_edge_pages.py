@@ -39,7 +39,7 @@ def test_it_renders_node_and_camera_names_as_text(operator_client):
     from django.utils import timezone
 
     metrics_record(node=node, at=timezone.now(), deployment=None, simulated=True,
-                   memory={"shared_bytes": 1, "per_model_bytes": {EVIL: 5}}, queries={})
+                   memory={"resident_bytes": 6, "shared_bytes": 1, "per_model_bytes": {EVIL: 5}}, queries={})
     for name in ("overview", "deployments", "monitor"):
         page = operator_client.get(reverse(name)).content.decode()
         assert EVIL not in page, name

@@ -7,7 +7,7 @@ agent tokens are not accepted anywhere else.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -15,11 +15,12 @@ from django.http import FileResponse, HttpRequest
 from ninja import Router, Schema
 from ninja.errors import HttpError
 from ninja.security import HttpBearer
+from pydantic import Field
 
+from gemel_engine.runtime.protocol import MAX_COUNT, MAX_DETAIL_CHARS, MAX_NAME_CHARS, PROTOCOL_VERSION
 from webapp.edge import selectors, services
 from webapp.edge.models import AgentToken, Deployment, EdgeNode
 
-PROTOCOL_VERSION = 1
 # Seconds between the agent's metrics reports while serving.
 METRICS_INTERVAL_S = 1
 
@@ -37,21 +38,29 @@ class AgentTokenAuth(HttpBearer):
 
 
 router = Router(auth=AgentTokenAuth(), tags=["agent"])
+MAX_DATABASE_INT = 2**63 - 1
+
+
+# Ids and sizes fit a 63-bit database integer; anything larger is refused before it reaches the database.
+Id = Annotated[int, Field(ge=1, le=MAX_DATABASE_INT)]
+Bytes = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+DetailText = Annotated[str, Field(max_length=MAX_DETAIL_CHARS)]
 
 
 class DeviceIn(Schema):
     kind: Literal["cpu", "cuda"]
-    name: str = ""
-    memory_total_bytes: int = 0
+    name: Annotated[str, Field(max_length=200)] = ""
+    memory_total_bytes: Bytes = 0
 
 
 class RegisterIn(Schema):
-    protocol: int
-    node: str
-    agent_version: str = ""
+    protocol: Annotated[int, Field(ge=0, le=1000)]
+    node: Name
+    agent_version: Annotated[str, Field(max_length=32)] = ""
     device: DeviceIn
-    budget_bytes: int | None = None
-    active_deployment: int | None = None
+    budget_bytes: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None
+    active_deployment: Id | None = None
 
 
 class RegisterOut(Schema):
@@ -61,10 +70,10 @@ class RegisterOut(Schema):
 
 
 class HeartbeatIn(Schema):
-    node: str
-    active_deployment: int | None = None
+    node: Name
+    active_deployment: Id | None = None
     status: Literal["idle", "serving", "deploying", "degraded"]
-    detail: str = ""
+    detail: DetailText = ""
 
 
 class HeartbeatOut(Schema):
@@ -72,9 +81,9 @@ class HeartbeatOut(Schema):
 
 
 class StatusIn(Schema):
-    node: str
+    node: Name
     status: Literal["downloading", "loading", "warming", "active", "failed"]
-    detail: str = ""
+    detail: DetailText = ""
 
 
 class StatusOut(Schema):
@@ -83,10 +92,11 @@ class StatusOut(Schema):
 
 
 class MetricsIn(Schema):
-    node: str
+    node: Name
     at: datetime
-    deployment: int | None = None
+    deployment: Id | None = None
     simulated: bool = False
+    # Checked field by field by the engine's protocol (gemel_engine.runtime.protocol.MetricsReport).
     memory: dict[str, Any] = {}
     queries: dict[str, Any] = {}
 
@@ -107,10 +117,12 @@ def _node(request: HttpRequest, name: str) -> EdgeNode:
 
 
 def _deployment(request: HttpRequest, deployment_id: int, node: EdgeNode | None = None) -> Deployment:
-    deployment = (
-        Deployment.objects.select_related("node", "bundle__job")
-        .filter(pk=deployment_id, node__token=request.auth).first()
-    )
+    deployment = None
+    if 1 <= deployment_id <= MAX_DATABASE_INT:
+        deployment = (
+            Deployment.objects.select_related("node", "bundle__job")
+            .filter(pk=deployment_id, node__token=request.auth).first()
+        )
     if deployment is None or (node is not None and deployment.node_id != node.pk):
         raise HttpError(404, "no such deployment for this agent")
     return deployment

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,19 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from gemel_engine.runtime.protocol import MemoryReport, MetricsReport, ProtocolError
 from webapp.edge.models import AgentToken, Deployment, EdgeNode, MetricSample
 from webapp.merges.models import MergeBundle, MergeJob
 from webapp.merges.selectors import merge_bundle_deployable, merge_bundle_dir, merge_bundle_files
 
 # Missed heartbeats after which a node counts as offline.
+logger = logging.getLogger(__name__)
+
 OFFLINE_AFTER_HEARTBEATS = 3
 # Samples the monitor draws when it first opens (older ones stay in the database).
 METRICS_PAGE = 600
+# What a node with no (readable) sample reports.
+EMPTY_REPORT = MetricsReport(memory=MemoryReport.from_json({}), queries={})
 # Statuses in which a deployment is still on its way to the node.
 IN_FLIGHT = (
     Deployment.Status.PENDING, Deployment.Status.DOWNLOADING, Deployment.Status.LOADING, Deployment.Status.WARMING,
@@ -216,9 +222,21 @@ def bundles_for_deployment() -> list[dict[str, Any]]:
     return rows
 
 
+def sample_report(sample: MetricSample | None) -> MetricsReport:
+    """Return the sample's memory and queries, checked again by the protocol: a row stored before the checks
+    existed, or edited by hand, reads as an empty report (and is logged) instead of breaking a page."""
+    if sample is None:
+        return EMPTY_REPORT
+    try:
+        return MetricsReport.from_json(sample.payload or {})
+    except ProtocolError as exc:
+        logger.warning("metric sample %s is malformed and is shown empty: %s", sample.pk, exc)
+        return EMPTY_REPORT
+
+
 def sample_to_json(sample: MetricSample) -> dict[str, Any]:
     """Return a metric sample as the monitor draws it (the agent's body plus id, node and timestamps)."""
-    payload = sample.payload or {}
+    payload = sample_report(sample).to_json()
     return {
         "id": sample.pk,
         "node": sample.node_id,
@@ -228,8 +246,8 @@ def sample_to_json(sample: MetricSample) -> dict[str, Any]:
         "resident_bytes": sample.resident_bytes,
         "shared_bytes": sample.shared_bytes,
         "gpu_used_bytes": sample.gpu_used_bytes,
-        "memory": payload.get("memory") or {},
-        "queries": payload.get("queries") or {},
+        "memory": payload["memory"],
+        "queries": payload["queries"],
     }
 
 
@@ -256,15 +274,15 @@ def overview_nodes() -> list[dict[str, Any]]:
     rows = []
     for node in nodes_list():
         sample = node_latest_sample(node=node)
-        memory = (sample.payload or {}).get("memory", {}) if sample else {}
+        report = sample_report(sample)
         rows.append({
             "node": node,
             "online": node_is_online(node, now=now),
             "sample": sample,
-            "shared_bytes": int(memory.get("shared_bytes") or 0),
-            "per_model_bytes": {str(k): int(v or 0) for k, v in (memory.get("per_model_bytes") or {}).items()},
-            "budget_bytes": memory.get("budget_bytes") or node.budget_bytes,
-            "queries": (sample.payload or {}).get("queries", {}) if sample else {},
+            "shared_bytes": report.memory.shared_bytes,
+            "per_model_bytes": dict(report.memory.per_model_bytes),
+            "budget_bytes": report.memory.budget_bytes or node.budget_bytes,
+            "queries": {name: figures.to_json() for name, figures in report.queries.items()},
         })
     return rows
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from gemel_engine.runtime.protocol import MetricsReport, ProtocolError
 from webapp.edge import selectors
 from webapp.edge.models import AgentToken, Deployment, DeploymentStatusChange, EdgeNode, MetricSample
 from webapp.live import group_send_on_commit
@@ -90,11 +91,13 @@ def node_register(
 ) -> EdgeNode:
     """Create or update the node ``name`` for the agent holding ``token``; return it.
 
-    The token that registers a node last owns it (every token is an operator's credential). The active
-    deployment the agent reports is kept when it is one of this node's deployments.
+    A node belongs to the token that first registered it: another token may take it over only once that
+    token is revoked (how an operator moves a node to a new agent). The active deployment the agent reports is
+    kept when it is one of this node's deployments.
 
     Raises:
         ValidationError: empty or over-long name, unknown device kind, negative sizes.
+        PermissionDenied: the node belongs to another agent token that is still valid.
     """
     name = (name or "").strip()
     if not name or len(name) > 100:
@@ -103,7 +106,12 @@ def node_register(
         raise ValidationError(f"device.kind must be cpu or cuda, got {device_kind!r}")
     if memory_total_bytes < 0 or (budget_bytes is not None and budget_bytes <= 0):
         raise ValidationError("memory sizes must be positive")
-    node, _ = EdgeNode.objects.select_for_update().get_or_create(name=name)
+    node, _ = EdgeNode.objects.select_for_update().get_or_create(name=name, defaults={"token": token})
+    owner = node.token
+    if owner is not None and owner.pk != token.pk and owner.revoked_at is None:
+        raise PermissionDenied(
+            f"node {name!r} belongs to another agent token ({owner.prefix}…); revoke that token to move the node"
+        )
     node.token = token
     node.device_kind = device_kind
     node.device_name = device_name[:200]
@@ -255,15 +263,6 @@ def deployment_report_status(*, deployment: Deployment, status: str, detail: str
     return deployment
 
 
-def _int_or_none(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 @transaction.atomic
 def metrics_record(
     *, node: EdgeNode, at: datetime, deployment: int | None, simulated: bool, memory: dict[str, Any],
@@ -273,17 +272,18 @@ def metrics_record(
     the live monitor after commit; return the sample.
 
     Raises:
-        ValidationError: ``memory`` or ``queries`` is not an object.
+        ValidationError: ``memory`` or ``queries`` breaks the protocol (types, ranges, finite numbers, sizes).
     """
-    if not isinstance(memory, dict) or not isinstance(queries, dict):
-        raise ValidationError("memory and queries must be objects")
-    gpu = memory.get("gpu") if isinstance(memory.get("gpu"), dict) else None
+    try:
+        report = MetricsReport.from_json({"memory": memory, "queries": queries})
+    except ProtocolError as exc:
+        raise ValidationError(str(exc)) from None
     sample = MetricSample.objects.create(
         node=node, deployment=_own_deployment(node, deployment), at=at, simulated=bool(simulated),
-        resident_bytes=_int_or_none(memory.get("resident_bytes")) or 0,
-        shared_bytes=_int_or_none(memory.get("shared_bytes")) or 0,
-        gpu_used_bytes=_int_or_none(gpu.get("used_bytes")) if gpu else None,
-        payload={"memory": memory, "queries": queries},
+        resident_bytes=report.memory.resident_bytes,
+        shared_bytes=report.memory.shared_bytes,
+        gpu_used_bytes=None if report.memory.gpu is None else report.memory.gpu.used_bytes,
+        payload=report.to_json(),
     )
     keep = settings.METRICS_RETENTION
     expired = MetricSample.objects.filter(node=node).order_by("-id").values_list("id", flat=True)[keep:]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gemel_engine.errors import DeploymentError, GemelError
+from gemel_engine.runtime.protocol import MetricsReport, ProtocolError
 from gemel_engine.runtime.serving import CameraFeed, DeploymentSpec, EdgeServer
 from tests.engine.runtime.conftest import desired_json
 from tests.waiting import wait_until
@@ -127,3 +128,33 @@ def test_an_idle_server_reports_the_protocols_idle_metrics():
     assert (info["kind"], info["memory_total_bytes"]) == ("cpu", 123)
     assert f"{os.cpu_count()} cores (simulated device)" in info["name"]
 
+
+def test_what_a_serving_node_reports_passes_the_protocols_checks_unchanged(server: EdgeServer):
+    wait_until(lambda: _frames(server) >= 3, timeout=60, what="frames served")
+    snapshot = server.metrics_snapshot()
+    report = MetricsReport.from_json(snapshot)
+    assert set(report.queries) == {"q_a", "q_b"}
+    assert report.to_json() == {"memory": snapshot["memory"], "queries": snapshot["queries"]}
+    assert report.memory.resident_bytes > 0
+
+
+def test_what_an_idle_node_reports_passes_the_protocols_checks():
+    idle = EdgeServer(device="cpu")
+    try:
+        snapshot = idle.metrics_snapshot()
+        assert MetricsReport.from_json(snapshot).to_json() == {"memory": snapshot["memory"], "queries": {}}
+    finally:
+        idle.close()
+
+
+@pytest.mark.parametrize(("report", "message"), [
+    ({"memory": {"resident_bytes": 1, "shared_bytes": 2}}, "exceeds resident_bytes"),
+    ({"queries": {"q": {"frames_total": 1, "dropped_total": 2}}}, "exceeds frames_total"),
+    ({"queries": {"": {}}}, "names must be"),
+    ({"queries": {"q\u202egnp.exe": {}}}, "printable"),
+    ({"memory": {"resident_bytes": 2.5}}, "whole number"),
+    ({"queries": {"q": {"latency_p95_ms": float("nan")}}}, "finite"),
+])
+def test_the_protocol_names_the_field_that_breaks_its_rules(report, message):
+    with pytest.raises(ProtocolError, match=message):
+        MetricsReport.from_json(report)
