@@ -112,3 +112,24 @@ def test_it_shows_nodes_online_and_offline_on_the_overview(viewer_client):
     EdgeNode.objects.create(name="silent")
     page = viewer_client.get(reverse("overview")).content.decode()
     assert page.count(">online<") == 1 and page.count(">offline<") == 1
+
+
+def test_raising_a_target_above_a_bundles_accuracy_stops_its_deployment_at_once(operator_client):
+    from webapp.workloads.services import query_update
+
+    node, _ = make_node()
+    query = make_query()
+    query.unmerged_accuracy = 0.92  # target 0.95 × 0.92 = 0.874: the bundle's 0.9 meets it
+    query.save()
+    bundle = make_bundle(queries=[query])
+    assert operator_client.get(reverse("deployments")).context["bundles"][0]["deployable"]
+
+    query_update(query=query, target_fraction=1.0)  # 0.92 now: the bundle's 0.9 misses it by 0.02
+    row = operator_client.get(reverse("deployments")).context["bundles"][0]
+    assert not row["deployable"] and "north_cars: accuracy 0.900 below its target 0.920" in row["reason"]
+    assert "short by 0.020" in row["reason"]
+    response = operator_client.post("/api/deployments", {"bundle": bundle.pk, "node": node.pk},
+                                    content_type="application/json")
+    assert response.status_code == 400 and "north_cars" in response.json()["detail"]
+    assert not Deployment.objects.exists()
+    assert operator_client.get(f"/api/merge-jobs/{bundle.job_id}/bundles").json()[0]["meets_targets"] is False

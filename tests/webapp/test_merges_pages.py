@@ -131,6 +131,9 @@ def test_the_api_lists_events_after_a_sequence_number_and_cancels_once(operator_
 
 def test_a_bundle_below_a_target_is_not_deployable_and_says_why(operator_client, db):
     queries = make_ready_queries(("mobilenet_v3_small", "mobilenet_v2"), names=["north", "east"])
+    for query, unmerged in zip(queries, (0.8, 0.75), strict=True):  # the gate reads the queries' targets now
+        query.target_fraction, query.unmerged_accuracy = 1.0, unmerged
+        query.save()
     job = make_job(queries=queries, status=Status.SUCCEEDED)
     below = make_bundle(job, index=1, accuracies={"north": 0.9, "east": 0.7}, required={"north": 0.8, "east": 0.75})
     ok, reason = merge_bundle_deployable(below)

@@ -126,3 +126,20 @@ def test_an_operator_runs_an_analysis_over_all_queries_by_default(operator_clien
     assert response.status_code == 302
     body = operator_client.get(reverse("analysis")).content.decode()
     assert 'id="bytes-chart"' in body and 'id="analysis-data"' in body and "a ↔ b" in body
+
+
+def test_editing_only_the_target_keeps_every_task_field_and_the_measurement(operator_client):
+    query = make_query(task={"kind": "presence", "classes": ["car"], "count_edges": [1, 3], "min_box_area": 16},
+                       unmerged_accuracy=0.825, chance_accuracy=0.508)
+    url = reverse("query_edit", args=[query.pk])
+    page = operator_client.get(url)
+    form = page.context["form"]
+    data = {name: form.initial[name] for name in ("name", "kind", "count_edges", "target_fraction", "slo_ms")}
+    data["classes"] = form.initial["classes"]
+    data["target_fraction"] = 1.0
+    response = operator_client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    query.refresh_from_db()
+    assert query.target_fraction == 1.0
+    assert query.task["min_box_area"] == 16
+    assert query.status == Query.Status.READY and query.unmerged_accuracy == 0.825 and query.chance_accuracy == 0.508

@@ -13,6 +13,7 @@ from django.utils import timezone
 from gemel_engine.bundle import MANIFEST_NAME, TENSORS_NAME
 from gemel_engine.search import list_strategies
 from webapp.merges.models import MergeBundle, MergeEvent, MergeJob
+from webapp.workloads.engine import query_required_accuracy
 
 # Files of a bundle, in the order an agent should fetch them.
 BUNDLE_FILES = (MANIFEST_NAME, TENSORS_NAME)
@@ -94,22 +95,32 @@ def merge_bundle_files(bundle: MergeBundle) -> list[dict[str, Any]]:
     ]
 
 
-def _shortfalls(bundle: MergeBundle, query_names: list[str]) -> list[str]:
+def merge_bundle_required_now(bundle: MergeBundle) -> dict[str, float | None]:
+    """Return, per query of the bundle's job, the accuracy it must reach today: the query's current target
+    over its current unmerged accuracy, not the target recorded when the job ran (None: not measured)."""
+    queries = list(bundle.job.queries.all())
+    if not queries:
+        return dict(bundle.required)
+    return {query.name: query_required_accuracy(query) for query in queries}
+
+
+def merge_bundle_shortfalls(bundle: MergeBundle) -> list[str]:
+    """Return one line per query whose bundle accuracy misses its current target (empty: all met)."""
     reasons = []
-    for name in query_names:
-        accuracy, required = bundle.accuracies.get(name), bundle.required.get(name)
+    for name, required in merge_bundle_required_now(bundle).items():
+        accuracy = bundle.accuracies.get(name)
         if required is None or accuracy is None:
             reasons.append(f"{name}: no measured accuracy")
         elif accuracy < required:
-            reasons.append(f"{name}: accuracy {accuracy:.3f} below its target {required:.3f}")
+            reasons.append(f"{name}: accuracy {accuracy:.3f} below its target {required:.3f} "
+                           f"(short by {required - accuracy:.3f})")
     return reasons
 
 
 def merge_bundle_deployable(bundle: MergeBundle) -> tuple[bool, str]:
-    """Return whether ``bundle`` may be deployed, and why not: every query must meet its accuracy target and
-    the bundle's files must be on disk with the recorded sizes. The reason is empty when it may."""
-    names = [query.name for query in bundle.job.queries.all()] or sorted(bundle.required)
-    reasons = _shortfalls(bundle, names)
+    """Return whether ``bundle`` may be deployed, and why not: every query must meet its current accuracy
+    target and the bundle's files must be on disk with the recorded sizes. The reason is empty when it may."""
+    reasons = merge_bundle_shortfalls(bundle)
     if reasons:
         return False, "below target: " + "; ".join(reasons)
     for file in merge_bundle_files(bundle):
@@ -166,8 +177,8 @@ def merge_bundle_data(bundle: MergeBundle) -> dict[str, Any]:
         "saved_param_bytes": bundle.saved_param_bytes,
         "elapsed": bundle.elapsed,
         "accuracies": bundle.accuracies,
-        "required": bundle.required,
-        "meets_targets": bundle.meets_targets,
+        "required": merge_bundle_required_now(bundle),
+        "meets_targets": not merge_bundle_shortfalls(bundle),
         "deployable": deployable,
         "reason": reason,
         "files": [{k: v for k, v in f.items() if k != "path"} for f in merge_bundle_files(bundle)],

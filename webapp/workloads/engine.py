@@ -81,6 +81,14 @@ def engine_query(query: Query) -> EngineQuery:
     )
 
 
+def query_required_accuracy(query: Query) -> float | None:
+    """Return the accuracy a merged model of ``query`` must reach now (its current target over its current
+    unmerged accuracy), or None before the query is measured."""
+    if query.unmerged_accuracy is None:
+        return None
+    return AccuracyTarget(relative=query.target_fraction).required(query.unmerged_accuracy)
+
+
 def query_entry(query: Query, *, weights: str | None) -> QueryEntry:
     """Return the engine's QueryEntry of ``query`` with ``weights`` (absolute, or relative to the workload)."""
     return QueryEntry(

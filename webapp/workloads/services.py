@@ -528,11 +528,14 @@ def query_update(
 ) -> Query:
     """Change a query's name, task, target or latency bound; a new task is measured again.
 
+    ``task`` holds the task fields to change: those it leaves out keep their value (an edit form that does
+    not show ``min_box_area`` must not reset it).
+
     Raises:
         ValidationError: as for ``query_create``.
     """
     name = query.name if name is None else name.strip()
-    new_task = query.task if task is None else task
+    new_task = query.task if task is None else {**(query.task or {}), **task} if isinstance(task, dict) else task
     target_fraction = query.target_fraction if target_fraction is None else target_fraction
     slo_ms = query.slo_ms if slo_ms is None else slo_ms
     task_json = _check_query_fields(name=name, camera=query.camera, model=query.model, task=new_task,
