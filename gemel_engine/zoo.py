@@ -9,6 +9,7 @@ architecture before they touch the model.
 from __future__ import annotations
 
 import contextlib
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ Builder = Callable[..., nn.Module]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 _MAX_LISTED_KEYS = 8
+# Largest pickle a .pt zip may hold: a state dict's names and tensor records, not its data (a ResNet-101's
+# is under 100 KB); more is a decompression bomb or not a state dict.
+MAX_PICKLE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,8 @@ def read_state_dict(path: str | Path, *, max_bytes: int | None = None) -> dict[s
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
         raise WeightsError(f"{path}: weights file is {size} bytes, over the limit of {max_bytes}")
+    if suffix != ".safetensors":
+        _check_unpacked_size(path, max_bytes=max_bytes)
     try:
         if suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -237,8 +243,28 @@ def read_state_dict(path: str | Path, *, max_bytes: int | None = None) -> dict[s
     return dict(loaded)
 
 
+def _check_unpacked_size(path: Path, *, max_bytes: int | None) -> None:
+    """Refuse a ``.pt`` zip whose members unpack past ``max_bytes`` or whose pickle is implausibly large, from
+    the zip directory alone: before any byte is decompressed or unpickled."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format is one pickle: bounded by the file size already checked
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise WeightsError(f"{path}: cannot read weights safely (corrupt archive: {exc})") from None
+    unpacked = sum(member.file_size for member in members)
+    if max_bytes is not None and unpacked > max_bytes:
+        raise WeightsError(f"{path}: weights unpack to {unpacked} bytes, over the limit of {max_bytes}")
+    pickles = [m for m in members if m.filename.endswith(".pkl") and m.file_size > MAX_PICKLE_BYTES]
+    if pickles:
+        raise WeightsError(f"{path}: its pickle {pickles[0].filename} unpacks to {pickles[0].file_size} bytes; a "
+                           f"state dict's is far below {MAX_PICKLE_BYTES}")
+
+
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "weights") -> None:
-    """Check that ``state`` has exactly the keys and shapes of ``model``'s state dict.
+    """Check that ``state`` has exactly the keys and shapes of ``model``'s state dict, floating point where the
+    model's tensors are, and finite.
 
     Raises:
         WeightsError: one error that lists the missing, unexpected and mis-shaped keys.
@@ -251,9 +277,20 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, sou
         for key in set(expected) & set(state)
         if state[key].shape != expected[key].shape
     )
+    shared = sorted(set(expected) & set(state))
+    not_float = sorted(
+        f"{key} ({state[key].dtype})" for key in shared
+        if expected[key].is_floating_point() and not state[key].is_floating_point()
+    )
+    not_finite = sorted(
+        key for key in shared
+        if state[key].is_floating_point() and state[key].shape == expected[key].shape
+        and not bool(torch.isfinite(state[key]).all())
+    )
     problems = [
         f"{label} ({len(keys)}): {_abbreviate(keys)}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
+                            ("not floating point", not_float), ("not finite (NaN or inf)", not_finite))
         if keys
     ]
     if problems:

@@ -158,6 +158,8 @@ MEDIA_ROOT = env_path("GEMEL_MEDIA_DIR", DATA_DIR / "media")
 MEDIA_URL = "media/"
 # Largest weights file accepted from an upload, in MiB.
 MAX_WEIGHTS_UPLOAD_MB = env_int("GEMEL_MAX_UPLOAD_MB", 600, minimum=1)
+# Most frames one measurement or merge job reads from a camera, whatever the camera's own settings say.
+CAMERA_MAX_FRAMES = env_int("GEMEL_CAMERA_MAX_FRAMES", 20000, minimum=10)
 # Request bodies above this stay on disk while Django parses them.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024

@@ -15,6 +15,11 @@ from gemel_engine.errors import SourceError
 
 __all__ = ["Box", "CameraSource", "Frame"]
 
+# The frame rates a camera may have: a frame every 100 s at least, 1000 a second at most. Outside them
+# frame times overflow or a camera would flood the reader.
+MIN_FPS = 0.01
+MAX_FPS = 1000.0
+
 
 @dataclass(frozen=True)
 class Box:
@@ -148,12 +153,12 @@ def check_max_frames(max_frames: int | None) -> None:
 
 
 def check_fps(fps: object, what: str) -> float:
-    """Return ``fps`` as a float; raises SourceError unless it is a finite number in (0, 1000]."""
+    """Return ``fps`` as a float; raises SourceError unless it is a finite number in [MIN_FPS, MAX_FPS]."""
     if (
         isinstance(fps, bool)
         or not isinstance(fps, int | float)
         or not math.isfinite(fps)
-        or not 0 < fps <= 1000
+        or not MIN_FPS <= fps <= MAX_FPS
     ):
-        raise SourceError(f"{what}: fps must be a number in (0, 1000], got {fps!r}")
+        raise SourceError(f"{what}: fps must be a number in [{MIN_FPS:g}, {MAX_FPS:g}], got {fps!r}")
     return float(fps)

@@ -34,6 +34,8 @@ _WINDOW_S = 60.0
 _MAX_LIFE_S = 50.0
 _NOISE_BANK = 4
 _MAX_SIDE = 4096
+# Longest finite scene, in frames (endless scenes have num_frames None).
+_MAX_FRAMES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,8 @@ class SceneConfig:
             if not _is_int(value) or not 16 <= value <= _MAX_SIDE:
                 raise fail(name, f"must be an integer in [16, {_MAX_SIDE}]")
         check_fps(self.fps, "synthetic scene")
-        if self.num_frames is not None and (not _is_int(self.num_frames) or self.num_frames < 1):
-            raise fail("num_frames", "must be None or a positive integer")
+        if self.num_frames is not None and (not _is_int(self.num_frames) or not 1 <= self.num_frames <= _MAX_FRAMES):
+            raise fail("num_frames", f"must be None or an integer in [1, {_MAX_FRAMES}]")
         if isinstance(self.classes, str) or not isinstance(self.classes, tuple | list):
             raise fail("classes", f"must be a tuple drawn from {CLASSES}")
         if not self.classes or len(set(self.classes)) != len(self.classes):

@@ -22,10 +22,10 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from gemel_engine.bundle import load_bundle
-from gemel_engine.data.frames import CameraSource, Frame
+from gemel_engine.data.frames import CameraSource, Frame, check_fps
 from gemel_engine.data.sampling import resize_frame
 from gemel_engine.data.sources import open_source
-from gemel_engine.errors import DeploymentError, GemelError, RuntimeBudgetError
+from gemel_engine.errors import DeploymentError, GemelError, RuntimeBudgetError, SourceError
 from gemel_engine.plan import check_model_name
 from gemel_engine.queries import Task
 from gemel_engine.runtime.budget import MemoryBudget
@@ -66,9 +66,10 @@ class CameraFeed:
             raise DeploymentError(f"camera name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.source, str) or not self.source.strip():
             raise DeploymentError(f"camera {self.name!r}: source must be a non-empty string")
-        fps = self.fps
-        if isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps) or not 0 < fps <= 1000:
-            raise DeploymentError(f"camera {self.name!r}: fps must be a number in (0, 1000], got {fps!r}")
+        try:
+            fps = check_fps(self.fps, f"camera {self.name!r}")
+        except SourceError as exc:
+            raise DeploymentError(str(exc)) from None
         for key in ("width", "height"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8192:

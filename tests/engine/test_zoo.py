@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,40 @@ def test_a_resnet18_faster_rcnn_has_a_stride_4_fpn_and_a_classifiers_backbone_sh
     convs = {k: v.shape for k, v in classifier.state_dict().items() if k.startswith(("conv1", "layer"))}
     assert convs.items() <= body.items()
     assert detector.roi_heads.box_predictor.cls_score.out_features == 4
+
+
+def test_a_pt_zip_whose_pickle_unpacks_huge_is_refused_before_it_is_unpickled(tmp_path: Path):
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02" + b"N" * (40 << 20))  # 40 MB of pickle, a few KB zipped
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(WeightsError, match=r"pickle archive/data\.pkl unpacks to"):
+        zoo.read_state_dict(path)
+
+
+def test_a_pt_zip_that_unpacks_past_the_size_limit_is_refused(tmp_path: Path):
+    path = tmp_path / "big.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data/0", bytes(8 << 20))
+    with pytest.raises(WeightsError, match=r"unpack to \d+ bytes, over the limit of 1048576"):
+        zoo.read_state_dict(path, max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize(("spoil", "message"), [
+    (lambda t: t.to(torch.int64), "not floating point"),
+    (lambda t: t.to(torch.bool), "not floating point"),
+    (lambda t: torch.full_like(t, float("nan")), "not finite"),
+    (lambda t: t.clone().index_fill_(0, torch.tensor([0]), float("inf")), "not finite"),
+])
+def test_weights_must_be_floating_point_and_finite(tmp_path: Path, spoil, message):
+    model = zoo.get_model("resnet18", num_classes=2)
+    state = {key: value.contiguous() for key, value in model.state_dict().items()}
+    state["fc.weight"] = spoil(state["fc.weight"]).contiguous()
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(WeightsError, match=f"{message} .*fc.weight"):
+        zoo.load_weights(zoo.get_model("resnet18", num_classes=2), tmp_path / "w.safetensors")
+
+
+def test_integer_buffers_stay_integers():
+    model = zoo.get_model("resnet18", num_classes=2)
+    zoo.check_state_dict(zoo.get_model("resnet18", num_classes=2), model.state_dict())  # num_batches_tracked: int64

@@ -121,3 +121,15 @@ def test_an_oversized_upload_is_refused_from_its_length_before_the_body_is_parse
         assert response.status_code == 413, url
         assert b"over the limit of 1 MiB" in response.content
     assert not ModelEntry.objects.exists()
+
+
+def test_an_analysis_of_unknown_query_ids_names_them_like_a_merge_job(operator_client):
+    query = make_query()
+    response = operator_client.post("/api/analyses", {"queries": [query.pk, 999_999, 999_998]},
+                                    content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["detail"] == "unknown query ids: 999998, 999999"
+    for path, body in (("/api/analyses", {"queries": [2**70]}),
+                       ("/api/merge-jobs", {"queries": [2**70], "strategy": "gemel"}),
+                       ("/api/analyses", {"queries": list(range(1, 2000))})):
+        assert operator_client.post(path, body, content_type="application/json").status_code == 422, path

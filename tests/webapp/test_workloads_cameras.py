@@ -12,7 +12,7 @@ from PIL import Image
 
 from gemel_engine.data.synthetic import SceneConfig, SyntheticCamera
 from gemel_engine.data.video import write_video
-from tests.engine.data.conftest import silent_listener  # noqa: F401 - a fixture
+from tests.engine.data.conftest import closed_port, http_server, silent_listener  # noqa: F401 - fixtures
 from tests.webapp.test_workloads_factories import make_query, synthetic_source
 from webapp.workloads.models import Camera, Query
 from webapp.workloads.services import camera_delete, camera_register, camera_update
@@ -97,12 +97,30 @@ def test_it_refuses_a_file_that_is_not_a_video_with_could_not_decode(settings):
     assert not Camera.objects.exists()
 
 
-def test_an_unreachable_stream_fails_after_the_probe_timeout_with_a_clear_error(settings, silent_listener):  # noqa: F811
+def test_an_unreachable_stream_fails_after_the_probe_timeout_with_a_clear_error(settings, silent_listener, caplog):  # noqa: F811
     settings.CAMERA_PROBE_TIMEOUT_S = 1.0
     started = time.monotonic()
-    with pytest.raises(ValidationError, match=r"could not decode.*no answer .* within 1s"):
+    with pytest.raises(ValidationError, match=r"could not decode.*no video frame within 1s"):
         register(f"http://127.0.0.1:{silent_listener}/stream.mjpeg")
     assert time.monotonic() - started >= 0.9, "it gave up before the probe timeout"
+    assert "no answer from" in caplog.text and "within 1s" in caplog.text  # the reason, for the server log only
+    assert not Camera.objects.exists()
+
+
+def test_every_stream_that_gives_no_frame_gets_the_same_answer(settings, silent_listener, closed_port,  # noqa: F811
+                                                               http_server):  # noqa: F811
+    """Registering cameras must not map the services the server can reach (Redis, PostgreSQL, metadata)."""
+    settings.CAMERA_PROBE_TIMEOUT_S = 1.0
+    _, server = http_server
+    port = server.server_address[1]
+    answers = set()
+    for source in (f"http://127.0.0.1:{closed_port}/", f"rtsp://127.0.0.1:{closed_port}/live",
+                   f"http://127.0.0.1:{silent_listener}/", f"http://127.0.0.1:{port}/absent",
+                   f"rtsp://127.0.0.1:{port}/live"):
+        with pytest.raises(ValidationError) as caught:
+            register(source)
+        answers.add(tuple(caught.value.messages))
+    assert len(answers) == 1, answers
     assert not Camera.objects.exists()
 
 
@@ -130,3 +148,29 @@ def test_changing_a_cameras_source_reprobes_it_and_sends_its_queries_back_to_mea
     query.refresh_from_db()
     assert query.status == Query.Status.PENDING and query.unmerged_accuracy is None
     assert query.camera.thumbnail.name != old_thumbnail
+
+
+@pytest.mark.parametrize(("source", "fps", "message"), [
+    ("synthetic://x?frames=2000000000", 5.0, r"num_frames.*\[1, 1000000\]"),
+    ("synthetic://x?frames=50&fps=5e-324", 5.0, r"fps must be a number in \[0\.01, 1000\]"),
+    ("synthetic://x?frames=50", 5e-324, r"fps must be a number in \[0\.01, 1000\]"),
+    ("synthetic://x?frames=50", 1e9, r"fps must be a number in \[0\.01, 1000\]"),
+])
+def test_a_camera_that_would_make_the_server_read_without_end_is_refused(source, fps, message):
+    with pytest.raises(ValidationError, match=message):
+        camera_register(name="flood", source=source, fps=fps, width=32, height=32)
+    assert not Camera.objects.exists()
+
+
+def test_a_measurement_reads_at_most_the_configured_number_of_frames(settings):
+    from webapp.workloads.engine import camera_spec
+
+    settings.CAMERA_MAX_FRAMES = 500
+    endless = Camera(name="endless", source="synthetic://x?frames=0", fps=5.0, width=32, height=32)
+    asks_more = Camera(name="greedy", source="synthetic://x?frames=100000", fps=5.0, width=32, height=32,
+                       sampling={"max_frames": 90000})
+    asks_less = Camera(name="modest", source="synthetic://x?frames=100000", fps=5.0, width=32, height=32,
+                       sampling={"max_frames": 200})
+    assert camera_spec(endless).sampling.max_frames == 500
+    assert camera_spec(asks_more).sampling.max_frames == 500
+    assert camera_spec(asks_less).sampling.max_frames == 200

@@ -18,6 +18,7 @@ from ninja.security import HttpBearer
 from pydantic import Field
 
 from gemel_engine.runtime.protocol import MAX_COUNT, MAX_DETAIL_CHARS, MAX_NAME_CHARS, PROTOCOL_VERSION
+from webapp.api_types import MAX_DATABASE_INT, DbId
 from webapp.edge import selectors, services
 from webapp.edge.models import AgentToken, Deployment, EdgeNode
 
@@ -38,11 +39,8 @@ class AgentTokenAuth(HttpBearer):
 
 
 router = Router(auth=AgentTokenAuth(), tags=["agent"])
-MAX_DATABASE_INT = 2**63 - 1
 
 
-# Ids and sizes fit a 63-bit database integer; anything larger is refused before it reaches the database.
-Id = Annotated[int, Field(ge=1, le=MAX_DATABASE_INT)]
 Bytes = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 DetailText = Annotated[str, Field(max_length=MAX_DETAIL_CHARS)]
@@ -60,7 +58,7 @@ class RegisterIn(Schema):
     agent_version: Annotated[str, Field(max_length=32)] = ""
     device: DeviceIn
     budget_bytes: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None
-    active_deployment: Id | None = None
+    active_deployment: DbId | None = None
 
 
 class RegisterOut(Schema):
@@ -71,7 +69,7 @@ class RegisterOut(Schema):
 
 class HeartbeatIn(Schema):
     node: Name
-    active_deployment: Id | None = None
+    active_deployment: DbId | None = None
     status: Literal["idle", "serving", "deploying", "degraded"]
     detail: DetailText = ""
 
@@ -94,7 +92,7 @@ class StatusOut(Schema):
 class MetricsIn(Schema):
     node: Name
     at: datetime
-    deployment: Id | None = None
+    deployment: DbId | None = None
     simulated: bool = False
     # Checked field by field by the engine's protocol (gemel_engine.runtime.protocol.MetricsReport).
     memory: dict[str, Any] = {}

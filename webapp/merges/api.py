@@ -14,6 +14,7 @@ from ninja.errors import HttpError
 from ninja.responses import Status
 
 from webapp.accounts.permissions import api_require_operator
+from webapp.api_types import MAX_IDS, DbId
 from webapp.merges import selectors, services
 from webapp.merges.models import MergeJob
 from webapp.workloads.selectors import queries_by_ids
@@ -31,7 +32,7 @@ class QueryRef(Schema):
 
 
 class MergeJobIn(Schema):
-    queries: list[int] = Field(..., description="ids of ready queries to merge")
+    queries: list[DbId] = Field(..., max_length=MAX_IDS, description="ids of ready queries to merge")
     strategy: str = "gemel+"
     budget_minutes: float | None = Field(None, description="wall-clock budget of the search (none: no limit)")
 
@@ -108,11 +109,8 @@ def list_jobs(request: HttpRequest) -> list[dict[str, Any]]:
 def start_job(request: HttpRequest, payload: MergeJobIn) -> Status[dict[str, Any]]:
     """Start a merge job over ready queries (operators only); it is queued on the merge workers."""
     api_require_operator(request)
-    queries = list(queries_by_ids(payload.queries))
-    unknown = sorted(set(payload.queries) - {query.pk for query in queries})
-    if unknown:
-        raise HttpError(400, f"unknown query ids: {', '.join(map(str, unknown))}")
     try:
+        queries = queries_by_ids(payload.queries)
         job = services.merge_job_start(
             queries=queries, strategy=payload.strategy, budget_minutes=payload.budget_minutes, user=request.user
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
@@ -18,8 +18,10 @@ from ninja import File, Form, Router, Schema, Status
 from ninja.decorators import decorate_view
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
+from pydantic import Field
 
 from webapp.accounts.permissions import api_require_operator
+from webapp.api_types import MAX_IDS, DbId
 from webapp.workloads import selectors, services
 from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, WorkloadAnalysis
 from webapp.workloads.uploads import refuse_oversized_upload
@@ -106,7 +108,7 @@ class QueryOut(Schema):
 
 
 class AnalysisIn(Schema):
-    queries: list[int] | None = None
+    queries: Annotated[list[DbId], Field(max_length=MAX_IDS)] | None = None
     mode: str = "shape"
 
 
@@ -317,7 +319,8 @@ def get_analysis(request: HttpRequest, analysis_id: int) -> dict[str, Any]:
 def create_analysis(request: HttpRequest, payload: AnalysisIn) -> Status:
     """Analyse the sharing potential of the given queries (all when none is given)."""
     api_require_operator(request)
-    chosen = selectors.query_list() if payload.queries is None else selectors.queries_by_ids(payload.queries)
+    chosen = selectors.query_list() if payload.queries is None else _call(lambda: selectors.queries_by_ids(
+        payload.queries))
     analysis = _call(lambda: services.workload_analyze(queries=chosen, mode=payload.mode, user=request.user))
     return Status(201, _analysis_out(analysis))
 

@@ -49,6 +49,12 @@ def camera_spec(camera: Camera) -> CameraSpec:
     max_frames = options.get("max_frames")
     if max_frames is None and count is None and _may_be_endless(camera.source):
         max_frames = DEFAULT_MAX_FRAMES
+    # Whatever the camera says, one measurement or merge reads at most CAMERA_MAX_FRAMES frames.
+    limit = settings.CAMERA_MAX_FRAMES
+    if max_frames is None:
+        max_frames = limit
+    elif isinstance(max_frames, int) and not isinstance(max_frames, bool):
+        max_frames = min(max_frames, limit)  # anything else SamplingSpec refuses with the reason
     sampling = SamplingSpec(every=every, count=count, size=(camera.width, camera.height), max_frames=max_frames)
     return CameraSpec(
         name=camera.name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 
 from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, WorkloadAnalysis
@@ -30,9 +31,19 @@ def queries_ready() -> QuerySet[Query]:
     return query_list().filter(status=Query.Status.READY)
 
 
-def queries_by_ids(ids: Iterable[int]) -> QuerySet[Query]:
-    """Return the queries with these primary keys (unknown ids are simply absent), by name."""
-    return query_list().filter(pk__in=list(ids))
+def queries_by_ids(ids: Iterable[int]) -> list[Query]:
+    """Return the queries with these primary keys, by name.
+
+    Raises:
+        ValidationError: an id names no query (every unknown id is listed).
+    """
+    wanted = set(ids)
+    found = list(query_list().filter(pk__in=wanted))
+    unknown = sorted(wanted - {query.pk for query in found})
+    if unknown:
+        shown = ", ".join(map(str, unknown[:20])) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+        raise ValidationError(f"unknown query ids: {shown}")
+    return found
 
 
 def analysis_latest() -> WorkloadAnalysis | None:

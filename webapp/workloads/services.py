@@ -27,6 +27,7 @@ from django.utils import timezone
 from torch import nn
 
 from gemel_engine import zoo
+from gemel_engine.data.frames import check_fps
 from gemel_engine.data.sources import synthetic_config
 from gemel_engine.demo import SCALES as DEMO_SCALES
 from gemel_engine.demo import build_demo, chance_accuracy
@@ -108,7 +109,6 @@ def workload_export(*, queries: Iterable[Query], out_dir: Path, name: str = "das
 # --- cameras -------------------------------------------------------------------------------------------
 
 _MIN_SIDE, _MAX_SIDE = 16, 2048
-_MAX_FPS = 1000.0
 
 
 def _clean_name(name: str, what: str) -> str:
@@ -121,8 +121,10 @@ def _clean_name(name: str, what: str) -> str:
 
 
 def _check_camera_numbers(*, fps: float, width: int, height: int) -> None:
-    if isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps) or not 0 < fps <= _MAX_FPS:
-        raise ValidationError(f"fps must be a number in (0, {_MAX_FPS:g}], got {fps!r}")
+    try:
+        check_fps(fps, "camera")
+    except GemelError as exc:
+        raise ValidationError(str(exc)) from None
     for label, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int) or not _MIN_SIDE <= value <= _MAX_SIDE:
             raise ValidationError(f"{label} must be an integer in [{_MIN_SIDE}, {_MAX_SIDE}], got {value!r}")

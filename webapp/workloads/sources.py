@@ -8,6 +8,7 @@ every network probe by a timeout.
 from __future__ import annotations
 
 import io
+import logging
 import unicodedata
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -20,10 +21,15 @@ from gemel_engine.data.sources import SHELL_METACHARACTERS, open_source, resolve
 from gemel_engine.data.stream import STREAM_SCHEMES, Backoff, StreamSource, redact_url
 from gemel_engine.errors import GemelError
 
+logger = logging.getLogger(__name__)
+
 # A URL's query string legitimately carries these; everywhere else they are refused.
 _URL_SAFE = frozenset("&?")
 # Default seconds a stream gets to answer with its first frame (settings.CAMERA_PROBE_TIMEOUT_S overrides).
 DEFAULT_PROBE_TIMEOUT_S = 5.0
+# What a stream that gives no frame is told, whatever happened (the reason goes to the server log only).
+STREAM_PROBE_FAILED = ("could not decode a frame from the camera: the stream gave no video frame within {timeout:g}s "
+                       "(the server log has the reason)")
 # Longest side of a stored thumbnail, in pixels.
 THUMBNAIL_SIDE = 192
 
@@ -109,8 +115,9 @@ def first_frame(source: str, *, fps: float) -> np.ndarray:
         ValidationError: the source cannot be opened, does not answer in time, or yields no frame.
     """
     timeout = probe_timeout()
+    is_stream = _scheme(source) in STREAM_SCHEMES
     try:
-        if _scheme(source) in STREAM_SCHEMES:
+        if is_stream:
             camera = StreamSource(
                 source, connect_timeout=timeout, read_timeout=timeout, backoff=Backoff(attempts=0), live=False,
                 fps=fps,
@@ -120,6 +127,11 @@ def first_frame(source: str, *, fps: float) -> np.ndarray:
         with camera:
             frame = next(iter(camera.frames(max_frames=1)), None)
     except GemelError as exc:
+        if is_stream:
+            # One answer whatever the address did (refused, silent, spoke another protocol, answered 403):
+            # otherwise registering cameras would map the services the server can reach.
+            logger.info("camera probe of %s failed: %s", redact_url(source), exc)
+            raise ValidationError(STREAM_PROBE_FAILED.format(timeout=timeout)) from None
         raise ValidationError(f"could not decode a frame from the camera: {exc}") from None
     if frame is None:
         raise ValidationError("could not decode a frame from the camera: it yielded none")
