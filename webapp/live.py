@@ -63,6 +63,10 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
         for group in getattr(self, "groups_to_join", None) or []:
             await self.channel_layer.group_discard(group, self.channel_name)
 
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        """Ignore what a browser sends: these sockets only push. (Decoding it as JSON would let any malformed
+        frame end the connection with a server error, 1011.)"""
+
     async def group_names(self) -> list[str] | None:
         """Return the groups to join for this connection, or None to refuse it (unknown object)."""
         raise NotImplementedError

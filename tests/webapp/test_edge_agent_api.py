@@ -301,3 +301,10 @@ def test_revoking_the_owners_token_lets_a_new_token_take_the_node_over(client):
     agent_token_revoke(token=token)
     assert call(client, "POST", "/api/agent/register", new, register_body()).status_code == 200
     assert call(client, "POST", "/api/agent/heartbeat", new, heartbeat_body()).status_code == 200
+
+
+def test_a_node_name_with_invisible_characters_is_refused(client):
+    _, plain = agent_token_create(name="agent")
+    response = call(client, "POST", "/api/agent/register", plain, register_body(node="edge\u202e1"))
+    assert response.status_code == 400 and "invisible" in response.json()["detail"]
+    assert not EdgeNode.objects.exists()

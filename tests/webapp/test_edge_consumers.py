@@ -68,3 +68,19 @@ async def test_it_pushes_deployment_status_as_it_changes(operator_client, operat
     assert message["deployment"]["id"] == deployment.pk and message["deployment"]["status"] == "pending"
     assert message["node"]["name"] == "edge-1"
     await communicator.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_malformed_frame_from_the_browser_is_ignored_and_the_socket_keeps_streaming(viewer_client):
+    node, _ = await sync_to_async(make_node)()
+    communicator = _connect(f"/ws/nodes/{node.pk}/", viewer_client)
+    assert (await communicator.connect())[0]
+    await communicator.send_to(text_data="{not json")
+    await communicator.send_to(bytes_data=b"\x00\xff")
+    sample = await sync_to_async(metrics_record)(
+        node=node, at=timezone.now(), deployment=None, simulated=True, memory={}, queries={},
+    )
+    message = await communicator.receive_json_from(timeout=5)
+    assert message["type"] == "node.metrics" and message["sample"]["id"] == sample.pk
+    await communicator.disconnect()

@@ -174,3 +174,10 @@ def test_a_measurement_reads_at_most_the_configured_number_of_frames(settings):
     assert camera_spec(endless).sampling.max_frames == 500
     assert camera_spec(asks_more).sampling.max_frames == 500
     assert camera_spec(asks_less).sampling.max_frames == 200
+
+
+@pytest.mark.parametrize("name", ["north\x00", "report\u202egnp.exe", "zero\u200bwidth", "tab\there"])
+def test_names_that_would_display_as_something_else_are_refused(name):
+    with pytest.raises(ValidationError, match="control or invisible formatting characters"):
+        register(synthetic_source("north"), name=name)
+    assert not Camera.objects.exists()

@@ -22,6 +22,7 @@ from webapp.edge import selectors
 from webapp.edge.models import AgentToken, Deployment, DeploymentStatusChange, EdgeNode, MetricSample
 from webapp.live import group_send_on_commit
 from webapp.merges.models import MergeBundle
+from webapp.names import clean_name
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,7 @@ def agent_token_create(*, name: str, user: AbstractBaseUser | None = None) -> tu
     Raises:
         ValidationError: an empty or over-long name.
     """
-    name = (name or "").strip()
-    if not name or len(name) > 100:
-        raise ValidationError("a token needs a name of 1 to 100 characters")
+    name = clean_name(name, "agent token")
     plain = secrets.token_urlsafe(32)
     token = AgentToken.objects.create(
         name=name, token_hash=selectors.token_hash(plain), prefix=plain[:8],
@@ -99,9 +98,7 @@ def node_register(
         ValidationError: empty or over-long name, unknown device kind, negative sizes.
         PermissionDenied: the node belongs to another agent token that is still valid.
     """
-    name = (name or "").strip()
-    if not name or len(name) > 100:
-        raise ValidationError("node name must be 1 to 100 characters")
+    name = clean_name(name, "node")
     if device_kind not in ("cpu", "cuda"):
         raise ValidationError(f"device.kind must be cpu or cuda, got {device_kind!r}")
     if memory_total_bytes < 0 or (budget_bytes is not None and budget_bytes <= 0):

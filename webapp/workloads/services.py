@@ -37,6 +37,7 @@ from gemel_engine.memory import model_param_bytes
 from gemel_engine.plan import check_match_mode, check_model_name
 from gemel_engine.queries import AccuracyTarget, Task, evaluate
 from gemel_engine.workload import CameraSpec, QueryEntry, Workload, camera_frames, query_data
+from webapp.names import clean_name
 from webapp.workloads.engine import (
     SAMPLING_KEYS,
     camera_has_ground_truth,
@@ -111,15 +112,6 @@ def workload_export(*, queries: Iterable[Query], out_dir: Path, name: str = "das
 _MIN_SIDE, _MAX_SIDE = 16, 2048
 
 
-def _clean_name(name: str, what: str) -> str:
-    name = (name or "").strip()
-    if not name:
-        raise ValidationError(f"{what} name is required")
-    if len(name) > 100:
-        raise ValidationError(f"{what} name is at most 100 characters")
-    return name
-
-
 def _check_camera_numbers(*, fps: float, width: int, height: int) -> None:
     try:
         check_fps(fps, "camera")
@@ -172,7 +164,7 @@ def camera_register(
         ValidationError: a taken or empty name, bad numbers, a refused source (see ``source_normalize``), or a
             source that does not deliver a frame (in time, for streams): "could not decode ...".
     """
-    name = _clean_name(name, "camera")
+    name = clean_name(name, "camera")
     _unique_name(Camera, name)
     _check_camera_numbers(fps=fps, width=width, height=height)
     source = source_normalize(source)
@@ -205,7 +197,7 @@ def camera_update(
     Raises:
         ValidationError: as for ``camera_register``.
     """
-    new_name = camera.name if name is None else _clean_name(name, "camera")
+    new_name = camera.name if name is None else clean_name(name, "camera")
     fps = camera.fps if fps is None else fps
     width = camera.width if width is None else width
     height = camera.height if height is None else height
@@ -385,7 +377,7 @@ def model_register(
             it), an unsafe, corrupt or truncated file, or weights that do not fit (missing, unexpected and
             mis-shaped keys listed).
     """
-    name = _clean_name(name, "model")
+    name = clean_name(name, "model")
     _check_arch(arch)
     builder_args = _check_builder_args(builder_args)
     suffix = _weights_suffix(weights.name)
@@ -405,7 +397,7 @@ def model_register_file(*, name: str, arch: str, path: Path, builder_args: dict[
     Raises:
         ValidationError: as for ``model_register``.
     """
-    name = _clean_name(name, "model")
+    name = clean_name(name, "model")
     _check_arch(arch)
     builder_args = _check_builder_args(builder_args)
     spooled = _spool_path(_weights_suffix(path.name))
@@ -425,7 +417,7 @@ def model_update(*, model: ModelEntry, name: str) -> ModelEntry:
     Raises:
         ValidationError: an empty or taken name.
     """
-    name = _clean_name(name, "model")
+    name = clean_name(name, "model")
     _unique_name(ModelEntry, name, exclude=model.pk)
     model.name = name
     model.save(update_fields=["name"])
