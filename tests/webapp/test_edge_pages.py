@@ -133,3 +133,19 @@ def test_raising_a_target_above_a_bundles_accuracy_stops_its_deployment_at_once(
     assert response.status_code == 400 and "north_cars" in response.json()["detail"]
     assert not Deployment.objects.exists()
     assert operator_client.get(f"/api/merge-jobs/{bundle.job_id}/bundles").json()[0]["meets_targets"] is False
+
+
+def test_renaming_a_query_keeps_its_bundles_deployable_and_addressed_by_their_own_names(operator_client):
+    from webapp.edge.selectors import deployment_desired_json
+    from webapp.workloads.services import query_update
+
+    node, _ = make_node()
+    query = make_query()  # "north_cars", the name the fake bundle's manifest gives its model
+    bundle = make_bundle(queries=[query])
+    bundle.job.query_names = {str(query.pk): "north_cars"}
+    bundle.job.save()
+    query_update(query=query, name="north_vehicles")
+
+    deployment = deployment_create(bundle=bundle, node=node, user=None)
+    [served] = deployment_desired_json(deployment, file_url=lambda pk, name: name)["queries"]
+    assert served["name"] == "north_vehicles" and served["model"] == "north_cars"

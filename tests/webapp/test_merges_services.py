@@ -52,6 +52,7 @@ def test_it_starts_a_job_with_its_workload_exported_into_its_folder(operator, dj
     workload = Workload.load(Path(settings.MEDIA_ROOT) / job.workdir / "workload.json")
     assert sorted(e.name for e in workload.queries) == sorted(q.name for q in queries)
     assert set(job.queries.all()) == set(queries)
+    assert job.query_names == {str(q.pk): q.name for q in queries}  # the names its bundles will use
     assert len(queued) == 1  # the task is sent only once the transaction commits
 
 

@@ -16,7 +16,12 @@ from django.utils import timezone
 from gemel_engine.runtime.protocol import MemoryReport, MetricsReport, ProtocolError
 from webapp.edge.models import AgentToken, Deployment, EdgeNode, MetricSample
 from webapp.merges.models import MergeBundle, MergeJob
-from webapp.merges.selectors import merge_bundle_deployable, merge_bundle_dir, merge_bundle_files
+from webapp.merges.selectors import (
+    merge_bundle_deployable,
+    merge_bundle_dir,
+    merge_bundle_files,
+    merge_job_built_name,
+)
 
 # Missed heartbeats after which a node counts as offline.
 logger = logging.getLogger(__name__)
@@ -148,12 +153,13 @@ def _manifest_model_names(bundle: MergeBundle) -> list[str]:
         return []
 
 
-def _bundle_model_for(query: Any, manifest_names: list[str]) -> str:
-    """Return the manifest model that serves ``query``: its own name, its model entry's, or a unique match."""
-    for candidate in (query.name, query.model.name):
-        if candidate in manifest_names:
-            return candidate
-    return query.name
+def _bundle_model_for(query: Any, job: MergeJob, manifest_names: list[str]) -> str:
+    """Return the manifest model that serves ``query``: the name the job built it under (so renaming the query
+    breaks nothing), else its model entry's name when the manifest has that one."""
+    built = merge_job_built_name(job, query)
+    if built not in manifest_names and query.model.name in manifest_names:
+        return query.model.name
+    return built
 
 
 def deployment_desired_json(deployment: Deployment, *, file_url: Any) -> dict[str, Any]:
@@ -173,7 +179,7 @@ def deployment_desired_json(deployment: Deployment, *, file_url: Any) -> dict[st
         camera = query.camera
         queries.append({
             "name": query.name,
-            "model": _bundle_model_for(query, manifest_names),
+            "model": _bundle_model_for(query, bundle.job, manifest_names),
             "task": query.task,
             "camera": {"name": camera.name, "source": camera.source, "fps": float(camera.fps),
                        "width": int(camera.width), "height": int(camera.height)},

@@ -22,6 +22,9 @@ class MergeJob(models.Model):
     # Wall-clock budget of the search in minutes (null: until the queue is empty).
     budget_minutes = models.FloatField(null=True, blank=True)
     queries = models.ManyToManyField(Query, related_name="merge_jobs")
+    # {query id: its name when the job started}: the names the job's bundles address their models by, so a
+    # query renamed afterwards still finds its model (empty for jobs made before this was recorded).
+    query_names = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     cancel_requested = models.BooleanField(default=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)

@@ -95,13 +95,20 @@ def merge_bundle_files(bundle: MergeBundle) -> list[dict[str, Any]]:
     ]
 
 
+def merge_job_built_name(job: MergeJob, query: Any) -> str:
+    """Return the name ``query`` had when ``job`` started: the name its bundles give the query's model and
+    key its accuracies by (the current name for jobs that did not record it)."""
+    return str((job.query_names or {}).get(str(query.pk), query.name))
+
+
 def merge_bundle_required_now(bundle: MergeBundle) -> dict[str, float | None]:
-    """Return, per query of the bundle's job, the accuracy it must reach today: the query's current target
-    over its current unmerged accuracy, not the target recorded when the job ran (None: not measured)."""
+    """Return, per query of the bundle's job (by the name the bundle knows it by), the accuracy it must reach
+    today: the query's current target over its current unmerged accuracy, not the target recorded when the
+    job ran (None: not measured)."""
     queries = list(bundle.job.queries.all())
     if not queries:
         return dict(bundle.required)
-    return {query.name: query_required_accuracy(query) for query in queries}
+    return {merge_job_built_name(bundle.job, query): query_required_accuracy(query) for query in queries}
 
 
 def merge_bundle_shortfalls(bundle: MergeBundle) -> list[str]:

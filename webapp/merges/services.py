@@ -95,6 +95,7 @@ def merge_job_start(
             job = MergeJob.objects.create(
                 strategy=strategy, budget_minutes=budget_minutes,
                 created_by=user if user.is_authenticated else None, celery_task_id=str(uuid.uuid4()),
+                query_names={str(query.pk): query.name for query in chosen},
             )
             job.queries.set(chosen)
             relative = Path(JOBS_DIR) / str(job.pk)
