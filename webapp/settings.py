@@ -157,6 +157,10 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 MEDIA_ROOT = env_path("GEMEL_MEDIA_DIR", DATA_DIR / "media")
 MEDIA_URL = "media/"
 # Largest weights file accepted from an upload, in MiB.
+# Sign-in throttling: failures per account and per address within the window before attempts are refused.
+LOGIN_MAX_FAILURES_PER_USER = env_int("GEMEL_LOGIN_MAX_FAILURES", 5, minimum=1)
+LOGIN_MAX_FAILURES_PER_ADDRESS = env_int("GEMEL_LOGIN_MAX_FAILURES_PER_ADDRESS", 20, minimum=1)
+LOGIN_THROTTLE_WINDOW_S = env_int("GEMEL_LOGIN_THROTTLE_WINDOW_S", 900, minimum=1)
 MAX_WEIGHTS_UPLOAD_MB = env_int("GEMEL_MAX_UPLOAD_MB", 600, minimum=1)
 # Most frames one measurement or merge job reads from a camera, whatever the camera's own settings say.
 CAMERA_MAX_FRAMES = env_int("GEMEL_CAMERA_MAX_FRAMES", 20000, minimum=10)

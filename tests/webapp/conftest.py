@@ -11,6 +11,7 @@ import pytest
 import redis
 from channels.layers import channel_layers
 from django.conf import settings as django_settings
+from django.core.cache import cache
 from django.db import connection
 
 from webapp.celery import app as celery_app
@@ -61,9 +62,10 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _web_environment(redis_url, settings, tmp_path) -> None:
-    """Give each web test its own media folder and the session's Redis."""
+    """Give each web test its own media folder, the session's Redis and an empty cache (sign-in counts)."""
     settings.MEDIA_ROOT = tmp_path / "media"
     point_this_process_at_redis(redis_url)
+    cache.clear()
 
 
 @pytest.fixture

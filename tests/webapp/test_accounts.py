@@ -69,3 +69,39 @@ def test_malformed_api_input_gets_422_with_one_readable_detail(operator_client):
     body = response.json()
     assert isinstance(body["detail"], str) and "queries" in body["detail"]
     assert body["errors"]
+
+
+def _sign_in(client, username: str, password: str, address: str = "203.0.113.7"):
+    return client.post("/login/", {"username": username, "password": password}, REMOTE_ADDR=address)
+
+
+def test_after_five_wrong_passwords_even_the_right_one_is_refused_for_a_while(client, operator, settings):
+    for _ in range(settings.LOGIN_MAX_FAILURES_PER_USER):
+        assert _sign_in(client, "olivia", "guess").status_code == 200
+    refused = _sign_in(client, "olivia", PASSWORD)
+    assert refused.status_code == 429
+    assert b"Too many failed sign-ins. Try again in about 15 minute(s)." in refused.content
+    assert client.get("/").status_code == 302  # not signed in
+    assert _sign_in(client, "OLIVIA", PASSWORD).status_code == 429  # the same account whatever its case
+
+
+def test_the_limit_is_per_account_and_a_success_clears_it(client, operator, viewer, settings):
+    for _ in range(settings.LOGIN_MAX_FAILURES_PER_USER - 1):
+        _sign_in(client, "olivia", "guess")
+    assert _sign_in(client, "olivia", PASSWORD).status_code == 302
+    client.logout()
+    for _ in range(settings.LOGIN_MAX_FAILURES_PER_USER - 1):
+        _sign_in(client, "olivia", "guess")
+    assert _sign_in(client, "olivia", PASSWORD).status_code == 302
+    client.logout()
+    for _ in range(settings.LOGIN_MAX_FAILURES_PER_USER):
+        _sign_in(client, "olivia", "guess")
+    assert _sign_in(client, "victor", PASSWORD).status_code == 302  # another account is not locked out
+
+
+def test_one_address_guessing_many_accounts_is_refused(client, operator, settings):
+    settings.LOGIN_MAX_FAILURES_PER_ADDRESS = 6
+    for index in range(6):
+        _sign_in(client, f"user{index}", "guess", address="198.51.100.9")
+    assert _sign_in(client, "olivia", PASSWORD, address="198.51.100.9").status_code == 429
+    assert _sign_in(client, "olivia", PASSWORD, address="198.51.100.10").status_code == 302
