@@ -12,7 +12,9 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
+from channels_redis.core import RedisChannelLayer
 from django.db import transaction
+from redis.asyncio import BlockingConnectionPool
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,19 @@ def group_send_now(group: str, message_type: str, payload: dict[str, Any]) -> bo
 def group_send_on_commit(group: str, message_type: str, payload: dict[str, Any]) -> None:
     """Send ``payload`` to ``group`` once the current transaction commits (at once outside one)."""
     transaction.on_commit(lambda: group_send_now(group, message_type, payload))
+
+
+class BlockingPoolRedisChannelLayer(RedisChannelLayer):
+    """channels_redis's layer over a blocking connection pool.
+
+    With redis-py's default pool (100 connections, then MaxConnectionsError), closing 200 sockets at once
+    failed half of the ``group_discard`` calls and left those channels in their groups. Here a burst waits
+    for one of ``max_connections`` connections (up to ``timeout`` seconds) instead of failing.
+    """
+
+    def create_pool(self, index: int) -> BlockingConnectionPool:
+        host = dict(self.hosts[index])
+        return BlockingConnectionPool.from_url(host.pop("address"), **host)
 
 
 class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):

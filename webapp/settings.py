@@ -129,14 +129,16 @@ def channel_layers_for(url: str) -> dict[str, Any]:
     """Return the ``CHANNEL_LAYERS`` setting for the Redis at ``url``."""
     return {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # A burst of sockets waits for one of max_connections connections (see webapp.live).
+            "BACKEND": "webapp.live.BlockingPoolRedisChannelLayer",
             # No socket_timeout: with one, redis-py sends every command through asyncio.wait_for, which on
             # Python 3.11 drops a cancellation that arrives as the send completes (CPython gh-86296, fixed in
             # 3.12). A websocket consumer cancelled at that moment then polls its channel forever (BZPOPMIN,
             # 5 s at a time): a leaked task in daphne, and a test loop that never closes. Reads need no client
             # timeout: channels_redis's blocking pop ends within 5 s on the server. Connecting stays bounded.
             "CONFIG": {
-                "hosts": [{"address": url, "socket_timeout": None, "socket_connect_timeout": 5}],
+                "hosts": [{"address": url, "socket_timeout": None, "socket_connect_timeout": 5,
+                           "max_connections": 100, "timeout": 20}],
                 "capacity": 1000, "expiry": 30,
             },
         },

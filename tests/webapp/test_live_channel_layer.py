@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 from channels.layers import get_channel_layer
 
+from webapp.live import BlockingPoolRedisChannelLayer
+
 # Generous: a lost cancellation never ends, a kept one ends at the next await.
 DEADLINE_S = 30
 
@@ -76,3 +78,18 @@ async def test_a_receive_cancelled_while_it_waits_ends_and_the_layer_still_deliv
     await layer.send(channel, {"type": "hello"})
     message = await asyncio.wait_for(layer.receive(channel), DEADLINE_S)
     assert message == {"type": "hello"}
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_sockets_leaving_a_group_all_leave_it_even_with_few_connections(redis_url):
+    layer = BlockingPoolRedisChannelLayer(
+        hosts=[{"address": redis_url, "socket_timeout": None, "max_connections": 3, "timeout": DEADLINE_S}],
+    )
+    try:
+        channels = [await layer.new_channel() for _ in range(60)]
+        await asyncio.gather(*(layer.group_add("burst", channel) for channel in channels))
+        await asyncio.gather(*(layer.group_discard("burst", channel) for channel in channels))
+        left = await layer.connection(layer.consistent_hash("burst")).zcard(layer._group_key("burst"))
+        assert left == 0
+    finally:
+        await layer.close_pools()
