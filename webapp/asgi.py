@@ -12,10 +12,24 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.core.exceptions import SuspiciousOperation  # noqa: E402
+from django.http import Http404, HttpRequest, HttpResponse  # noqa: E402
 
 from webapp.routing import websocket_urlpatterns  # noqa: E402
 
-http_application = ASGIStaticFilesHandler(django_application) if settings.SERVE_STATIC else django_application
+
+class StaticFilesOrNotFound(ASGIStaticFilesHandler):
+    """Django's static files handler, where a path that escapes the static folders ("/static/..%2f..") is a
+    404 like any other missing file instead of a SuspiciousFileOperation that ends as a 500."""
+
+    def serve(self, request: HttpRequest) -> HttpResponse:
+        try:
+            return super().serve(request)
+        except SuspiciousOperation:
+            raise Http404("no such static file") from None
+
+
+http_application = StaticFilesOrNotFound(django_application) if settings.SERVE_STATIC else django_application
 application = ProtocolTypeRouter(
     {
         "http": http_application,

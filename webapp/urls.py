@@ -19,3 +19,7 @@ urlpatterns = [
     path("", include("webapp.merges.urls")),
     path("", include("webapp.edge.urls")),
 ]
+
+# Input refused before any view runs (oversized body, too many fields or files) answers 413/400, in JSON on
+# the API.
+handler400 = "webapp.views.bad_request"

@@ -1,6 +1,8 @@
 """Project-level views: health check and the overview page."""
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
@@ -28,3 +30,20 @@ def overview(request: HttpRequest) -> HttpResponse:
     ]
     context = {"nodes": nodes, "queries": edge_selectors.overview_queries(nodes), "memory_data": chart}
     return render(request, "overview.html", context)
+
+
+@login_not_required
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 400 page for input it refuses before any view runs (a body over DATA_UPLOAD_MAX_MEMORY_SIZE,
+    too many fields or files): 413 for an oversized body, and one JSON ``detail`` line on the API."""
+    too_big = isinstance(exception, RequestDataTooBig)
+    status = 413 if too_big else 400
+    if too_big:
+        detail = f"request body over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE // (1 << 20)} MiB"
+    elif isinstance(exception, TooManyFieldsSent | TooManyFilesSent):
+        detail = "too many form fields or files in one request"
+    else:
+        detail = "bad request"
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": detail}, status=status)
+    return HttpResponse(f"<!doctype html><title>{status}</title><h1>{detail}</h1>", status=status)

@@ -48,3 +48,20 @@ def test_the_project_passes_djangos_system_checks():
         [sys.executable, "manage.py", "check"], cwd=REPO, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_an_oversized_body_answers_413_with_one_json_line_on_the_api(operator_client):
+    body = b'{"name": "' + b"x" * (10 << 20) + b'"}'
+    response = operator_client.post("/api/cameras", body, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request body over 8 MiB"}
+
+
+def test_too_many_form_fields_or_files_answer_400(operator_client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    fields = operator_client.post("/cameras/new/", {f"f{i}": "1" for i in range(1500)})
+    assert fields.status_code == 400 and b"too many form fields or files" in fields.content
+    files = {f"file{i}": SimpleUploadedFile(f"w{i}.pt", b"x") for i in range(150)}
+    response = operator_client.post("/api/models", files)
+    assert response.status_code == 400 and response.json() == {"detail": "too many form fields or files in one request"}

@@ -1,0 +1,24 @@
+"""The ASGI application's own HTTP layer: static files in the embedded mode."""
+
+from __future__ import annotations
+
+import pytest
+from django.http import Http404
+from django.test import RequestFactory
+
+from webapp.asgi import StaticFilesOrNotFound
+
+
+@pytest.mark.parametrize("path", ["/static/..%2f..%2fwebapp/settings.py", "/static/../../manage.py",
+                                  "/static/vendor/plotly/..%2f..%2f..%2f..%2fetc/passwd", "/static/absent.js"])
+def test_a_static_path_that_escapes_or_is_missing_is_not_found(path):
+    handler = StaticFilesOrNotFound(lambda scope, receive, send: None)
+    with pytest.raises(Http404):
+        handler.serve(RequestFactory().get(path))
+
+
+def test_a_real_static_file_is_served():
+    handler = StaticFilesOrNotFound(lambda scope, receive, send: None)
+    response = handler.serve(RequestFactory().get("/static/vendor/plotly/plotly.min.js"))
+    assert response.status_code == 200
+    response.close()
