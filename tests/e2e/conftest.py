@@ -60,6 +60,8 @@ class LiveStack:
     agent_token: str
     redis_server: EmbeddedRedis | None
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    # What the browser reported its Content-Security-Policy refused, on any page of any test.
+    csp_violations: list[str] = field(default_factory=list)
 
     def start(self, name: str, command: list[str]) -> ManagedProcess:
         """Start (or restart) the process ``name`` and return it."""
@@ -134,13 +136,19 @@ def _ensure_accounts(token: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _stack_accounts(request) -> None:
-    """Before each browser test, point this process at the stack's Redis and media and restore its accounts."""
+def _stack_accounts(request) -> Iterator[None]:
+    """Before each browser test, point this process at the stack's Redis and media and restore its accounts;
+    after it, fail it if the browser refused anything under the pages' Content-Security-Policy."""
+    stack = None
     if "live_stack" in request.fixturenames:
         stack = request.getfixturevalue("live_stack")
         django_settings.MEDIA_ROOT = stack.media_root
         point_this_process_at_redis(stack.redis_url)
         _ensure_accounts(stack.agent_token)
+    yield
+    if stack is not None:
+        violations, stack.csp_violations[:] = list(stack.csp_violations), []
+        assert not violations, "the pages broke their Content-Security-Policy:\n" + "\n".join(violations)
 
 
 @pytest.fixture(scope="session")
@@ -196,6 +204,8 @@ def sign_in(browser, stack: LiveStack, credentials: tuple[str, str]):
     """Return a new page signed in with ``credentials``."""
     context = browser.new_context(viewport={"width": 1360, "height": 900})
     page = context.new_page()
+    page.on("console", lambda message: stack.csp_violations.append(f"{page.url}: {message.text}")
+            if "Content Security Policy" in message.text else None)
     page.goto(f"{stack.url}login/")
     page.fill("#id_username", credentials[0])
     page.fill("#id_password", credentials[1])

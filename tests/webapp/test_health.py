@@ -65,3 +65,10 @@ def test_too_many_form_fields_or_files_answer_400(operator_client):
     files = {f"file{i}": SimpleUploadedFile(f"w{i}.pt", b"x") for i in range(150)}
     response = operator_client.post("/api/models", files)
     assert response.status_code == 400 and response.json() == {"detail": "too many form fields or files in one request"}
+
+
+def test_pages_carry_a_content_security_policy_without_inline_scripts(viewer_client):
+    policy = viewer_client.get("/").headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+    assert "object-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "Content-Security-Policy" in viewer_client.get("/login/").headers
