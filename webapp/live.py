@@ -6,6 +6,7 @@ so a message lost while Redis restarts costs nothing: the browser reconnects and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -20,6 +21,18 @@ logger = logging.getLogger(__name__)
 
 # Close code sent to a websocket without a signed-in session.
 CLOSE_UNAUTHENTICATED = 4401
+
+
+def session_group(session_key: str) -> str:
+    """Return the channel-layer group of every socket a browser session opened (the key itself is not used:
+    group names are visible to anyone who can read Redis)."""
+    return "session-" + hashlib.sha256(session_key.encode()).hexdigest()[:40]
+
+
+def session_sockets_close(session_key: str | None) -> None:
+    """Close, after commit, every live socket the session ``session_key`` opened (on sign-out)."""
+    if session_key:
+        group_send_on_commit(session_group(session_key), "session.ended", {})
 
 
 def group_send_now(group: str, message_type: str, payload: dict[str, Any]) -> bool:
@@ -66,10 +79,13 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.groups_to_join = await self.group_names()
-        if self.groups_to_join is None:
+        groups = await self.group_names()
+        if groups is None:
             await self.close(code=4404)
             return
+        session = self.scope.get("session")
+        key = getattr(session, "session_key", None)
+        self.groups_to_join = [*groups, session_group(key)] if key else groups
         for group in self.groups_to_join:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -77,6 +93,10 @@ class AuthenticatedJsonConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         for group in getattr(self, "groups_to_join", None) or []:
             await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def session_ended(self, event: dict[str, Any]) -> None:
+        """The browser's session signed out: close its sockets as if it had never signed in."""
+        await self.close(code=CLOSE_UNAUTHENTICATED)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
         """Ignore what a browser sends: these sockets only push. (Decoding it as JSON would let any malformed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.test import Client
 from django.utils import timezone
 
 from tests.webapp.test_edge_factories import make_bundle, make_node
@@ -84,3 +85,24 @@ async def test_a_malformed_frame_from_the_browser_is_ignored_and_the_socket_keep
     message = await communicator.receive_json_from(timeout=5)
     assert message["type"] == "node.metrics" and message["sample"]["id"] == sample.pk
     await communicator.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_signing_out_closes_the_sockets_the_session_opened(viewer_client, operator):
+    node, _ = await sync_to_async(make_node)()
+    other_browser = Client()
+    await sync_to_async(other_browser.force_login)(operator)
+    mine = _connect(f"/ws/nodes/{node.pk}/", viewer_client)
+    others = _connect("/ws/nodes/", other_browser)
+    assert (await mine.connect())[0] and (await others.connect())[0]
+    await sync_to_async(viewer_client.logout)()
+    closed = await mine.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
+    sample = await sync_to_async(metrics_record)(
+        node=node, at=timezone.now(), deployment=None, simulated=True, memory={}, queries={},
+    )
+    message = await others.receive_json_from(timeout=5)  # another session keeps streaming
+    assert message["sample"]["id"] == sample.pk
+    await mine.disconnect()
+    await others.disconnect()
