@@ -173,6 +173,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
 CAMERA_FILE_ROOTS = [Path(p) for p in env_list("GEMEL_CAMERA_FILE_ROOTS", [])]
 # Metric samples kept per edge node (older ones are deleted as new ones arrive).
 METRICS_RETENTION = env_int("GEMEL_METRICS_RETENTION", 3600, minimum=10)
+# ... and at most this many bytes of their payloads (a node sending large reports keeps fewer samples).
+METRICS_RETENTION_BYTES = env_int("GEMEL_METRICS_RETENTION_MB", 32, minimum=1) * (1 << 20)
 # Seconds between agent heartbeats; a node is offline after three missed ones.
 AGENT_HEARTBEAT_SECONDS = env_int("GEMEL_AGENT_HEARTBEAT_S", 5, minimum=1)
 

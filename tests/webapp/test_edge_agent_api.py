@@ -198,6 +198,20 @@ def test_it_stores_metrics_and_keeps_only_the_newest_samples(client, settings):
     assert sample.payload["queries"]["north_cars"]["fps"] == 4.9
 
 
+def test_retention_counts_bytes_too_so_large_reports_keep_fewer_samples(client, settings):
+    node, plain = make_node()
+    big = metrics_body(queries={f"query_{i:03d}_{'x' * 80}": {"fps": 1.0} for i in range(200)})
+    small_ids = [call(client, "POST", "/api/agent/metrics", plain, metrics_body()).json()["stored"] for _ in range(3)]
+    first_big = call(client, "POST", "/api/agent/metrics", plain, big).json()["stored"]
+    big_size = MetricSample.objects.get(pk=first_big).payload_bytes
+    assert big_size > 30_000
+    settings.METRICS_RETENTION_BYTES = 3 * big_size  # room for three large reports, not for five
+    ids = [call(client, "POST", "/api/agent/metrics", plain, big).json()["stored"] for _ in range(5)]
+    kept = list(MetricSample.objects.filter(node=node).order_by("id").values_list("id", flat=True))
+    assert kept == ids[-3:] and not set(small_ids) & set(kept)
+    assert sum(MetricSample.objects.filter(node=node).values_list("payload_bytes", flat=True)) <= 3 * big_size
+
+
 # Hostile input (issue 15): one agent token must not break pages for everyone, nor act for another's node.
 
 

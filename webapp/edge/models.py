@@ -100,7 +100,8 @@ class DeploymentStatusChange(models.Model):
 
 
 class MetricSample(models.Model):
-    """One metrics report of an agent (docs/agent-protocol.md §5); the newest METRICS_RETENTION per node stay."""
+    """One metrics report of an agent (docs/agent-protocol.md §5); per node, the newest samples stay, at most
+    METRICS_RETENTION of them and METRICS_RETENTION_BYTES of payload."""
 
     node = models.ForeignKey(EdgeNode, on_delete=models.CASCADE, related_name="samples")
     deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -110,6 +111,8 @@ class MetricSample(models.Model):
     gpu_used_bytes = models.BigIntegerField(null=True, blank=True)
     simulated = models.BooleanField(default=False)
     payload = models.JSONField(default=dict)
+    # Size of the payload as JSON, in bytes (retention counts bytes as well as samples).
+    payload_bytes = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["node", "at"]

@@ -6,6 +6,7 @@ Every change the dashboard should see live goes to the channel-layer groups ``no
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from datetime import datetime
@@ -260,13 +261,27 @@ def deployment_report_status(*, deployment: Deployment, status: str, detail: str
     return deployment
 
 
+def _metrics_expire(node: EdgeNode) -> None:
+    """Delete the node's oldest samples beyond METRICS_RETENTION samples or METRICS_RETENTION_BYTES bytes."""
+    kept_bytes, expired = 0, []
+    newest_first = MetricSample.objects.filter(node=node).order_by("-id").values_list("id", "payload_bytes")
+    for position, (sample_id, size) in enumerate(newest_first.iterator()):
+        kept_bytes += size
+        if position >= settings.METRICS_RETENTION or (position > 0 and kept_bytes > settings.METRICS_RETENTION_BYTES):
+            expired.append(sample_id)
+    if expired:
+        MetricSample.objects.filter(id__in=expired).delete()
+
+
 @transaction.atomic
 def metrics_record(
     *, node: EdgeNode, at: datetime, deployment: int | None, simulated: bool, memory: dict[str, Any],
     queries: dict[str, Any],
 ) -> MetricSample:
-    """Store one metrics report of ``node`` (keeping its newest METRICS_RETENTION samples) and send it to
-    the live monitor after commit; return the sample.
+    """Store one metrics report of ``node`` and send it to the live monitor after commit; return the sample.
+
+    The node keeps its newest samples: at most METRICS_RETENTION of them, and at most METRICS_RETENTION_BYTES
+    of payload (a node sending large reports keeps fewer).
 
     Raises:
         ValidationError: ``memory`` or ``queries`` breaks the protocol (types, ranges, finite numbers, sizes).
@@ -275,18 +290,15 @@ def metrics_record(
         report = MetricsReport.from_json({"memory": memory, "queries": queries})
     except ProtocolError as exc:
         raise ValidationError(str(exc)) from None
+    payload = report.to_json()
     sample = MetricSample.objects.create(
         node=node, deployment=_own_deployment(node, deployment), at=at, simulated=bool(simulated),
         resident_bytes=report.memory.resident_bytes,
         shared_bytes=report.memory.shared_bytes,
         gpu_used_bytes=None if report.memory.gpu is None else report.memory.gpu.used_bytes,
-        payload=report.to_json(),
+        payload=payload, payload_bytes=len(json.dumps(payload, separators=(",", ":"))),
     )
-    keep = settings.METRICS_RETENTION
-    expired = MetricSample.objects.filter(node=node).order_by("-id").values_list("id", flat=True)[keep:]
-    expired_ids = list(expired)
-    if expired_ids:
-        MetricSample.objects.filter(id__in=expired_ids).delete()
+    _metrics_expire(node)
     EdgeNode.objects.filter(pk=node.pk).update(last_seen_at=timezone.now())
     _broadcast(node, "node.metrics", {"node": node.pk, "sample": selectors.sample_to_json(sample)})
     return sample
