@@ -196,12 +196,3 @@ class MetricsReport:
         """Return ``{"memory": {...}, "queries": {...}}`` as the protocol writes them."""
         return {"memory": self.memory.to_json(),
                 "queries": {name: figures.to_json() for name, figures in self.queries.items()}}
-
-
-def detail_text(value: object, field: str = "detail") -> str:
-    """Return an agent's free-text ``detail``; raises ProtocolError when it is not text or too long."""
-    if not isinstance(value, str):
-        raise ProtocolError(f"{field} must be text")
-    if len(value) > MAX_DETAIL_CHARS:
-        raise ProtocolError(f"{field} has {len(value)} characters; at most {MAX_DETAIL_CHARS} are accepted")
-    return value
