@@ -529,7 +529,12 @@ def query_update(
         ValidationError: as for ``query_create``.
     """
     name = query.name if name is None else name.strip()
-    new_task = query.task if task is None else {**(query.task or {}), **task} if isinstance(task, dict) else task
+    if task is None:
+        new_task = query.task
+    elif isinstance(task, dict):
+        new_task = {**(query.task or {}), **task}
+    else:
+        new_task = task  # refused below, with the reason
     target_fraction = query.target_fraction if target_fraction is None else target_fraction
     slo_ms = query.slo_ms if slo_ms is None else slo_ms
     task_json = _check_query_fields(name=name, camera=query.camera, model=query.model, task=new_task,
