@@ -149,3 +149,13 @@ def test_renaming_a_query_keeps_its_bundles_deployable_and_addressed_by_their_ow
     deployment = deployment_create(bundle=bundle, node=node, user=None)
     [served] = deployment_desired_json(deployment, file_url=lambda pk, name: name)["queries"]
     assert served["name"] == "north_vehicles" and served["model"] == "north_cars"
+
+
+def test_a_budget_or_id_past_what_the_database_holds_answers_422(operator_client):
+    node, _ = make_node()
+    bundle = make_bundle()
+    for body in ({"bundle": bundle.pk, "node": node.pk, "budget_bytes": 2**70},
+                 {"bundle": 2**70, "node": node.pk}, {"bundle": bundle.pk, "node": node.pk, "budget_bytes": 0}):
+        response = operator_client.post("/api/deployments", body, content_type="application/json")
+        assert response.status_code == 422, (body, response.content)
+    assert not Deployment.objects.exists()

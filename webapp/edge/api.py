@@ -5,15 +5,18 @@ Reads are open to every signed-in user; writes need an operator (viewers get 403
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
+from pydantic import Field
 
+from gemel_engine.runtime.protocol import MAX_COUNT
 from webapp.accounts.permissions import api_require_operator
+from webapp.api_types import DbId
 from webapp.edge import selectors, services
 from webapp.edge.models import AgentToken, EdgeNode
 from webapp.merges.models import MergeBundle
@@ -26,9 +29,9 @@ class Detail(Schema):
 
 
 class DeploymentIn(Schema):
-    bundle: int
-    node: int
-    budget_bytes: int | None = None
+    bundle: DbId
+    node: DbId
+    budget_bytes: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None
 
 
 class TokenIn(Schema):
