@@ -29,6 +29,8 @@ from gemel_engine.plan import check_model_name
 
 TaskKind = Literal["presence", "count", "detection"]
 TASK_KINDS: tuple[TaskKind, ...] = ("presence", "count", "detection")
+# Highest count bin edge: more objects than any frame shows.
+MAX_COUNT_EDGE = 10_000
 ClassTarget = int
 DetectionTarget = dict[str, torch.Tensor]
 Target = ClassTarget | DetectionTarget
@@ -67,10 +69,10 @@ class Task:
         edges = self.count_edges
         if self.kind == "count" and (
             not edges
-            or any(not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in edges)
+            or any(not isinstance(e, int) or isinstance(e, bool) or not 1 <= e <= MAX_COUNT_EDGE for e in edges)
             or list(edges) != sorted(set(edges))
         ):
-            raise QueryError(f"count_edges must be increasing positive integers, got {list(edges)}")
+            raise QueryError(f"count_edges must be increasing integers in [1, {MAX_COUNT_EDGE}], got {list(edges)}")
         area = self.min_box_area
         if isinstance(area, bool) or not isinstance(area, int | float) or not math.isfinite(area) or area < 0:
             raise QueryError(f"min_box_area must be a number >= 0, got {self.min_box_area!r}")

@@ -133,3 +133,16 @@ def test_an_analysis_of_unknown_query_ids_names_them_like_a_merge_job(operator_c
                        ("/api/merge-jobs", {"queries": [2**70], "strategy": "gemel"}),
                        ("/api/analyses", {"queries": list(range(1, 2000))})):
         assert operator_client.post(path, body, content_type="application/json").status_code == 422, path
+
+
+def test_numbers_past_any_sensible_range_are_refused_with_the_range(operator_client):
+    query = make_query()
+    task = {"kind": "count", "classes": ["car"], "count_edges": [2**70]}
+    created = operator_client.post("/api/queries", {"name": "q2", "camera": query.camera_id, "model": query.model_id,
+                                                    "task": task}, content_type="application/json")
+    assert created.status_code == 400 and "[1, 10000]" in created.json()["detail"]
+    patched = operator_client.patch(f"/api/queries/{query.pk}", {"slo_ms": 1e308}, content_type="application/json")
+    assert patched.status_code == 400 and "up to 3.6e+06" in patched.json()["detail"]
+    job = operator_client.post("/api/merge-jobs", {"queries": [query.pk], "strategy": "gemel", "budget_minutes": 1e300},
+                               content_type="application/json")
+    assert job.status_code == 400 and "workers' limit" in job.json()["detail"]

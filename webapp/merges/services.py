@@ -62,8 +62,12 @@ Status = MergeJob.Status
 
 
 def _check_budget(budget_minutes: float | None) -> None:
-    if budget_minutes is not None and (not math.isfinite(budget_minutes) or budget_minutes <= 0):
-        raise ValidationError(f"the budget must be a positive number of minutes, got {budget_minutes!r}")
+    longest = settings.MERGE_SOFT_TIME_LIMIT / 60  # a worker stops any job after this anyway
+    if budget_minutes is not None and (not math.isfinite(budget_minutes) or not 0 < budget_minutes <= longest):
+        raise ValidationError(
+            f"the budget must be a positive number of minutes up to the workers' limit of {longest:g}, "
+            f"got {budget_minutes!r}"
+        )
 
 
 def merge_job_start(

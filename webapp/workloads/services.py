@@ -110,6 +110,8 @@ def workload_export(*, queries: Iterable[Query], out_dir: Path, name: str = "das
 # --- cameras -------------------------------------------------------------------------------------------
 
 _MIN_SIDE, _MAX_SIDE = 16, 2048
+# Longest latency bound a query may have: an hour.
+_MAX_SLO_MS = 3_600_000.0
 
 
 def _check_camera_numbers(*, fps: float, width: int, height: int) -> None:
@@ -452,8 +454,9 @@ def _check_query_fields(
         AccuracyTarget(relative=target_fraction)
     except GemelError as exc:
         raise ValidationError(str(exc)) from None
-    if isinstance(slo_ms, bool) or not isinstance(slo_ms, int | float) or not math.isfinite(slo_ms) or slo_ms <= 0:
-        raise ValidationError(f"slo_ms must be a positive number of milliseconds, got {slo_ms!r}")
+    if (isinstance(slo_ms, bool) or not isinstance(slo_ms, int | float) or not math.isfinite(slo_ms)
+            or not 0 < slo_ms <= _MAX_SLO_MS):
+        raise ValidationError(f"slo_ms must be a positive number of milliseconds up to {_MAX_SLO_MS:g}, got {slo_ms!r}")
     spec = zoo.get_spec(model.arch)
     if engine_task.is_detection != (spec.task == "detection"):
         needed = "detection" if engine_task.is_detection else "classification"
