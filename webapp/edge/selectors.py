@@ -23,9 +23,9 @@ from webapp.merges.selectors import (
     merge_job_built_name,
 )
 
-# Missed heartbeats after which a node counts as offline.
 logger = logging.getLogger(__name__)
 
+# Missed heartbeats after which a node counts as offline.
 OFFLINE_AFTER_HEARTBEATS = 3
 # Samples the monitor draws when it first opens (older ones stay in the database).
 METRICS_PAGE = 600

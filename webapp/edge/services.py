@@ -263,14 +263,14 @@ def deployment_report_status(*, deployment: Deployment, status: str, detail: str
 
 def _metrics_expire(node: EdgeNode) -> None:
     """Delete the node's oldest samples beyond METRICS_RETENTION samples or METRICS_RETENTION_BYTES bytes."""
-    kept_bytes, expired = 0, []
-    newest_first = MetricSample.objects.filter(node=node).order_by("-id").values_list("id", "payload_bytes")
+    samples = MetricSample.objects.filter(node=node)
+    kept_bytes = 0
+    newest_first = samples.order_by("-id").values_list("id", "payload_bytes")
     for position, (sample_id, size) in enumerate(newest_first.iterator()):
         kept_bytes += size
         if position >= settings.METRICS_RETENTION or (position > 0 and kept_bytes > settings.METRICS_RETENTION_BYTES):
-            expired.append(sample_id)
-    if expired:
-        MetricSample.objects.filter(id__in=expired).delete()
+            samples.filter(id__lte=sample_id).delete()  # this one and every older one
+            return
 
 
 @transaction.atomic

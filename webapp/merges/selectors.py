@@ -111,10 +111,13 @@ def merge_bundle_required_now(bundle: MergeBundle) -> dict[str, float | None]:
     return {merge_job_built_name(bundle.job, query): query_required_accuracy(query) for query in queries}
 
 
-def merge_bundle_shortfalls(bundle: MergeBundle) -> list[str]:
-    """Return one line per query whose bundle accuracy misses its current target (empty: all met)."""
+def merge_bundle_shortfalls(bundle: MergeBundle, required_now: dict[str, float | None] | None = None) -> list[str]:
+    """Return one line per query whose bundle accuracy misses its current target (empty: all met);
+    ``required_now`` is ``merge_bundle_required_now(bundle)`` when the caller has it already."""
+    if required_now is None:
+        required_now = merge_bundle_required_now(bundle)
     reasons = []
-    for name, required in merge_bundle_required_now(bundle).items():
+    for name, required in required_now.items():
         accuracy = bundle.accuracies.get(name)
         if required is None or accuracy is None:
             reasons.append(f"{name}: no measured accuracy")
@@ -176,6 +179,7 @@ def merge_event_data(event: MergeEvent) -> dict[str, Any]:
 def merge_bundle_data(bundle: MergeBundle) -> dict[str, Any]:
     """Return the bundle as JSON-ready data, with whether it may be deployed and why not."""
     deployable, reason = merge_bundle_deployable(bundle)
+    required_now = merge_bundle_required_now(bundle)
     return {
         "id": bundle.pk,
         "job": bundle.job_id,
@@ -184,8 +188,8 @@ def merge_bundle_data(bundle: MergeBundle) -> dict[str, Any]:
         "saved_param_bytes": bundle.saved_param_bytes,
         "elapsed": bundle.elapsed,
         "accuracies": bundle.accuracies,
-        "required": merge_bundle_required_now(bundle),
-        "meets_targets": not merge_bundle_shortfalls(bundle),
+        "required": required_now,
+        "meets_targets": not merge_bundle_shortfalls(bundle, required_now),
         "deployable": deployable,
         "reason": reason,
         "files": [{k: v for k, v in f.items() if k != "path"} for f in merge_bundle_files(bundle)],
