@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from torch import nn
 
@@ -26,6 +26,10 @@ from gemel_engine.modelset import ModelSet
 from gemel_engine.plan import MATCH_MODES, MergePlan, check_model_name
 from gemel_engine.report import format_table, mib, percent
 from gemel_engine.sharing import WARM_STARTS, apply_plan
+
+if TYPE_CHECKING:
+    from gemel_engine.accuracy import Measurement
+    from gemel_engine.workload import Workload
 
 EXIT_USAGE = 2
 _MODEL_SPEC = re.compile(r"^(?P<name>[^=]+)=(?P<arch>[A-Za-z0-9_]+)(?::(?P<classes>[^@]+))?(?:@(?P<weights>.+))?$")
@@ -173,13 +177,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             bundle = Path(json.loads(result_file.read_text())["bundle"])
         except (ValueError, KeyError, TypeError):
             raise UsageError(f"{result_file}: not a merge result") from None
+    from gemel_engine.search import bundle_test_report
+
     info = inspect_bundle(bundle)
+    tested = bundle_test_report(dict(info.metadata))
     if args.json:
-        _print_json(info.to_dict())
+        data = info.to_dict()
+        data["models"] = [{**model, **tested.get(model["name"], {})} for model in data["models"]]
+        _print_json(data)
         return 0
     print(format_table(
-        ["model", "arch", "builder args", "params MiB"],
-        [[m["name"], m["arch"], json.dumps(m["builder_args"]), mib(m["param_bytes"])] for m in info.models],
+        ["model", "arch", "builder args", "params MiB", "test accuracy [95% interval]", "test target"],
+        [
+            [m["name"], m["arch"], json.dumps(m["builder_args"]), mib(m["param_bytes"]),
+             _accuracy_cell(tested[m["name"]]) if m["name"] in tested else "-",
+             _target_cell(tested.get(m["name"], {}).get("test_target"))]
+            for m in info.models
+        ],
     ))
     print()
     print(f"shared instances: {len(info.plan.instances)} ({info.plan.mode} mode)")
@@ -190,6 +204,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accuracy_cell(row: dict) -> str:
+    low, high = row["merged_test_interval"]
+    return f"{row['merged_test_accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _target_cell(target: float | None) -> str:
+    return "-" if target is None else f"{target:.3f}"
+
+
+def _measurement_cell(measured: Measurement | None) -> str:
+    if measured is None:
+        return "-"
+    return f"{measured.accuracy:.3f} [{measured.low:.3f}, {measured.high:.3f}]"
+
+
 def cmd_demo_build(args: argparse.Namespace) -> int:
     """Generate a demo workload: cameras, trained unmerged models and workload.json."""
     from gemel_engine.demo import build_demo
@@ -198,23 +227,49 @@ def cmd_demo_build(args: argparse.Namespace) -> int:
         if event["type"] == "demo.training":
             print(f"training {event['query']} ({event['arch']}, {event['steps']} steps)...", flush=True)
         elif event["type"] == "demo.trained":
+            test = event.get("test") or {}
             print(f"  accuracy {event['accuracy']:.3f} on {event['val_frames']} validation frames, "
+                  f"{test.get('accuracy', float('nan')):.3f} on {event['test_frames']} test frames, "
                   f"{event['seconds']:.0f} s", flush=True)
 
     workload = build_demo(args.scale, args.out, progress=report)
     print()
+    _print_unmerged(workload)
+    print(f"\nwrote {Path(args.out) / 'workload.json'}")
+    return 0
+
+
+def _print_unmerged(workload: Workload) -> None:
     print(format_table(
-        ["query", "camera", "arch", "task", "chance", "unmerged accuracy", "target"],
+        ["query", "camera", "arch", "task", "chance (val)", "unmerged val", "unmerged test [95% interval]",
+         "test target"],
         [
             [
                 e.name, e.query.camera, e.query.arch, e.query.task.kind,
                 "-" if e.chance_accuracy is None else f"{e.chance_accuracy:.3f}",
-                f"{e.unmerged_accuracy:.3f}", f"{e.required_accuracy:.3f}",
+                f"{e.unmerged_accuracy:.3f}", _measurement_cell(e.unmerged_test),
+                _target_cell(e.required_test_accuracy),
             ]
             for e in workload.queries
         ],
     ))
-    print(f"\nwrote {Path(args.out) / 'workload.json'}")
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """Measure every query's unmerged model on its validation and test frames and rewrite workload.json."""
+    from gemel_engine.workload import Workload, camera_frames, measure_unmerged, query_data
+
+    workload = Workload.load(args.workload, upgrade=True)
+    frames = {camera.name: camera_frames(workload, camera) for camera in workload.cameras}
+    measured = []
+    for entry in workload.queries:
+        print(f"measuring {entry.name}...", file=sys.stderr, flush=True)
+        labelled = query_data(workload, entry, frames[entry.query.camera])
+        measured.append(measure_unmerged(entry, workload.load_model(entry), labelled))
+    workload = workload.with_queries(tuple(measured))
+    workload.save(args.workload)
+    _print_unmerged(workload)
+    print(f"\nwrote {args.workload}")
     return 0
 
 
@@ -264,13 +319,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
         _print_json(result.to_json())
         return 0
     print(format_table(
-        ["query", "unmerged accuracy", "target", "merged accuracy", "meets target"],
+        ["query", "unmerged val", "val target", "merged val", "meets (val)", "unmerged test", "test target",
+         "merged test [95% interval]", "meets (test)"],
         [
             [q["name"], f"{q['unmerged_accuracy']:.3f}", f"{q['target']:.3f}", f"{q['merged_accuracy']:.3f}",
-             "yes" if q["meets_target"] else "NO"]
+             "yes" if q["meets_target"] else "NO", f"{q['unmerged_test_accuracy']:.3f}", _target_cell(q["test_target"]),
+             _accuracy_cell(q), "yes" if q["meets_target_on_test"] else "NO"]
             for q in result.queries
         ],
     ))
+    print("val: the frames the search decided on; test: held-out frames no training or decision has seen")
     print()
     shared = len(result.plan.instances)
     print(f"strategy {result.strategy} ({result.status}): {result.rounds} rounds, {shared} shared instances")
@@ -348,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     merge.add_argument("--json", action="store_true", help="print one final JSON object")
     merge.set_defaults(handler=cmd_merge)
+
+    measure = commands.add_parser(
+        "measure", help="measure every query's unmerged model on validation and held-out test frames"
+    )
+    measure.add_argument("--workload", type=Path, required=True,
+                         help="workload.json to measure and rewrite (also upgrades a version 1 file)")
+    measure.set_defaults(handler=cmd_measure)
 
     demo = commands.add_parser("demo", help="demo workloads from synthetic cameras")
     demo_commands = demo.add_subparsers(dest="demo_command", required=True, parser_class=_Parser)

@@ -1,8 +1,13 @@
 """Demo workloads built from synthetic cameras: ``python -m gemel_engine demo build --scale ...``.
 
 Each scale generates its cameras, trains every query's unmerged model from scratch on its own
-camera's frames, measures it on the camera's validation frames (the latest frames, after a gap) and
-writes ``workload.json`` with the weights beside it.
+camera's training frames, measures it on the camera's validation frames and on its held-out test frames (the
+latest frames; gaps separate the three sets) and writes ``workload.json`` with the weights beside it.
+
+Frame sets: ``tiny`` renders 4000 frames and keeps every 4th (about 200 validation and 200 test frames per
+camera); ``mix``, ``small`` and ``paper`` render 6000 and keep every 4th (at 5 fps, one frame every 0.8 s of
+stream), which gives at least 300 validation and 300 test frames per camera. Neighbouring kept frames still
+show the same objects, so intervals come from a block bootstrap (see ``gemel_engine.accuracy``).
 
 - ``tiny``: 3 queries on 2 cameras, ResNet and MobileNet, 32×32 frames; a few minutes of CPU (tests).
 - ``mix``: 6 classification queries on 3 cameras (ResNet-18/34, MobileNet-v2) at 32×32: the merge benchmark's
@@ -16,7 +21,6 @@ writes ``workload.json`` with the weights beside it.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,22 +30,41 @@ from gemel_engine.data.sampling import SamplingSpec
 from gemel_engine.errors import UsageError
 from gemel_engine.queries import Query, Task, TaskKind
 from gemel_engine.train import TrainArgs, fit, save_checkpoint, setup
-from gemel_engine.workload import CameraSpec, QueryEntry, Workload, camera_frames, query_data
+from gemel_engine.workload import CameraSpec, QueryEntry, Workload, camera_frames, measure_unmerged, query_data
 
 Progress = Callable[[dict[str, Any]], None]
 VEHICLES = ("car", "bus", "truck")
 
 
-def _camera(name: str, seed: int, *, size: int, frames: int = 3000, every: int = 5, width: int = 160) -> CameraSpec:
+def _camera(
+    name: str, seed: int, *, size: int, frames: int = 3000, every: int = 5, width: int = 160,
+    val_fraction: float = 0.2, test_fraction: float = 0.2, time_scale: int = 20,
+) -> CameraSpec:
     height = width * 3 // 4
     return CameraSpec(
         name=name,
         source=f"synthetic://{name}?seed={seed}&width={width}&height={height}&fps=5&frames={frames}"
-        f"&time_scale=20&start_hour=9",
+        f"&time_scale={time_scale}&start_hour=9",
         sampling=SamplingSpec(every=every, size=(size, size)),
-        val_fraction=0.2,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
         gap_seconds=5.0,
     )
+
+
+def _short_camera(name: str, seed: int) -> CameraSpec:
+    # 1000 kept frames of 32×32 over the same 3.3 hours of daylight: about 200 validation and 200 test frames.
+    return _camera(name, seed, size=32, frames=4000, every=4, time_scale=15)
+
+
+def _long_camera(name: str, seed: int, *, size: int) -> CameraSpec:
+    # 1500 kept frames: 300 test, 315 validation (of which the 5 s gap drops about 6) and the rest to train on.
+    # Twice the frames of a short camera at half its time scale: the same 3.3 hours of daylight (9:00 to 12:20).
+    return _camera(name, seed, size=size, frames=6000, every=4, val_fraction=0.21, test_fraction=0.2, time_scale=10)
+
+
+def _long_cameras(*, size: int) -> tuple[CameraSpec, ...]:
+    return tuple(_long_camera(name, seed, size=size) for name, seed in (("north", 3), ("east", 1), ("south", 7)))
 
 
 def _at_64(kind: TaskKind, classes: tuple[str, ...], **options: Any) -> Task:
@@ -80,7 +103,7 @@ _small_detector_args = {
 SCALES: dict[str, DemoScale] = {
     "tiny": DemoScale(
         name="tiny",
-        cameras=(_camera("north", 3, size=32), _camera("east", 1, size=32)),
+        cameras=(_short_camera("north", 3), _short_camera("east", 1)),
         queries=(
             _query("north_vehicles", "north", "resnet18", Task("presence", VEHICLES)),
             _query("north_traffic", "north", "mobilenet_v2", Task("count", VEHICLES, count_edges=(1, 2))),
@@ -90,7 +113,7 @@ SCALES: dict[str, DemoScale] = {
     ),
     "mix": DemoScale(
         name="mix",
-        cameras=(_camera("north", 3, size=32), _camera("east", 1, size=32), _camera("south", 7, size=32)),
+        cameras=_long_cameras(size=32),
         queries=(
             _query("north_vehicles", "north", "resnet18", Task("presence", VEHICLES)),
             _query("north_traffic", "north", "resnet34", Task("count", VEHICLES, count_edges=(1, 2))),
@@ -103,7 +126,7 @@ SCALES: dict[str, DemoScale] = {
     ),
     "small": DemoScale(
         name="small",
-        cameras=(_camera("north", 3, size=64), _camera("east", 1, size=64), _camera("south", 7, size=64)),
+        cameras=_long_cameras(size=64),
         queries=(
             _query("north_vehicles", "north", "resnet18", _at_64("presence", VEHICLES)),
             _query("north_traffic", "north", "resnet34", _at_64("count", VEHICLES, count_edges=(1, 2))),
@@ -124,11 +147,7 @@ SCALES: dict[str, DemoScale] = {
     ),
     "paper": DemoScale(
         name="paper",
-        cameras=(
-            _camera("north", 3, size=64, frames=6000),
-            _camera("east", 1, size=64, frames=6000),
-            _camera("south", 7, size=64, frames=6000),
-        ),
+        cameras=_long_cameras(size=64),
         queries=(
             _query("north_vehicles", "north", "resnet18", _at_64("presence", VEHICLES)),
             _query("north_traffic", "north", "resnet50", _at_64("count", VEHICLES, count_edges=(1, 2))),
@@ -152,13 +171,6 @@ SCALES: dict[str, DemoScale] = {
 }
 
 
-def chance_accuracy(targets: list[Any]) -> float | None:
-    """Return the accuracy of always answering the most frequent class (None for detection targets)."""
-    if not targets or isinstance(targets[0], dict):
-        return None
-    return Counter(targets).most_common(1)[0][1] / len(targets)
-
-
 def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = None) -> Workload:
     """Generate the cameras, train every query's unmerged model and write ``workload.json`` in ``out_dir``.
 
@@ -176,25 +188,22 @@ def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = N
     frames = {camera.name: camera_frames(workload, camera) for camera in spec.cameras}
     trained = []
     for entry in spec.queries:
-        train, val = query_data(workload, entry, frames[entry.query.camera])
+        labelled = query_data(workload, entry, frames[entry.query.camera])
         args = spec.train_args(entry)
         if progress is not None:
             progress({"type": "demo.training", "query": entry.name, "arch": entry.query.arch, "steps": args.steps})
         model = setup(entry.query, args, **entry.builder_args)
-        result = fit(model, train, entry.query.task, args, val=val)
+        result = fit(model, labelled.train, entry.query.task, args)
+        measured = measure_unmerged(entry, model, labelled)  # before saving: the weights keep its BatchNorm statistics
         weights = save_checkpoint(model, out_dir / "weights" / f"{entry.name}.safetensors")
-        done = dataclasses.replace(
-            entry,
-            weights=str(weights.relative_to(out_dir)),
-            unmerged_accuracy=round(result.accuracy, 4),
-            chance_accuracy=chance_accuracy(list(val.targets)),
-        )
+        done = dataclasses.replace(measured, weights=str(weights.relative_to(out_dir)))
         trained.append(done)
         if progress is not None:
             progress({
                 "type": "demo.trained", "query": entry.name, "arch": entry.query.arch,
                 "accuracy": done.unmerged_accuracy, "chance": done.chance_accuracy, "seconds": result.seconds,
-                "train_frames": len(train), "val_frames": len(val),
+                "test": done.unmerged_test.to_json() if done.unmerged_test else None,
+                "train_frames": len(labelled.train), "val_frames": len(labelled.val), "test_frames": len(labelled.test),
             })
     workload = workload.with_queries(tuple(trained))
     workload.save(out_dir / "workload.json")

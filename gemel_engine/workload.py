@@ -6,6 +6,7 @@ every field and that every referenced weights file exists, naming the query and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from torch import nn
 
 from gemel_engine import zoo
+from gemel_engine.accuracy import Measurement, chance_accuracy, measure
 from gemel_engine.data.annotations import read_coco_annotations, read_yolo_labels
 from gemel_engine.data.folder import ImageFolderSource
 from gemel_engine.data.frames import Box
@@ -26,7 +28,14 @@ from gemel_engine.queries import AccuracyTarget, Query, QueryError, Target, Task
 from gemel_engine.train import LabelledFrames
 
 WORKLOAD_FORMAT = "gemel-workload"
-WORKLOAD_VERSION = 1
+WORKLOAD_VERSION = 2
+# Version 1 files split frames into train and validation only and measured the unmerged models on validation
+# frames; they have no held-out test figures, so they are refused with how to rebuild them.
+_VERSION_1_HELP = (
+    "it predates held-out test frames (version 1 measured accuracy on validation frames only); rebuild it "
+    "(`python -m gemel_engine demo build --scale NAME --out DIR` for a demo) or re-measure its queries with "
+    "`python -m gemel_engine measure --workload FILE`"
+)
 LabelKind = Literal["ground_truth", "yolo", "coco", "teacher"]
 LABEL_KINDS: tuple[LabelKind, ...] = ("ground_truth", "yolo", "coco", "teacher")
 
@@ -45,9 +54,12 @@ class CameraSpec:
     source: str
     # Which frames to take and at what size.
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
-    # Latest fraction of frames kept for validation.
+    # Fraction of frames, before the test frames, kept for validation (the search's decisions).
     val_fraction: float = 0.2
-    # Seconds dropped between the training and validation frames (no leakage between neighbours).
+    # Latest fraction of frames held out for testing (reports and the deploy gate only).
+    test_fraction: float = 0.2
+    # Seconds dropped between train and validation, and between validation and test (no leakage between
+    # neighbouring frames).
     gap_seconds: float = 2.0
     # Where labels come from: the source's ground truth, YOLO or COCO annotations, or the query's model.
     labels: LabelKind = "ground_truth"
@@ -61,14 +73,22 @@ class CameraSpec:
             raise WorkloadError(f"camera {self.name!r}: labels must be one of {', '.join(LABEL_KINDS)}")
         if self.labels in ("yolo", "coco") and not self.annotations:
             raise WorkloadError(f"camera {self.name!r}: {self.labels} labels need an 'annotations' path")
-        if not 0 < self.val_fraction < 1 or not math.isfinite(self.gap_seconds) or self.gap_seconds < 0:
-            raise WorkloadError(f"camera {self.name!r}: val_fraction must be in (0, 1) and gap_seconds >= 0")
+        if (
+            not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1
+            or self.val_fraction + self.test_fraction >= 1
+        ):
+            raise WorkloadError(
+                f"camera {self.name!r}: val_fraction and test_fraction must be in (0, 1) and leave frames to train on"
+            )
+        if not math.isfinite(self.gap_seconds) or self.gap_seconds < 0:
+            raise WorkloadError(f"camera {self.name!r}: gap_seconds must be >= 0")
 
     def to_json(self) -> dict[str, Any]:
         """Return the camera as JSON-ready data."""
         return {
             "name": self.name, "source": self.source, "sampling": self.sampling.to_json(),
-            "val_fraction": self.val_fraction, "gap_seconds": self.gap_seconds, "labels": self.labels,
+            "val_fraction": self.val_fraction, "test_fraction": self.test_fraction, "gap_seconds": self.gap_seconds,
+            "labels": self.labels,
             "annotations": self.annotations, "fps": self.fps,
         }
 
@@ -82,10 +102,15 @@ class QueryEntry:
     builder_args: dict[str, Any] = field(default_factory=dict)
     # Weights file of the unmerged model, relative to the workload file.
     weights: str | None = None
-    # Accuracy of the unmerged model on its validation frames (top-1 or mAP@0.5).
+    # Accuracy of the unmerged model on its validation frames (top-1 or mAP@0.5): the search's reference.
     unmerged_accuracy: float | None = None
     # Accuracy of always answering the most frequent class on the validation frames (classification).
     chance_accuracy: float | None = None
+    # The unmerged model on its held-out test frames, with its 95% interval: the reference of reports and
+    # of the deploy gate.
+    unmerged_test: Measurement | None = None
+    # The unmerged model's 95% interval on the validation frames.
+    unmerged_val_interval: tuple[float, float] | None = None
 
     @property
     def name(self) -> str:
@@ -94,10 +119,19 @@ class QueryEntry:
 
     @property
     def required_accuracy(self) -> float | None:
-        """Return the accuracy a merged model must keep, or None before the unmerged model is measured."""
+        """Return the accuracy a merged model must keep on validation frames, or None before the unmerged
+        model is measured."""
         if self.unmerged_accuracy is None:
             return None
         return self.query.target.required(self.unmerged_accuracy)
+
+    @property
+    def required_test_accuracy(self) -> float | None:
+        """Return the accuracy a merged model must keep on test frames (the target applied to the unmerged
+        model's test accuracy), or None before that is measured."""
+        if self.unmerged_test is None:
+            return None
+        return self.query.target.required(self.unmerged_test.accuracy)
 
     def build_model(self) -> nn.Module:
         """Return an untrained model of the query's architecture, task head and builder arguments."""
@@ -114,6 +148,8 @@ class QueryEntry:
             "builder_args": self.builder_args, "task": self.query.task.to_json(),
             "target": self.query.target.to_json(), "weights": self.weights,
             "unmerged_accuracy": self.unmerged_accuracy, "chance_accuracy": self.chance_accuracy,
+            "unmerged_val_interval": list(self.unmerged_val_interval) if self.unmerged_val_interval else None,
+            "unmerged_test": self.unmerged_test.to_json() if self.unmerged_test else None,
         }
 
 
@@ -204,8 +240,11 @@ class Workload:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, check_weights: bool = True) -> Workload:
+    def load(cls, path: str | Path, *, check_weights: bool = True, upgrade: bool = False) -> Workload:
         """Return the workload stored at ``path``.
+
+        A version 1 file (no held-out test split) is refused unless ``upgrade``: then it is read with the
+        default test split and without its old accuracies, ready to be measured again (``measure``).
 
         Raises:
             WorkloadError: the file is missing or malformed, names unknown cameras or architectures, or
@@ -218,6 +257,13 @@ class Workload:
             raise WorkloadError(f"{path}: cannot read workload ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != WORKLOAD_FORMAT:
             raise WorkloadError(f"{path}: not a {WORKLOAD_FORMAT} file")
+        if data.get("version") == 1 and upgrade and isinstance(data.get("queries"), list):
+            data = {**data, "version": WORKLOAD_VERSION, "queries": [
+                {k: v for k, v in q.items() if k not in ("unmerged_accuracy", "chance_accuracy")}
+                if isinstance(q, dict) else q for q in data["queries"]
+            ]}
+        if data.get("version") == 1:
+            raise WorkloadError(f"{path}: workload version 1 cannot be used: {_VERSION_1_HELP}")
         if data.get("version") != WORKLOAD_VERSION:
             raise WorkloadError(f"{path}: unsupported workload version {data.get('version')!r}")
         try:
@@ -247,6 +293,7 @@ def _camera_from_json(data: dict[str, Any]) -> CameraSpec:
             size=tuple(size) if size else None, max_frames=sampling.get("max_frames"),
         ),
         val_fraction=float(data.get("val_fraction", 0.2)),
+        test_fraction=float(data.get("test_fraction", 0.2)),
         gap_seconds=float(data.get("gap_seconds", 2.0)),
         labels=data.get("labels", "ground_truth"),
         annotations=data.get("annotations"),
@@ -262,22 +309,37 @@ def _query_from_json(data: dict[str, Any]) -> QueryEntry:
     builder_args = data.get("builder_args") or {}
     if not isinstance(builder_args, dict):
         raise QueryError(f"query {query.name!r}: builder_args must be an object")
+    test = data.get("unmerged_test")
+    val_interval = data.get("unmerged_val_interval")
     return QueryEntry(
         query=query, builder_args=builder_args, weights=data.get("weights"),
         unmerged_accuracy=data.get("unmerged_accuracy"), chance_accuracy=data.get("chance_accuracy"),
+        unmerged_test=Measurement.from_json(test) if test is not None else None,
+        unmerged_val_interval=(float(val_interval[0]), float(val_interval[1])) if val_interval else None,
     )
 
 
 @dataclass(frozen=True, eq=False)
 class CameraFrames:
-    """A camera's sampled frames, split by time."""
+    """A camera's sampled frames, split by time: train (fitting), val (the search's decisions), test (held out:
+    reports and the deploy gate only)."""
 
     train: FrameSet
     val: FrameSet
+    test: FrameSet
+
+
+@dataclass(frozen=True, eq=False)
+class QueryFrames:
+    """A query's labelled frames: train, val and test (see ``CameraFrames``)."""
+
+    train: LabelledFrames
+    val: LabelledFrames
+    test: LabelledFrames
 
 
 def camera_frames(workload: Workload, camera: CameraSpec, *, cache_dir: Path | None = None) -> CameraFrames:
-    """Return the camera's sampled frames split into train and validation, through the frame cache.
+    """Return the camera's sampled frames split into train, validation and test, through the frame cache.
 
     Annotations (YOLO/COCO) replace the source's own boxes when the camera says so.
 
@@ -289,8 +351,9 @@ def camera_frames(workload: Workload, camera: CameraSpec, *, cache_dir: Path | N
         frames = cache.get(source, camera.sampling)
         if camera.labels in ("yolo", "coco"):
             frames = _with_annotations(workload, camera, source, frames)
-    train, val = split_by_time(frames, val_fraction=camera.val_fraction, gap=camera.gap_seconds)
-    return CameraFrames(train, val)
+    return CameraFrames(*split_by_time(
+        frames, val_fraction=camera.val_fraction, test_fraction=camera.test_fraction, gap=camera.gap_seconds
+    ))
 
 
 def _with_annotations(workload: Workload, camera: CameraSpec, source: object, frames: FrameSet) -> FrameSet:
@@ -331,8 +394,8 @@ def query_data(
     frames: CameraFrames,
     *,
     teacher: Callable[[], nn.Module] | None = None,
-) -> tuple[LabelledFrames, LabelledFrames]:
-    """Return the query's labelled (train, validation) frames.
+) -> QueryFrames:
+    """Return the query's labelled train, validation and test frames.
 
     Ground-truth and annotated cameras label frames from their boxes. Teacher-labelled cameras label
     them with the query's unmerged model (``teacher`` builds it; by default the workload's weights).
@@ -343,11 +406,33 @@ def query_data(
     """
     camera = workload.camera(entry.query.camera)
     task = entry.query.task
+    parts = (frames.train, frames.val, frames.test)
     if camera.labels == "teacher":
         model = (teacher or (lambda: workload.load_model(entry)))()
-        train_targets = teacher_targets(predict(model, frames.train.images, task), task)
-        val_targets = teacher_targets(predict(model, frames.val.images, task), task)
+        labels = [teacher_targets(predict(model, part.images, task), task) for part in parts]
     else:
-        train_targets = _targets(frames.train.boxes, task, camera)
-        val_targets = _targets(frames.val.boxes, task, camera)
-    return LabelledFrames(frames.train.images, train_targets), LabelledFrames(frames.val.images, val_targets)
+        labels = [_targets(part.boxes, task, camera) for part in parts]
+    return QueryFrames(*(LabelledFrames(part.images, targets) for part, targets in zip(parts, labels, strict=True)))
+
+
+def measure_unmerged(entry: QueryEntry, model: nn.Module, frames: QueryFrames) -> QueryEntry:
+    """Measure a query's unmerged ``model`` the one way every model is measured (``gemel_engine.accuracy.measure``)
+    on its validation and test frames, and the commonest-class baseline on validation frames.
+
+    Returns:
+        ``entry`` with ``unmerged_accuracy``, ``unmerged_val_interval``, ``unmerged_test`` and
+        ``chance_accuracy`` set (rounded to four decimals). The model keeps the re-estimated BatchNorm statistics.
+
+    Raises:
+        QueryError: a frame set is empty.
+    """
+    task = entry.query.task
+    val = measure(model, frames.val, task, calibration=frames.train)
+    test = measure(model, frames.test, task, calibration=frames.train)
+    return dataclasses.replace(
+        entry,
+        unmerged_accuracy=round(val.accuracy, 4),
+        unmerged_val_interval=(round(val.low, 4), round(val.high, 4)),
+        unmerged_test=Measurement.from_json(test.to_json()),
+        chance_accuracy=chance_accuracy(list(frames.val.targets)),
+    )

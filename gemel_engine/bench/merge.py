@@ -1,8 +1,14 @@
 """Merge strategies side by side on one workload: savings over time with every target kept.
 
 Each strategy runs with the same wall-clock budget on the same workload (by default the ``mix`` demo,
-built once and reused); the table gives the final savings, whether every query kept its target, the
-rounds run, and when each strategy reached its final savings. Every figure comes from this one run.
+built once and reused); the table gives the final savings, the share of queries whose accuracy on held-out
+test frames (never seen by training or the search) keeps its target, the val–test gap of the accepted
+configurations, the rounds run, and when each strategy reached its final savings. Every figure comes from this
+one run.
+
+The val–test gap is, per accepted configuration and query, the accuracy kept relative to the unmerged model on
+validation frames (what the search decided on) minus the same on test frames, in units of the target (a
+0.95× target allows a drop of 0.05): a positive gap is how much the search's own figure flatters the merge.
 """
 
 from __future__ import annotations
@@ -17,9 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from gemel_engine.bench import registered_names
+from gemel_engine.bundle import inspect_bundle
 from gemel_engine.demo import build_demo
 from gemel_engine.report import format_table, mib, percent
-from gemel_engine.search import RetrainBudget, SearchConfig, list_strategies, run_search
+from gemel_engine.search import (
+    RetrainBudget,
+    SearchConfig,
+    bundle_evaluation,
+    list_strategies,
+    run_search,
+    saved_configs,
+)
 from gemel_engine.workload import Workload
 
 
@@ -51,8 +65,10 @@ def run_strategy(workload: Workload, strategy: str, budget_minutes: float, round
             strategy=strategy, budget_minutes=budget_minutes, round_budget=RetrainBudget(max_steps=round_steps)
         )
         result = run_search(workload, job, config).to_json()
+        gaps = val_test_gaps(workload, job)
     finally:
         shutil.rmtree(job, ignore_errors=True)
+    test_met = [q["meets_target_on_test"] for q in result["queries"]]
     return {
         "strategy": strategy,
         "status": result["status"],
@@ -61,6 +77,9 @@ def run_strategy(workload: Workload, strategy: str, budget_minutes: float, round
         "saved_param_bytes": result["unmerged_param_bytes"] - result["merged_param_bytes"],
         "savings_fraction": result["savings_fraction"],
         "all_targets_met": all(q["meets_target"] for q in result["queries"]),
+        "test_targets_met": sum(test_met),
+        "test_targets_total": len(test_met),
+        "val_test_gaps": gaps,
         "queries": result["queries"],
         "timeline": result["timeline"],
         "seconds_to_final_savings": time_to_reach(
@@ -69,10 +88,29 @@ def run_strategy(workload: Workload, strategy: str, budget_minutes: float, round
     }
 
 
+def val_test_gaps(workload: Workload, job: Path) -> list[float]:
+    """Return, for every accepted configuration the search in ``job`` saved (not the unmerged start) and every
+    query, the accuracy kept on validation frames minus that kept on test frames (each relative to the
+    unmerged model on the same frames)."""
+    unmerged = {e.name: (e.unmerged_accuracy, e.unmerged_test) for e in workload.queries}
+    gaps = []
+    for record in saved_configs(job)[1:]:
+        for name, figures in bundle_evaluation(dict(inspect_bundle(record["path"]).metadata)).items():
+            val_base, test_base = unmerged.get(name, (None, None))
+            if not val_base or test_base is None or not test_base.accuracy:
+                continue
+            gaps.append(figures["val"]["accuracy"] / val_base - figures["test"]["accuracy"] / test_base.accuracy)
+    return gaps
+
+
 def summarise(runs: list[dict[str, Any]], budget_seconds: float) -> dict[str, Any]:
     """Return one strategy's medians over its repeated runs (savings at 25/50/100% of the budget, mean
-    savings, seconds to final savings, rounds) and whether every run kept every target."""
+    savings, seconds to final savings, rounds), whether every run kept every target on validation frames,
+    the share of queries meeting their target on held-out test frames over all runs, and the mean val–test
+    gap of the accepted configurations."""
     finals = [r["seconds_to_final_savings"] for r in runs if r["seconds_to_final_savings"] is not None]
+    gaps = [gap for r in runs for gap in r["val_test_gaps"]]
+    total = sum(r["test_targets_total"] for r in runs)
     return {
         "strategy": runs[0]["strategy"],
         "runs": len(runs),
@@ -83,6 +121,8 @@ def summarise(runs: list[dict[str, Any]], budget_seconds: float) -> dict[str, An
         "mean_saved_param_bytes": statistics.median(mean_savings(r["timeline"], budget_seconds) for r in runs),
         "savings_fraction": statistics.median(r["savings_fraction"] for r in runs),
         "all_targets_met": all(r["all_targets_met"] for r in runs),
+        "test_targets_met_share": sum(r["test_targets_met"] for r in runs) / total if total else None,
+        "mean_val_test_gap": statistics.fmean(gaps) if gaps else None,
         "seconds_to_final_savings": statistics.median(finals) if finals else None,
     }
 
@@ -141,12 +181,14 @@ def main(argv: Sequence[str]) -> int:
     )
     print(format_table(
         ["strategy", "rounds", *(f"saved MiB @{int(c * 100)}%" for c in CHECKPOINTS), "mean MiB", "saved %",
-         "targets met", "s to final"],
+         "val targets met", "test targets met", "val-test gap", "s to final"],
         [
             [
                 r["strategy"], f"{r['rounds']:g}", *(mib(r["saved_at"][str(c)]) for c in CHECKPOINTS),
                 mib(r["mean_saved_param_bytes"]), percent(r["savings_fraction"]),
                 "all" if r["all_targets_met"] else "NOT ALL",
+                "-" if r["test_targets_met_share"] is None else percent(r["test_targets_met_share"]),
+                "-" if r["mean_val_test_gap"] is None else f"{r['mean_val_test_gap']:+.3f}",
                 "-" if r["seconds_to_final_savings"] is None else f"{r['seconds_to_final_savings']:.0f}",
             ]
             for r in summaries

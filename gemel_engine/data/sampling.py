@@ -189,38 +189,50 @@ def sample_frames(source: CameraSource, spec: SamplingSpec | None = None) -> Fra
 
 
 def split_by_time(
-    frames: FrameSet, *, val_fraction: float = 0.2, gap: float = 1.0
-) -> tuple[FrameSet, FrameSet]:
-    """Return (train, validation): validation is the latest ``val_fraction`` of frames, train the rest.
+    frames: FrameSet, *, val_fraction: float = 0.2, test_fraction: float = 0.2, gap: float = 1.0
+) -> tuple[FrameSet, FrameSet, FrameSet]:
+    """Return (train, validation, test) split by time: test is the latest ``test_fraction`` of the frames,
+    validation the ``val_fraction`` before it, train the rest.
 
-    Frames less than ``gap`` seconds before the first validation frame are dropped, so every validation
-    timestamp is at least ``gap`` after the last training timestamp. Raises SourceError for a fraction
-    outside (0, 1), a negative gap, or when either side would be empty.
+    Frames less than ``gap`` seconds before the first frame of the next set are dropped, so every validation
+    timestamp is at least ``gap`` after the last training one and every test timestamp at least ``gap`` after
+    the last validation one: neighbouring frames (the same objects in view) never sit on both sides.
+
+    Raises:
+        SourceError: a fraction outside (0, 1), fractions summing to 1 or more, a negative gap, or a set that
+            would be empty.
     """
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, int | float)
-        or not 0 < val_fraction < 1
-    ):
-        raise SourceError(f"split: val_fraction must be in (0, 1), got {val_fraction!r}")
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+            raise SourceError(f"split: {name} must be in (0, 1), got {fraction!r}")
+    if val_fraction + test_fraction >= 1:
+        raise SourceError(
+            f"split: val_fraction + test_fraction must leave frames to train on, got {val_fraction} + {test_fraction}"
+        )
     if isinstance(gap, bool) or not isinstance(gap, int | float) or not math.isfinite(gap) or gap < 0:
         raise SourceError(f"split: gap must be a number of seconds >= 0, got {gap!r}")
     n = len(frames)
     order = np.argsort(frames.timestamps, kind="stable")
     ts = frames.timestamps[order]
+    n_test = max(1, math.ceil(test_fraction * n))
     n_val = max(1, math.ceil(val_fraction * n))
-    if n_val >= n:
-        raise SourceError(f"split: {n} frame(s) are too few to split with val_fraction={val_fraction}")
-    first_val = ts[n - n_val]
-    val_mask = ts >= first_val
-    train_mask = (ts <= first_val - gap) & ~val_mask
-    if not train_mask.any():
+    if n_test + n_val >= n:
         raise SourceError(
-            f"split: no training frame is {gap:g}s before the validation frames "
-            f"(span {ts[0]:g}..{ts[-1]:g}s); "
-            "use a smaller gap or more frames"
+            f"split: {n} frame(s) are too few to split with val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction}"
         )
-    return frames.select(order[train_mask]), frames.select(order[val_mask])
+    first_test = ts[n - n_test]
+    test_mask = ts >= first_test
+    first_val = ts[n - n_test - n_val]
+    val_mask = (ts >= first_val) & (ts <= first_test - gap) & ~test_mask
+    train_mask = (ts <= first_val - gap) & (ts < first_val)
+    for name, mask in (("training", train_mask), ("validation", val_mask)):
+        if not mask.any():
+            raise SourceError(
+                f"split: no {name} frame is {gap:g}s before the next set's frames "
+                f"(span {ts[0]:g}..{ts[-1]:g}s); use a smaller gap or more frames"
+            )
+    return frames.select(order[train_mask]), frames.select(order[val_mask]), frames.select(order[test_mask])
 
 
 class FrameCache:

@@ -1,6 +1,7 @@
-"""Offline runs: a workload's validation frames replayed as camera streams on a virtual clock, and their report.
+"""Offline runs: a workload's held-out test frames replayed as camera streams on a virtual clock, and their report.
 
-Each camera's validation frames (the latest ones, labelled, never trained on) are delivered at ``fps``;
+Each camera's test frames (the latest ones, labelled, never trained on nor read by the merge search) are
+delivered at ``fps``;
 every query of the workload watches its camera with the same SLO. ``serve_offline`` runs such a stream
 through an executor and a scheduler and returns the per-query figures.
 """
@@ -27,7 +28,7 @@ from gemel_engine.workload import Workload, camera_frames
 def workload_stream(
     workload: Workload, *, fps: float, slo_ms: float, max_frames: int | None = None, max_batch: int = DEFAULT_MAX_BATCH
 ) -> tuple[list[RuntimeQuery], list[CameraFrame]]:
-    """Return the workload's queries (model named like the query) and its cameras' validation frames at ``fps``.
+    """Return the workload's queries (model named like the query) and its cameras' held-out test frames at ``fps``.
 
     Raises:
         SourceError: a camera cannot be read.
@@ -38,10 +39,11 @@ def workload_stream(
     ]
     frames = []
     for camera in workload.cameras:
-        val = camera_frames(workload, camera).val
-        count = len(val) if max_frames is None else min(len(val), max_frames)
+        test = camera_frames(workload, camera).test
+        count = len(test) if max_frames is None else min(len(test), max_frames)
         frames.extend(
-            CameraFrame(camera.name, index, index / fps, val.images[index], val.boxes[index]) for index in range(count)
+            CameraFrame(camera.name, index, index / fps, test.images[index], test.boxes[index])
+            for index in range(count)
         )
     return queries, frames
 

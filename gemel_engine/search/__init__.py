@@ -1,6 +1,15 @@
 """The merge search: strategies behind one interface, joint retraining, resumable jobs."""
 
-from gemel_engine.search.engine import MergeSearch, SearchConfig, SearchError, SearchResult, run_search, saved_configs
+from gemel_engine.search.engine import (
+    MergeSearch,
+    SearchConfig,
+    SearchError,
+    SearchResult,
+    bundle_evaluation,
+    bundle_test_report,
+    run_search,
+    saved_configs,
+)
 from gemel_engine.search.retrain import QueryData, RetrainBudget, RetrainOutcome, joint_retrain
 from gemel_engine.search.strategies import Strategy, get_strategy, list_strategies, register_strategy
 
@@ -13,6 +22,8 @@ __all__ = [
     "SearchError",
     "SearchResult",
     "Strategy",
+    "bundle_evaluation",
+    "bundle_test_report",
     "get_strategy",
     "joint_retrain",
     "list_strategies",

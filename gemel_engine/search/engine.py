@@ -1,7 +1,9 @@
 """The merge search: run a strategy's trials with joint retraining, keep what meets every target.
 
 Every accepted configuration is written as a bundle at once (usable before the search ends) and the
-savings timeline grows with it. After every round the search state (the strategy's queue of trials, the
+savings timeline grows with it. Decisions read validation frames only; each saved configuration also records
+every query's accuracy on its held-out test frames, with 95% intervals, for reports and the deploy gate, and
+nothing inside the search reads those. After every round the search state (the strategy's queue of trials, the
 accepted plan, the timeline) is checkpointed in the job directory; starting again with the same
 directory resumes after the last finished round. A cancellation token stops it at the next safe point.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 import torch
 
+from gemel_engine.accuracy import Measurement, measure
 from gemel_engine.bundle import ModelRecipe, load_bundle, save_bundle
 from gemel_engine.errors import GemelError
 from gemel_engine.events import CancelToken, Progress, emit
@@ -29,10 +32,10 @@ from gemel_engine.layers import analyze_models
 from gemel_engine.memory import footprint
 from gemel_engine.modelset import ModelSet
 from gemel_engine.plan import MergeInstance, MergePlan
-from gemel_engine.search.retrain import QueryData, RetrainBudget, joint_retrain, teacher_logits
+from gemel_engine.search.retrain import QueryData, RetrainBudget, check_subset, joint_retrain, teacher_logits
 from gemel_engine.search.strategies import Strategy, Trial, get_strategy
 from gemel_engine.sharing import apply_plan
-from gemel_engine.train import resolve_device, validate
+from gemel_engine.train import LabelledFrames, resolve_device
 from gemel_engine.workload import Workload, camera_frames, query_data
 
 STATE_NAME = "state.json"
@@ -181,9 +184,11 @@ class MergeSearch:
         progress: Progress | None = None,
         cancel: CancelToken | None = None,
     ) -> None:
-        missing = [e.name for e in workload.queries if e.required_accuracy is None]
+        missing = [e.name for e in workload.queries if e.required_accuracy is None or e.unmerged_test is None]
         if missing:
-            raise SearchError(f"queries without a measured unmerged accuracy: {', '.join(missing)}")
+            raise SearchError(
+                f"queries without measured unmerged accuracies on validation and test frames: {', '.join(missing)}"
+            )
         self.workload = workload
         self.out_dir = Path(out_dir)
         self.config = config
@@ -193,6 +198,10 @@ class MergeSearch:
         self.device = resolve_device(config.device)
         self.recipes = {e.name: ModelRecipe(e.query.arch, e.recipe_args()) for e in workload.queries}
         self.round_budget = dataclasses.replace(config.round_budget, distill=self.strategy.options.distill)
+        # Held-out test frames per query: measured for reports only, never read by a decision.
+        self._test_frames: dict[str, LabelledFrames] = {}
+        # (validation, test) measurements of each query's current weights; a round forgets its affected queries.
+        self._measured: dict[str, tuple[Measurement, Measurement]] = {}
 
     # -- set-up -----------------------------------------------------------------------------------
 
@@ -202,14 +211,19 @@ class MergeSearch:
     def _query_data(self, unmerged: ModelSet | None) -> dict[str, QueryData]:
         frames = {c.name: camera_frames(self.workload, c) for c in self.workload.cameras}
         data = {}
+        most = self.round_budget.check_frames
         for entry in self.workload.queries:
-            train, val = query_data(self.workload, entry, frames[entry.query.camera])
+            labelled = query_data(self.workload, entry, frames[entry.query.camera])
             logits = None
             if self.strategy.options.distill > 0 and not entry.query.task.is_detection:
                 teacher = unmerged[entry.name] if unmerged is not None else self.workload.load_model(entry)
-                logits = teacher_logits(teacher.to(self.device), train)
+                logits = teacher_logits(teacher.to(self.device), labelled.train)
             required = entry.required_accuracy or 0.0
-            data[entry.name] = QueryData(entry.name, entry.query.task, train, val, required, logits)
+            check = check_subset(labelled.val, most) if len(labelled.val) > most else None
+            data[entry.name] = QueryData(
+                entry.name, entry.query.task, labelled.train, labelled.val, required, logits, check
+            )
+            self._test_frames[entry.name] = labelled.test
         return data
 
     def _fresh_state(self, models: ModelSet) -> _State:
@@ -237,16 +251,25 @@ class MergeSearch:
     def _save_state(self, state: _State) -> None:
         _write_json_atomically(self.out_dir / STATE_NAME, state.to_json())
 
-    def _save_config(self, models: ModelSet, state: _State, accuracies: dict[str, float]) -> dict[str, Any]:
+    def _save_config(self, models: ModelSet, state: _State, data: dict[str, QueryData]) -> dict[str, Any]:
         index = len(state.bundles)
         path = self.out_dir / "bundles" / f"config-{index:03d}"
         saved = footprint(models).saved_param_bytes
+        measured = self._measure_all(models, data)
         save_bundle(
             models, state.accepted, path, recipes=self.recipes, overwrite=True,
             metadata={
                 "strategy": self.strategy.name, "round": state.rounds, "saved_param_bytes": saved,
-                "accuracies": accuracies, "workload": self.workload.name,
+                "accuracies": {name: val.accuracy for name, (val, _) in measured.items()},
+                "workload": self.workload.name,
                 "required": {e.name: e.required_accuracy for e in self.workload.queries},
+                "evaluation": {
+                    name: {"val": val.to_json(), "test": test.to_json()} for name, (val, test) in measured.items()
+                },
+                "required_test": {e.name: e.required_test_accuracy for e in self.workload.queries},
+                "unmerged_test": {
+                    e.name: e.unmerged_test.to_json() for e in self.workload.queries if e.unmerged_test is not None
+                },
             },
         )
         record = {"path": str(path), "round": state.rounds, "saved_param_bytes": saved, "elapsed": state.elapsed}
@@ -277,7 +300,7 @@ class MergeSearch:
             data = self._query_data(models)
         if state is None:
             state = self._fresh_state(models)
-            self._save_config(models, state, self._accuracies(models, data))
+            self._save_config(models, state, data)
             self._save_state(state)
         base = state.elapsed
         deadline = None
@@ -338,9 +361,11 @@ class MergeSearch:
         accepted = outcome.all_met
         if accepted:
             models = candidate
+            for name in affected:
+                self._measured.pop(name, None)
             state.accepted = state.accepted.extended(trial)
             state.queue = state.queue[1:]
-            record = self._save_config(models, state, outcome.accuracies)
+            record = self._save_config(models, state, data)
             state.timeline.append([round(state.elapsed, 3), float(record["saved_param_bytes"])])
         else:
             state.queue = self.strategy.after_failure(trial, outcome) + state.queue[1:]
@@ -348,7 +373,7 @@ class MergeSearch:
         emit(
             self.progress, "round.finished", round=round_index, trial_layers=len(trial), accepted=accepted,
             accepted_layers=len(state.accepted.instances), accuracy=outcome.accuracies,
-            initial_accuracy=outcome.initial_accuracies,
+            initial_accuracy=outcome.initial_accuracies, check_accuracy=outcome.check_accuracies,
             required={n: data[n].required for n in affected}, steps=outcome.steps, stopped=outcome.stopped,
             bytes_saved=int(state.timeline[-1][1]), elapsed=state.elapsed,
         )
@@ -357,27 +382,88 @@ class MergeSearch:
                  bytes_saved=state.bundles[-1]["saved_param_bytes"], elapsed=state.elapsed)
         return models
 
-    def _accuracies(self, models: ModelSet, data: dict[str, QueryData]) -> dict[str, float]:
-        return {name: validate(models[name], query.val, query.task) for name, query in data.items()}
+    def _measure_all(self, models: ModelSet, data: dict[str, QueryData]) -> dict[str, tuple[Measurement, Measurement]]:
+        """Return each query's (validation, test) measurement of its current weights, measuring only the queries
+        whose weights changed since they were last measured."""
+        for name, query in data.items():
+            if name not in self._measured:
+                model = models[name]
+                self._measured[name] = (
+                    measure(model, query.val, query.task, calibration=query.train),
+                    measure(model, self._test_frames[name], query.task, calibration=query.train),
+                )
+        return {name: self._measured[name] for name in data}
 
     def _result(self, models: ModelSet, state: _State, data: dict[str, QueryData], status: str) -> SearchResult:
         measured = footprint(models)
-        accuracies = self._accuracies(models, data)
-        queries = [
-            {
+        evaluation = self._measure_all(models, data)
+        queries = []
+        for e in self.workload.queries:
+            val, test = evaluation[e.name]
+            test = Measurement.from_json(test.to_json())  # the figures the bundle records, to the same digits
+            test_target = e.required_test_accuracy
+            queries.append({
                 "name": e.name,
                 "unmerged_accuracy": e.unmerged_accuracy,
                 "target": e.required_accuracy,
-                "merged_accuracy": accuracies[e.name],
-                "meets_target": accuracies[e.name] >= (e.required_accuracy or 0.0),
-            }
-            for e in self.workload.queries
-        ]
+                "merged_accuracy": val.accuracy,
+                "meets_target": val.accuracy >= (e.required_accuracy or 0.0),
+                "merged_val_interval": val.to_json()["interval"],
+                "unmerged_test_accuracy": e.unmerged_test.accuracy if e.unmerged_test else None,
+                "test_target": test_target,
+                "merged_test_accuracy": test.accuracy,
+                "merged_test_interval": list(test.interval),
+                "meets_target_on_test": test_target is not None and test.accuracy >= test_target,
+            })
         return SearchResult(
             strategy=self.strategy.name, status=status, unmerged_param_bytes=measured.naive_param_bytes,
             merged_param_bytes=measured.param_bytes, queries=queries, bundle=state.bundles[-1]["path"],
             timeline=state.timeline, rounds=state.rounds, plan=state.accepted,
         )
+
+
+def bundle_evaluation(metadata: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Return the per-query ``{"val": measurement, "test": measurement}`` (``Measurement.to_json``) a search wrote
+    into a saved configuration's bundle metadata; queries whose figures are missing or malformed are left out
+    (bundles saved before test frames existed have none)."""
+    evaluation = metadata.get("evaluation")
+    if not isinstance(evaluation, dict):
+        return {}
+    found = {}
+    for name, figures in evaluation.items():
+        try:
+            found[str(name)] = {part: Measurement.from_json(figures[part]).to_json() for part in ("val", "test")}
+        except (GemelError, KeyError, TypeError):
+            continue
+    return found
+
+
+def bundle_test_report(metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Return, per query of a saved configuration's bundle metadata, the held-out test figures ``merge --json``
+    reports: ``unmerged_test_accuracy``, ``test_target``, ``merged_test_accuracy``, ``merged_test_interval``
+    (``[low, high]``), ``merged_test_frames`` and ``meets_target_on_test``. Empty for bundles saved before test
+    frames existed."""
+    evaluation = bundle_evaluation(metadata)
+    required = metadata.get("required_test") if isinstance(metadata.get("required_test"), dict) else {}
+    unmerged = metadata.get("unmerged_test") if isinstance(metadata.get("unmerged_test"), dict) else {}
+    report = {}
+    for name, figures in evaluation.items():
+        test = figures["test"]
+        target = required.get(name)
+        target = float(target) if isinstance(target, int | float) and math.isfinite(target) else None
+        try:
+            unmerged_accuracy: float | None = Measurement.from_json(unmerged.get(name)).accuracy
+        except GemelError:
+            unmerged_accuracy = None
+        report[name] = {
+            "unmerged_test_accuracy": unmerged_accuracy,
+            "test_target": target,
+            "merged_test_accuracy": test["accuracy"],
+            "merged_test_interval": test["interval"],
+            "merged_test_frames": test["frames"],
+            "meets_target_on_test": target is not None and test["accuracy"] >= target,
+        }
+    return report
 
 
 def saved_configs(out_dir: str | Path) -> list[dict[str, Any]]:
@@ -414,5 +500,12 @@ def run_search(
 
 
 __all__ = [
-    "MergeInstance", "MergeSearch", "SearchConfig", "SearchError", "SearchResult", "run_search", "saved_configs",
+    "MergeInstance",
+    "MergeSearch",
+    "SearchConfig",
+    "SearchError",
+    "SearchResult",
+    "bundle_evaluation",
+    "run_search",
+    "saved_configs",
 ]

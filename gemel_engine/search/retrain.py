@@ -1,10 +1,13 @@
 """Joint retraining of merged models: one optimizer over the unique parameters of the affected models.
 
 Each step draws a batch from every affected query and sums their losses, weighted toward the queries
-that lag behind their targets. Validation happens every ``eval_every`` steps (BatchNorm statistics are
-re-estimated first); the round stops as soon as every affected query meets its target, when a lagging
-query's trend shows it cannot get there within the budget, when the step budget is spent, or when the
-search is cancelled.
+that lag behind their targets. Every ``eval_every`` steps a check measures each affected query on its check
+frames (a fixed, evenly spaced subset of its validation frames) the one way models are measured
+(``gemel_engine.accuracy.measure``); the round stops as soon as every check passes, when a lagging query's
+trend shows it cannot get there within the budget, when the step budget is spent, or when the search is
+cancelled. Checks only decide when to stop: once the round stops, one final measurement on the whole
+validation set decides which queries met their targets, so a check that passed on a lucky subset accepts
+nothing.
 """
 
 from __future__ import annotations
@@ -18,17 +21,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from gemel_engine.accuracy import measure
 from gemel_engine.events import CancelToken
 from gemel_engine.modelset import ModelSet
 from gemel_engine.queries import Task, images_to_tensor
-from gemel_engine.train import (
-    LabelledFrames,
-    TrainingError,
-    draw_batch,
-    joint_step,
-    recalibrate_batchnorm,
-    validate,
-)
+from gemel_engine.train import LabelledFrames, TrainingError, draw_batch, joint_step
 
 StopReason = Literal["met", "budget", "hopeless", "cancelled", "deadline"]
 
@@ -62,9 +59,13 @@ class RetrainBudget:
     lag_weight: float = 4.0
     # Give up on a round once this fraction of the budget is spent and a query's trend cannot reach its target.
     hopeless_after: float = 0.5
+    # Most validation frames an in-round check looks at (an evenly spaced subset; the final measurement of a
+    # round uses them all).
+    check_frames: int = 150
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "detection_batch_size", "eval_every", "eval_every_near"):
+        counts = ("max_steps", "batch_size", "detection_batch_size", "eval_every", "eval_every_near", "check_frames")
+        for name in counts:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TrainingError(f"{name} must be a positive integer, got {value!r}")
@@ -87,6 +88,14 @@ class RetrainBudget:
         return min(self.eval_every, self.eval_every_near) if near else self.eval_every
 
 
+def check_subset(val: LabelledFrames, most: int) -> LabelledFrames:
+    """Return at most ``most`` frames of ``val``, evenly spaced in time (all of them when there are fewer)."""
+    if len(val) <= most:
+        return val
+    picks = [round(i * (len(val) - 1) / (most - 1)) for i in range(most)] if most > 1 else [0]
+    return LabelledFrames(val.images[picks], [val.targets[i] for i in picks])
+
+
 @dataclass(eq=False)
 class QueryData:
     """What retraining needs of one query: its task, frames, required accuracy and teacher outputs."""
@@ -99,6 +108,8 @@ class QueryData:
     required: float
     # The unmerged model's logits on the training frames (classification), for distillation.
     teacher_logits: torch.Tensor | None = None
+    # The frames of in-round checks (a subset of ``val``; None: all of ``val``).
+    check: LabelledFrames | None = None
     _images: torch.Tensor | None = field(default=None, repr=False)
 
     def images(self) -> torch.Tensor:
@@ -124,13 +135,16 @@ def teacher_logits(model: nn.Module, frames: LabelledFrames, *, batch_size: int 
 class RetrainOutcome:
     """The result of one round of joint retraining."""
 
+    # The final measurement on the whole validation set of each affected query: what decides ``met``.
     accuracies: dict[str, float]
     met: dict[str, bool]
     steps: int
     stopped: StopReason
     seconds: float
-    # Accuracy of each affected query right after tying, before any retraining step.
+    # Check accuracy of each affected query right after tying, before any retraining step.
     initial_accuracies: dict[str, float] = field(default_factory=dict)
+    # The last in-round check's accuracies (on the check frames).
+    check_accuracies: dict[str, float] = field(default_factory=dict)
 
     @property
     def all_met(self) -> bool:
@@ -143,12 +157,12 @@ class RetrainOutcome:
         return frozenset(name for name, ok in self.met.items() if not ok)
 
 
-def _evaluate(models: ModelSet, names: list[str], data: Mapping[str, QueryData], seed: int) -> dict[str, float]:
+def _evaluate(models: ModelSet, names: list[str], data: Mapping[str, QueryData], *, final: bool) -> dict[str, float]:
     accuracies = {}
     for name in names:
         query = data[name]
-        recalibrate_batchnorm(models[name], query.train, query.task, seed=seed)
-        accuracies[name] = validate(models[name], query.val, query.task)
+        frames = query.val if final or query.check is None else query.check
+        accuracies[name] = measure(models[name], frames, query.task, calibration=query.train, interval=False).accuracy
     return accuracies
 
 
@@ -196,11 +210,13 @@ def joint_retrain(
     """Retrain the ``affected`` models of ``models`` together until they meet their targets or stop.
 
     ``deadline`` is a ``time.monotonic()`` value after which the round stops at the next step (the search's
-    budget); ``budget.max_seconds`` bounds the round itself. Validation comes sooner once every lagging
-    query is near its target, so a round ends soon after the targets are met.
+    budget); ``budget.max_seconds`` bounds the round itself. Checks come sooner once every lagging query is
+    near its target, so a round ends soon after the targets are met. A round that stops for any reason but
+    cancellation or the deadline ends with one measurement of every affected query on its whole validation
+    set, and that alone decides ``met``.
 
     Returns:
-        Final accuracies, which queries met their targets, steps taken and why the round stopped.
+        Final validation accuracies, which queries met their targets, steps taken and why the round stopped.
 
     Raises:
         TrainingError: the joint loss became NaN or infinite.
@@ -210,7 +226,8 @@ def joint_retrain(
     device = next(unique.parameters()).device
     optimizer = torch.optim.AdamW(unique.parameters(), lr=budget.lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
-    accuracies = _evaluate(models, affected, data, seed)
+    accuracies = _evaluate(models, affected, data, final=False)
+    checked_at = 0
     initial = dict(accuracies)
     history = [accuracies]
     steps = 0
@@ -241,7 +258,8 @@ def joint_retrain(
         steps += 1
         next_validation -= 1
         if next_validation == 0 or steps == budget.max_steps:
-            accuracies = _evaluate(models, affected, data, seed + steps)
+            accuracies = _evaluate(models, affected, data, final=False)
+            checked_at = steps
             next_validation = budget.interval(_shortfalls(accuracies, affected, data))
             history.append(accuracies)
             remaining = (budget.max_steps - steps) // budget.eval_every
@@ -255,8 +273,14 @@ def joint_retrain(
     else:
         stopped = "met"
     unique.eval()
-    met = {n: accuracies[n] >= data[n].required for n in affected}
-    return RetrainOutcome(accuracies, met, steps, stopped, time.perf_counter() - started, initial)
+    checked = accuracies
+    checks_were_final = checked_at == steps and all(data[n].check is None for n in affected)
+    if stopped in ("cancelled", "deadline") or checks_were_final:
+        final = checked
+    else:
+        final = _evaluate(models, affected, data, final=True)
+    met = {n: final[n] >= data[n].required for n in affected}
+    return RetrainOutcome(final, met, steps, stopped, time.perf_counter() - started, initial, dict(checked))
 
 
-__all__ = ["QueryData", "RetrainBudget", "RetrainOutcome", "joint_retrain", "teacher_logits"]
+__all__ = ["QueryData", "RetrainBudget", "RetrainOutcome", "check_subset", "joint_retrain", "teacher_logits"]

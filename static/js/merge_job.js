@@ -66,12 +66,19 @@
     const latest = [...bundles.values()].sort((a, b) => b.index - a.index)[0];
     const names = data.queries.map((q) => q.name);
     const labels = names.map(plotlyText);
-    const required = data.queries.map((q) => (latest && q.name in latest.required ? latest.required[q.name]
-      : (q.unmerged_accuracy || 0) * q.target_fraction));
-    const accuracy = names.map((n) => (latest && n in latest.accuracies ? latest.accuracies[n] : null));
-    const colours = names.map((n, i) => (accuracy[i] !== null && accuracy[i] >= required[i] ? "#2f6f4f" : "#9a3412"));
+    // Held-out test frames: what the deploy gate reads; the search decided on validation frames.
+    const tested = (n) => (latest && latest.test_accuracies && n in latest.test_accuracies ? latest.test_accuracies[n] : null);
+    const required = names.map((n) => (latest && latest.required[n] != null ? latest.required[n] : null));
+    const accuracy = names.map((n) => (tested(n) ? tested(n).accuracy : null));
+    const above = names.map((n, i) => (tested(n) ? tested(n).interval[1] - accuracy[i] : 0));
+    const below = names.map((n, i) => (tested(n) ? accuracy[i] - tested(n).interval[0] : 0));
+    const frames = names.map((n) => (tested(n) ? tested(n).frames : 0));
+    const colours = names.map((n, i) => (accuracy[i] !== null && required[i] !== null && accuracy[i] >= required[i] ? "#2f6f4f" : "#9a3412"));
     Plotly.react(accuracyChart, [
-      { type: "bar", x: labels, y: accuracy, name: latest ? "config " + latest.index : "accuracy", marker: { color: colours } },
+      { type: "bar", x: labels, y: accuracy, name: latest ? "config " + latest.index + " (test)" : "test accuracy",
+        marker: { color: colours }, customdata: frames,
+        hovertemplate: "%{y:.3f} on %{customdata} held-out test frames<extra></extra>",
+        error_y: { type: "data", symmetric: false, array: above, arrayminus: below, color: "#1c1c1c" } },
       { type: "scatter", mode: "markers", x: labels, y: required, name: "target",
         marker: { symbol: "line-ew-open", size: 36, color: "#1c1c1c", line: { width: 3, color: "#1c1c1c" } } },
     ], gemel.layout({ yaxis: { title: { text: "accuracy" }, range: [0, 1.05] } }), { responsive: true, displaylogo: false });

@@ -90,6 +90,21 @@ class LiveStack:
         """Start the edge agent."""
         return self.start("agent", self.agent_command())
 
+    def agent_report(self) -> str:
+        """Return whether the agent still runs and the tail of its log (what a failed wait on it shows)."""
+        agent = self.processes.get("agent")
+        if agent is None:
+            return "the agent was never started"
+        state = "running" if agent.running() else "exited"
+        return f"agent {state}; its log ends:\n{agent.log_tail()}"
+
+    def wait_for_agent(self, *, timeout: float) -> None:
+        """Wait until the agent's node is registered (again, after a test's flush removed it)."""
+        from webapp.edge.models import EdgeNode
+
+        wait_until(lambda: EdgeNode.objects.filter(name=AGENT_NODE).exists(), timeout=timeout,
+                   what="the agent to register", context=self.agent_report)
+
     def restart_redis(self, *, down_until: Callable[[], bool], what: str) -> None:
         """Take Redis away until ``down_until()`` holds (``what`` names it): restart the private server (its data
         is lost, as with any restart without persistence), or keep dropping every client connection of an

@@ -17,7 +17,7 @@ def test_after_a_redis_restart_the_browser_catches_up_and_workers_take_new_tasks
     from webapp.workloads.models import Query
     from webapp.workloads.services import camera_register, model_register_file, query_create
 
-    wait_until(lambda: EdgeNode.objects.filter(name=AGENT_NODE).exists(), timeout=60, what="the agent to register")
+    live_stack.wait_for_agent(timeout=60)
     node = EdgeNode.objects.get(name=AGENT_NODE)
     page = sign_in(browser, live_stack, OPERATOR)
     page.goto(f"{live_stack.url}monitor/?node={node.pk}")

@@ -125,16 +125,23 @@ def test_an_operator_merges_and_deploys_from_the_browser(
     job = MergeJob.objects.latest("created_at")
     bundles = list(MergeBundle.objects.filter(job=job).order_by("index"))
     # The agent registers again on its own when a previous test's flush removed its node and token.
-    wait_until(lambda: EdgeNode.objects.filter(name=AGENT_NODE).exists(), timeout=90, what="the agent to register")
+    stack.wait_for_agent(timeout=90)
     node = EdgeNode.objects.get(name=AGENT_NODE)
     assert len(bundles) >= 2, "the search accepted no merged configuration"
-    unmerged, merged = bundles[0], bundles[-1]
-    assert merged.saved_param_bytes > 0
+    # The deploy gate reads held-out test frames, which the search never saw: deploy the latest merged
+    # configuration that holds there.
+    from webapp.merges.selectors import merge_bundle_deployable
+
+    holding = [bundle for bundle in bundles[1:] if merge_bundle_deployable(bundle)[0]]
+    assert holding, [merge_bundle_deployable(bundle)[1] for bundle in bundles[1:]]
+    unmerged, merged = bundles[0], holding[-1]
+    assert merge_bundle_deployable(unmerged)[0] and merged.saved_param_bytes > 0
 
     # Deploy the unmerged configuration, then the merged one: the node's memory chart drops.
     page.goto(f"{stack.url}deployments/")
     page.click(f"#deploy-{unmerged.pk}-{node.pk}")
-    wait_until(lambda: _active_bundle(AGENT_NODE) == unmerged.pk, timeout=180, what="the unmerged bundle active")
+    wait_until(lambda: _active_bundle(AGENT_NODE) == unmerged.pk, timeout=180, what="the unmerged bundle active",
+               context=stack.agent_report)
     monitor = sign_in(browser, stack, OPERATOR)
     monitor.goto(f"{stack.url}monitor/?node={node.pk}")
     monitor.evaluate("window.__sameDocument = true")
@@ -142,7 +149,8 @@ def test_an_operator_merges_and_deploys_from_the_browser(
     before = _latest_resident_bytes(monitor, node.pk)
 
     page.click(f"#deploy-{merged.pk}-{node.pk}")
-    wait_until(lambda: _active_bundle(AGENT_NODE) == merged.pk, timeout=180, what="the merged bundle active")
+    wait_until(lambda: _active_bundle(AGENT_NODE) == merged.pk, timeout=180, what="the merged bundle active",
+               context=stack.agent_report)
     wait_until(lambda: 0 < _latest_resident_bytes(monitor, node.pk) < before, timeout=60, what="the memory to drop")
     seen = _points(monitor, "#memory-chart")
     wait_until(lambda: _points(monitor, "#memory-chart") > seen + 2, timeout=60, what="live memory points")
@@ -152,7 +160,8 @@ def test_an_operator_merges_and_deploys_from_the_browser(
     _shot(page, screenshot_dir, "06-deployments")
 
     page.click(f"#rollback-{node.pk}")
-    wait_until(lambda: _active_bundle(AGENT_NODE) == unmerged.pk, timeout=180, what="the rollback to unmerged")
+    wait_until(lambda: _active_bundle(AGENT_NODE) == unmerged.pk, timeout=180, what="the rollback to unmerged",
+               context=stack.agent_report)
 
     # Nothing the operator typed ran as script on any page.
     for path in ("", "cameras/", "analysis/", f"merges/{job.pk}/", "deployments/", f"monitor/?node={node.pk}"):

@@ -29,12 +29,14 @@ def test_time_to_reach_finds_the_first_time_enough_is_saved():
 def test_a_summary_takes_medians_over_runs():
     runs = [
         {"strategy": "gemel", "rounds": r, "timeline": TIMELINE, "savings_fraction": 0.5, "all_targets_met": True,
-         "seconds_to_final_savings": s}
-        for r, s in ((3, 30.0), (5, 10.0), (4, 20.0))
+         "seconds_to_final_savings": s, "test_targets_met": met, "test_targets_total": 3, "val_test_gaps": gaps}
+        for r, s, met, gaps in ((3, 30.0, 3, [0.01]), (5, 10.0, 2, [0.03, -0.01]), (4, 20.0, 3, []))
     ]
     summary = summarise(runs, 60)
     assert summary["rounds"] == 4 and summary["seconds_to_final_savings"] == 20.0
     assert summary["saved_at"]["0.25"] == 100.0
+    assert summary["test_targets_met_share"] == pytest.approx(8 / 9)
+    assert summary["mean_val_test_gap"] == pytest.approx(0.01)
 
 
 def test_the_merge_benchmark_runs_strategies_side_by_side(tiny_workload, tmp_path: Path, capsys):
@@ -49,3 +51,7 @@ def test_the_merge_benchmark_runs_strategies_side_by_side(tiny_workload, tmp_pat
     assert [s["strategy"] for s in data["summary"]] == ["gemel", "gemel+"]
     assert all(s["all_targets_met"] for s in data["summary"])
     assert data["runs"]["gemel"][0]["saved_param_bytes"] > 0
+    for summary in data["summary"]:
+        assert 0.0 <= summary["test_targets_met_share"] <= 1.0
+        assert summary["mean_val_test_gap"] is not None  # every run accepted a configuration
+    assert "test targets met" in printed and "val-test gap" in printed

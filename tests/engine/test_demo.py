@@ -20,13 +20,28 @@ def test_every_unmerged_model_clearly_beats_always_answering_the_commonest_class
         assert entry.unmerged_accuracy >= entry.chance_accuracy + 0.1, entry.name
 
 
-def test_the_saved_workload_reproduces_each_recorded_accuracy(tiny_workload):
+def test_the_saved_workload_reproduces_each_recorded_accuracy_on_validation_and_test_frames(tiny_workload):
     workload = Workload.load(tiny_workload.root / "workload.json")
     for entry in workload.queries:
         frames = camera_frames(workload, workload.camera(entry.query.camera))
-        _, val = query_data(workload, entry, frames)
-        accuracy = evaluate(workload.load_model(entry), val.images, val.targets, entry.query.task)
-        assert accuracy == pytest.approx(entry.unmerged_accuracy, abs=1e-3), entry.name
+        labelled = query_data(workload, entry, frames)
+        model = workload.load_model(entry)  # its BatchNorm statistics are the ones it was measured with
+        val = evaluate(model, labelled.val.images, labelled.val.targets, entry.query.task)
+        test = evaluate(model, labelled.test.images, labelled.test.targets, entry.query.task)
+        assert val == pytest.approx(entry.unmerged_accuracy, abs=1e-4), entry.name
+        assert test == pytest.approx(entry.unmerged_test.accuracy, abs=1e-4), entry.name
+        assert entry.unmerged_test.low <= entry.unmerged_test.accuracy <= entry.unmerged_test.high
+        assert entry.unmerged_test.frames == len(labelled.test)
+
+
+@pytest.mark.parametrize("scale", ["mix", "small"])
+def test_the_benchmark_demos_hold_at_least_300_validation_and_300_test_frames_per_camera(scale, tmp_path):
+    spec = SCALES[scale]
+    workload = Workload(scale, spec.cameras, spec.queries, tmp_path)
+    for camera in spec.cameras:
+        frames = camera_frames(workload, camera)
+        assert len(frames.val) >= 300 and len(frames.test) >= 300, camera.name
+        assert frames.test.timestamps.min() >= frames.val.timestamps.max() + camera.gap_seconds
 
 
 def test_an_unknown_demo_scale_is_refused(capsys, tmp_path):
@@ -53,3 +68,23 @@ def test_the_larger_scales_mix_three_families_and_a_detector_that_fits_its_task(
 def test_the_paper_scale_has_the_papers_families():
     archs = {entry.query.arch for entry in SCALES["paper"].queries}
     assert {"resnet18", "resnet50", "resnet101", "vgg16", "mobilenet_v3_large", "fasterrcnn_resnet50_fpn"} <= archs
+
+
+def test_measure_upgrades_a_version_1_workload_to_the_same_figures_the_build_recorded(tiny_workload, tmp_path, capsys):
+    import json
+
+    for folder in ("weights", "cache"):
+        (tmp_path / folder).symlink_to(tiny_workload.root / folder)
+    data = json.loads((tiny_workload.root / "workload.json").read_text())
+    data["version"] = 1
+    for query in data["queries"]:
+        query.pop("unmerged_test"), query.pop("unmerged_val_interval")
+    path = tmp_path / "workload.json"
+    path.write_text(json.dumps(data))
+    assert main(["measure", "--workload", str(path)]) == 0
+    assert "held-out" not in capsys.readouterr().err
+    upgraded = Workload.load(path)
+    for entry in upgraded.queries:
+        built = tiny_workload.query(entry.name)
+        assert entry.unmerged_accuracy == built.unmerged_accuracy
+        assert entry.unmerged_test == built.unmerged_test

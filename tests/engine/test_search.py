@@ -110,7 +110,7 @@ def test_gemel_merges_the_tiny_workload_and_every_query_keeps_its_target(tiny_wo
     verify_sharing(bundle.models, bundle.plan)
     for entry in tiny_workload.queries:
         frames = camera_frames(tiny_workload, tiny_workload.camera(entry.query.camera))
-        _, val = query_data(tiny_workload, entry, frames)
+        val = query_data(tiny_workload, entry, frames).val
         accuracy = evaluate(bundle.models[entry.name], val.images, val.targets, entry.query.task)
         merged = next(q["merged_accuracy"] for q in result.queries if q["name"] == entry.name)
         assert accuracy == pytest.approx(merged, abs=1e-6)
@@ -184,7 +184,8 @@ def test_joint_retraining_stops_as_soon_as_targets_are_met_or_hopeless(tiny_work
 
     entry = tiny_workload.queries[0]
     frames = camera_frames(tiny_workload, tiny_workload.camera(entry.query.camera))
-    train, val = query_data(tiny_workload, entry, frames)
+    labelled = query_data(tiny_workload, entry, frames)
+    train, val = labelled.train, labelled.val
     models = ModelSet({entry.name: tiny_workload.load_model(entry)})
     easy = {entry.name: QueryData(entry.name, entry.query.task, train, val, required=0.0)}
     assert joint_retrain(models, [entry.name], easy, RetrainBudget()).stopped == "met"
@@ -201,9 +202,44 @@ def test_the_merge_command_prints_the_documented_json(tiny_workload, tmp_path: P
     assert code == 0
     assert {"strategy", "unmerged_param_bytes", "merged_param_bytes", "savings_fraction", "queries", "bundle",
             "timeline"} <= set(data)
-    assert set(data["queries"][0]) == {"name", "unmerged_accuracy", "target", "merged_accuracy", "meets_target"}
+    documented = {"name", "unmerged_accuracy", "target", "merged_accuracy", "meets_target"}
+    held_out = {"unmerged_test_accuracy", "test_target", "merged_test_accuracy", "merged_test_interval",
+                "meets_target_on_test"}
+    for query in data["queries"]:
+        assert documented | held_out <= set(query)
+        low, high = query["merged_test_interval"]
+        assert low <= query["merged_test_accuracy"] <= high
+        assert query["meets_target_on_test"] == (query["merged_test_accuracy"] >= query["test_target"])
     assert main(["inspect", str(tmp_path / "j"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["path"] == data["bundle"]
+    inspected = json.loads(capsys.readouterr().out)
+    assert inspected["path"] == data["bundle"]
+    by_model = {model["name"]: model for model in inspected["models"]}
+    for query in data["queries"]:
+        for key in held_out:
+            assert by_model[query["name"]][key] == query[key]
+
+
+def test_a_round_whose_check_passes_but_whose_final_validation_fails_accepts_nothing(tiny_workload):
+    from gemel_engine.accuracy import measure
+    from gemel_engine.modelset import ModelSet
+    from gemel_engine.queries import predict
+    from gemel_engine.search.retrain import QueryData, joint_retrain
+    from gemel_engine.train import LabelledFrames
+
+    entry = tiny_workload.queries[0]
+    labelled = query_data(tiny_workload, entry, camera_frames(tiny_workload, tiny_workload.camera(entry.query.camera)))
+    model = tiny_workload.load_model(entry)
+    full = measure(model, labelled.val, entry.query.task, calibration=labelled.train, interval=False).accuracy
+    assert full < 1.0, "the unmerged model must miss some validation frames for this test"
+    predictions = predict(model, labelled.val.images, entry.query.task)
+    right = [i for i, (p, t) in enumerate(zip(predictions, labelled.val.targets, strict=True)) if p == t]
+    lucky = LabelledFrames(labelled.val.images[right], [labelled.val.targets[i] for i in right])
+    required = (full + 1.0) / 2  # the lucky check frames pass it, the whole validation set does not
+    data = {entry.name: QueryData(entry.name, entry.query.task, labelled.train, labelled.val, required, check=lucky)}
+    outcome = joint_retrain(ModelSet({entry.name: model}), [entry.name], data, RetrainBudget())
+    assert outcome.stopped == "met" and outcome.check_accuracies[entry.name] == 1.0
+    assert outcome.accuracies[entry.name] == pytest.approx(full)
+    assert not outcome.all_met and outcome.failing == {entry.name}
 
 
 def test_the_merge_command_names_a_missing_workload(capsys, tmp_path: Path):

@@ -67,14 +67,35 @@ def test_malformed_workloads_are_refused_with_a_clear_error(tmp_path: Path, edit
         Workload.load(path, check_weights=False)
 
 
+def test_a_version_1_workload_is_refused_with_how_to_upgrade_it_and_measure_upgrades_it(tmp_path: Path):
+    zoo.save_weights(zoo.get_model("resnet18", num_classes=2), tmp_path / "q.safetensors")
+    data = _workload(tmp_path, weights="q.safetensors").to_json()
+    data["version"] = 1
+    for camera in data["cameras"]:
+        camera.pop("test_fraction")
+    for query in data["queries"]:
+        query.pop("unmerged_test"), query.pop("unmerged_val_interval")
+    path = tmp_path / "workload.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(WorkloadError, match=r"predates held-out test frames.*gemel_engine measure"):
+        Workload.load(path)
+    upgraded = Workload.load(path, upgrade=True)
+    assert upgraded.cameras[0].test_fraction == 0.2
+    assert upgraded.query("q").unmerged_accuracy is None  # measured on validation frames only: measured again
+
+
 def test_ground_truth_labels_come_from_the_cameras_boxes_split_by_time(tmp_path: Path):
     workload = _workload(tmp_path)
     frames = camera_frames(workload, workload.cameras[0])
-    train, val = query_data(workload, workload.queries[0], frames)
-    assert frames.val.timestamps.min() >= frames.train.timestamps.max() + workload.cameras[0].gap_seconds
-    assert len(train) == len(frames.train) and len(val) == len(frames.val)
-    assert set(train.targets) <= {0, 1}
-    assert list(val.targets) == [PRESENCE.target(b) for b in frames.val.boxes]
+    labelled = query_data(workload, workload.queries[0], frames)
+    gap = workload.cameras[0].gap_seconds
+    assert frames.val.timestamps.min() >= frames.train.timestamps.max() + gap
+    assert frames.test.timestamps.min() >= frames.val.timestamps.max() + gap
+    assert len(labelled.train) == len(frames.train) and len(labelled.val) == len(frames.val)
+    assert len(labelled.test) == len(frames.test) > 0
+    assert set(labelled.train.targets) <= {0, 1}
+    assert list(labelled.val.targets) == [PRESENCE.target(b) for b in frames.val.boxes]
+    assert list(labelled.test.targets) == [PRESENCE.target(b) for b in frames.test.boxes]
 
 
 def test_teacher_labels_give_the_unmerged_model_an_accuracy_of_one(tmp_path: Path):
@@ -82,8 +103,9 @@ def test_teacher_labels_give_the_unmerged_model_an_accuracy_of_one(tmp_path: Pat
     zoo.save_weights(zoo.get_model("resnet18", num_classes=2), tmp_path / "q.safetensors")
     workload = _workload(tmp_path, labels="teacher", weights="q.safetensors")
     entry = workload.queries[0]
-    _, val = query_data(workload, entry, camera_frames(workload, workload.cameras[0]))
-    assert evaluate(workload.load_model(entry), val.images, val.targets, PRESENCE) == 1.0
+    labelled = query_data(workload, entry, camera_frames(workload, workload.cameras[0]))
+    for part in (labelled.val, labelled.test):
+        assert evaluate(workload.load_model(entry), part.images, part.targets, PRESENCE) == 1.0
 
 
 def test_an_image_folder_with_yolo_annotations_is_labelled_and_scaled(tmp_path: Path):
@@ -100,10 +122,9 @@ def test_an_image_folder_with_yolo_annotations_is_labelled_and_scaled(tmp_path: 
     )
     workload = Workload("w", (camera,), (QueryEntry(Query("q", "folder", "resnet18", PRESENCE)),), tmp_path)
     frames = camera_frames(workload, camera)
-    boxes = [b for frame_boxes in (*frames.train.boxes, *frames.val.boxes) for b in frame_boxes]
+    boxes = [b for frame_boxes in (*frames.train.boxes, *frames.val.boxes, *frames.test.boxes) for b in frame_boxes]
     assert {(b.x1, b.y1, b.x2, b.y2) for b in boxes} == {(10.0, 5.0, 30.0, 15.0)}
-    train, _ = query_data(workload, workload.queries[0], frames)
-    assert sorted(set(train.targets)) == [0, 1]
+    assert sorted(set(query_data(workload, workload.queries[0], frames).train.targets)) == [0, 1]
 
 
 def test_annotations_that_do_not_match_the_frames_name_the_file(tmp_path: Path):

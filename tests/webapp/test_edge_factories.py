@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
+from tests.webapp.test_workloads_factories import measured
 from webapp.edge.models import EdgeNode
 from webapp.edge.services import agent_token_create
 from webapp.merges.models import MergeBundle, MergeJob
@@ -28,7 +29,7 @@ def make_query(name: str = "north_cars", *, camera: str = "north", seed: int = 1
     )
     query, _ = Query.objects.get_or_create(
         name=name, defaults={"camera": cam, "model": model, "task": PRESENCE, "status": Query.Status.READY,
-                             "unmerged_accuracy": 0.9, "slo_ms": 400.0},
+                             "unmerged_accuracy": 0.9, "unmerged_test": measured(0.9), "slo_ms": 400.0},
     )
     return query
 
@@ -59,9 +60,11 @@ def make_bundle(
         job.queries.set(queries if queries is not None else [make_query()])
     folder = folder or fake_bundle_folder(f"job-{job.pk}-{job.bundles.count()}")
     names = list(job.queries.values_list("name", flat=True))
+    accuracy = 0.9 if meets else 0.5
     return MergeBundle.objects.create(
         job=job, index=job.bundles.count(), path=str(folder), saved_param_bytes=1 << 20,
-        accuracies=dict.fromkeys(names, 0.9 if meets else 0.5), required=dict.fromkeys(names, 0.85),
+        accuracies=dict.fromkeys(names, accuracy), required=dict.fromkeys(names, 0.85),
+        evaluation={name: {"val": measured(accuracy), "test": measured(accuracy)} for name in names},
         meets_targets=meets, files=file_record(folder),
     )
 

@@ -6,6 +6,7 @@ import pytest
 from django.urls import reverse
 
 from tests.webapp.test_edge_factories import make_bundle, make_node, make_query
+from tests.webapp.test_workloads_factories import measured
 from webapp.edge.models import AgentToken, Deployment, EdgeNode
 from webapp.edge.services import deployment_create, deployment_report_status, metrics_record
 
@@ -119,14 +120,15 @@ def test_raising_a_target_above_a_bundles_accuracy_stops_its_deployment_at_once(
 
     node, _ = make_node()
     query = make_query()
-    query.unmerged_accuracy = 0.92  # target 0.95 × 0.92 = 0.874: the bundle's 0.9 meets it
+    query.unmerged_accuracy, query.unmerged_test = 0.92, measured(0.92)  # target 0.95 × 0.92 = 0.874: 0.9 meets it
     query.save()
     bundle = make_bundle(queries=[query])
     assert operator_client.get(reverse("deployments")).context["bundles"][0]["deployable"]
 
     query_update(query=query, target_fraction=1.0)  # 0.92 now: the bundle's 0.9 misses it by 0.02
     row = operator_client.get(reverse("deployments")).context["bundles"][0]
-    assert not row["deployable"] and "north_cars: accuracy 0.900 below its target 0.920" in row["reason"]
+    assert not row["deployable"] and "north_cars: test accuracy 0.900" in row["reason"]
+    assert "below its target 0.920" in row["reason"]
     assert "short by 0.020" in row["reason"]
     response = operator_client.post("/api/deployments", {"bundle": bundle.pk, "node": node.pk},
                                     content_type="application/json")

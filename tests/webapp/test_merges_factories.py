@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tests.webapp.test_workloads_factories import make_camera, make_model, make_query, synthetic_source
+from tests.webapp.test_workloads_factories import make_camera, make_model, make_query, measured, synthetic_source
 from webapp.merges.models import MergeBundle, MergeJob
 from webapp.workloads.models import Query
 
@@ -44,10 +44,16 @@ def make_job(*, status: str = MergeJob.Status.QUEUED, queries: Sequence[Query] =
     return job
 
 
-def make_bundle(job: MergeJob, *, index: int = 1, accuracies: dict, required: dict, **fields) -> MergeBundle:
-    """Return a saved bundle row with the given per-query accuracies and targets (no files on disk)."""
+def make_bundle(
+    job: MergeJob, *, index: int = 1, accuracies: dict, required: dict, test_accuracies: dict | None = None, **fields
+) -> MergeBundle:
+    """Return a saved bundle row with the given per-query validation accuracies and targets (no files on disk);
+    its held-out test accuracies are ``test_accuracies`` (by default the validation ones)."""
     fields.setdefault("path", f"merge-jobs/{job.pk}/bundles/config-{index:03d}")
-    meets = all(accuracies.get(name, -1) >= value for name, value in required.items())
+    tested = accuracies if test_accuracies is None else test_accuracies
+    evaluation = {name: {"val": measured(accuracies[name]), "test": measured(tested[name])} for name in tested}
+    meets = all(tested.get(name, -1) >= value for name, value in required.items())
     return MergeBundle.objects.create(
-        job=job, index=index, accuracies=accuracies, required=required, meets_targets=meets, **fields
+        job=job, index=index, accuracies=accuracies, required=required, evaluation=evaluation, meets_targets=meets,
+        **fields,
     )

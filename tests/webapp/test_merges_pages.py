@@ -8,8 +8,9 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.webapp.test_merges_factories import make_bundle, make_job, make_ready_queries
+from tests.webapp.test_workloads_factories import measured
 from webapp.merges.models import MergeJob
-from webapp.merges.selectors import merge_bundle_deployable
+from webapp.merges.selectors import merge_bundle_data, merge_bundle_deployable
 
 Status = MergeJob.Status
 HOSTILE = "<script>alert(1)</script>"
@@ -132,7 +133,7 @@ def test_the_api_lists_events_after_a_sequence_number_and_cancels_once(operator_
 def test_a_bundle_below_a_target_is_not_deployable_and_says_why(operator_client, db):
     queries = make_ready_queries(("mobilenet_v3_small", "mobilenet_v2"), names=["north", "east"])
     for query, unmerged in zip(queries, (0.8, 0.75), strict=True):  # the gate reads the queries' targets now
-        query.target_fraction, query.unmerged_accuracy = 1.0, unmerged
+        query.target_fraction, query.unmerged_accuracy, query.unmerged_test = 1.0, unmerged, measured(unmerged)
         query.save()
     job = make_job(queries=queries, status=Status.SUCCEEDED)
     below = make_bundle(job, index=1, accuracies={"north": 0.9, "east": 0.7}, required={"north": 0.8, "east": 0.75})
@@ -143,3 +144,21 @@ def test_a_bundle_below_a_target_is_not_deployable_and_says_why(operator_client,
     assert not ok and "missing" in reason
     listed = operator_client.get(f"/api/merge-jobs/{job.pk}/bundles").json()
     assert [(b["index"], b["deployable"], b["meets_targets"]) for b in listed] == [(1, False, False), (2, False, True)]
+
+
+def test_the_deploy_gate_reads_held_out_test_accuracy_not_the_validation_accuracy_the_search_decided_on(db):
+    queries = make_ready_queries(("mobilenet_v3_small", "mobilenet_v2"), names=["north", "east"])
+    for query in queries:
+        query.target_fraction, query.unmerged_accuracy, query.unmerged_test = 1.0, 0.8, measured(0.8)
+        query.save()
+    job = make_job(queries=queries, status=Status.SUCCEEDED)
+    lucky = make_bundle(job, index=1, accuracies={"north": 0.85, "east": 0.85}, required={"north": 0.8, "east": 0.8},
+                        test_accuracies={"north": 0.85, "east": 0.74})
+    ok, reason = merge_bundle_deployable(lucky)
+    assert not ok and "east: test accuracy 0.740" in reason and "short by 0.060" in reason and "north" not in reason
+    data = merge_bundle_data(lucky)
+    assert data["meets_targets"] is False and data["test_accuracies"]["east"]["interval"] == [0.69, 0.79]
+    untested = make_bundle(job, index=2, accuracies={"north": 0.9, "east": 0.9}, required={"north": 0.8, "east": 0.8},
+                           test_accuracies={})
+    ok, reason = merge_bundle_deployable(untested)
+    assert not ok and "not measured on held-out test frames" in reason

@@ -15,6 +15,12 @@ TINY_ARCH = "mobilenet_v3_small"
 PRESENCE = {"kind": "presence", "classes": ["car", "bus", "truck"]}
 
 
+def measured(accuracy: float, *, frames: int = 100, half_width: float = 0.05) -> dict[str, Any]:
+    """Return an accuracy as the engine's Measurement JSON (a 95% interval around it, within [0, 1])."""
+    low, high = max(0.0, accuracy - half_width), min(1.0, accuracy + half_width)
+    return {"accuracy": accuracy, "interval": [min(low, accuracy), max(high, accuracy)], "frames": frames}
+
+
 def synthetic_source(name: str = "north", *, frames: int = 60, seed: int = 1) -> str:
     """Return a short synthetic camera URI."""
     return f"synthetic://{name}?seed={seed}&width=64&height=48&fps=5&frames={frames}&time_scale=20&start_hour=9"
@@ -58,6 +64,7 @@ def make_query(
     if fields["status"] == Query.Status.READY:
         fields.setdefault("unmerged_accuracy", 0.9)
         fields.setdefault("chance_accuracy", 0.6)
+        fields.setdefault("unmerged_test", measured(fields["unmerged_accuracy"]))
     return Query.objects.create(
         name=name, camera=camera or make_camera(), model=model or make_model(), **fields
     )

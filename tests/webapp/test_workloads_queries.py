@@ -57,12 +57,14 @@ def test_it_refuses_classes_the_camera_never_shows():
         create(camera=camera)
 
 
-def test_measuring_sets_the_unmerged_and_chance_accuracy_once():
+def test_measuring_sets_the_unmerged_accuracy_on_validation_and_test_frames_once():
     query = make_query(status=Query.Status.PENDING)
     measured = query_measure(query_id=query.pk)
     assert measured.status == Query.Status.READY, measured.status_detail
     assert 0 <= measured.unmerged_accuracy <= 1 and 0 < measured.chance_accuracy <= 1
-    assert "validation frames" in measured.status_detail
+    test = measured.unmerged_test
+    assert test["interval"][0] <= test["accuracy"] <= test["interval"][1] and test["frames"] > 0
+    assert f"validation and {test['frames']} held-out test frames" in measured.status_detail
     assert query_measure(query_id=query.pk) is None  # claimed once: a second delivery does nothing
 
 
@@ -120,6 +122,22 @@ def test_a_real_worker_measures_a_new_query(celery_worker):
     query.refresh_from_db()
     assert query.status == Query.Status.READY, (query.status_detail, celery_worker.log_tail())
     assert query.unmerged_accuracy is not None
+
+
+@pytest.fixture
+def measured_before_test_frames(transactional_db) -> Query:
+    """A query the held-out-test migration sent back to pending: nothing queued its measurement."""
+    return make_query(status=Query.Status.PENDING, status_detail="measured before held-out test frames existed")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_starting_worker_measures_the_queries_left_pending(measured_before_test_frames, celery_worker):
+    query = measured_before_test_frames
+    wait_until(lambda: Query.objects.get(pk=query.pk).status in (Query.Status.READY, Query.Status.FAILED),
+               timeout=300, what="the starting worker to measure the pending query", context=celery_worker.log_tail)
+    query.refresh_from_db()
+    assert query.status == Query.Status.READY, (query.status_detail, celery_worker.log_tail())
+    assert query.unmerged_test["frames"] > 0
 
 
 def test_a_measurement_abandoned_by_a_dead_worker_is_taken_over():

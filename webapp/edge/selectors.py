@@ -20,6 +20,7 @@ from webapp.merges.selectors import (
     merge_bundle_deployable,
     merge_bundle_dir,
     merge_bundle_files,
+    merge_bundle_test_rows,
     merge_job_built_name,
 )
 
@@ -224,7 +225,7 @@ def bundles_for_deployment() -> list[dict[str, Any]]:
     rows = []
     for bundle in bundles:
         ok, reason = bundle_deployable(bundle)
-        rows.append({"bundle": bundle, "deployable": ok, "reason": reason})
+        rows.append({"bundle": bundle, "deployable": ok, "reason": reason, "tested": merge_bundle_test_rows(bundle)})
     return rows
 
 

@@ -77,9 +77,14 @@ class MergeBundle(models.Model):
     saved_param_bytes = models.BigIntegerField(default=0)
     # Seconds into the search when it was accepted.
     elapsed = models.FloatField(default=0.0)
-    # {query name: accuracy} and {query name: required accuracy}.
+    # {query name: validation accuracy} and {query name: required validation accuracy}: what the search decided on.
     accuracies = models.JSONField(default=dict)
     required = models.JSONField(default=dict)
+    # {query name: {"val": measurement, "test": measurement}} (gemel_engine.accuracy.Measurement JSON): the
+    # held-out test figures with their 95% intervals, what reports and the deploy gate read. Empty for bundles
+    # saved before test frames existed (never deployable).
+    evaluation = models.JSONField(default=dict)
+    # Whether every query met its target on test frames when the bundle was saved.
     meets_targets = models.BooleanField(default=False)
     # sha256 and size of each bundle file: {"manifest.json": {"sha256": ..., "size_bytes": ...}, ...}.
     files = models.JSONField(default=dict)

@@ -13,7 +13,7 @@ from django.utils import timezone
 from gemel_engine.bundle import MANIFEST_NAME, TENSORS_NAME
 from gemel_engine.search import list_strategies
 from webapp.merges.models import MergeBundle, MergeEvent, MergeJob
-from webapp.workloads.engine import query_required_accuracy
+from webapp.workloads.engine import query_required_test_accuracy
 
 # Files of a bundle, in the order an agent should fetch them.
 BUNDLE_FILES = (MANIFEST_NAME, TENSORS_NAME)
@@ -103,27 +103,52 @@ def merge_job_built_name(job: MergeJob, query: Any) -> str:
 
 def merge_bundle_required_now(bundle: MergeBundle) -> dict[str, float | None]:
     """Return, per query of the bundle's job (by the name the bundle knows it by), the accuracy it must reach
-    today: the query's current target over its current unmerged accuracy, not the target recorded when the
-    job ran (None: not measured)."""
-    queries = list(bundle.job.queries.all())
-    if not queries:
-        return dict(bundle.required)
-    return {merge_job_built_name(bundle.job, query): query_required_accuracy(query) for query in queries}
+    today on held-out test frames: the query's current target over its unmerged model's current test accuracy,
+    not the target recorded when the job ran (None: not measured on test frames)."""
+    return {
+        merge_job_built_name(bundle.job, query): query_required_test_accuracy(query)
+        for query in bundle.job.queries.all()
+    }
+
+
+def merge_bundle_test_accuracies(bundle: MergeBundle) -> dict[str, dict[str, Any]]:
+    """Return, per query, the bundle's accuracy on held-out test frames: ``{"accuracy", "interval", "frames"}``
+    (empty for bundles saved before test frames existed)."""
+    return {name: figures["test"] for name, figures in (bundle.evaluation or {}).items() if "test" in figures}
+
+
+def merge_bundle_test_rows(bundle: MergeBundle) -> list[dict[str, Any]]:
+    """Return, per query, its held-out test accuracy, 95% interval, frames and current target (what the
+    Deployments page shows next to each bundle)."""
+    tested = merge_bundle_test_accuracies(bundle)
+    return [
+        {"name": name, "target": required, **tested[name]}
+        for name, required in merge_bundle_required_now(bundle).items() if name in tested
+    ]
 
 
 def merge_bundle_shortfalls(bundle: MergeBundle, required_now: dict[str, float | None] | None = None) -> list[str]:
-    """Return one line per query whose bundle accuracy misses its current target (empty: all met);
-    ``required_now`` is ``merge_bundle_required_now(bundle)`` when the caller has it already."""
+    """Return one line per query whose bundle accuracy on held-out test frames misses its current target (empty:
+    all met); ``required_now`` is ``merge_bundle_required_now(bundle)`` when the caller has it already."""
     if required_now is None:
         required_now = merge_bundle_required_now(bundle)
+    if not required_now:
+        return ["the bundle's merge job has no queries left"]
+    tested = merge_bundle_test_accuracies(bundle)
     reasons = []
     for name, required in required_now.items():
-        accuracy = bundle.accuracies.get(name)
-        if required is None or accuracy is None:
-            reasons.append(f"{name}: no measured accuracy")
-        elif accuracy < required:
-            reasons.append(f"{name}: accuracy {accuracy:.3f} below its target {required:.3f} "
-                           f"(short by {required - accuracy:.3f})")
+        figures = tested.get(name)
+        if figures is None:
+            reasons.append(f"{name}: not measured on held-out test frames (saved before they existed; merge again)")
+        elif required is None:
+            reasons.append(f"{name}: its unmerged model is not measured on held-out test frames yet")
+        elif figures["accuracy"] < required:
+            low, high = figures["interval"]
+            reasons.append(
+                f"{name}: test accuracy {figures['accuracy']:.3f} (95% interval {low:.3f}–{high:.3f}, "
+                f"{figures['frames']} test frames) below its target {required:.3f} "
+                f"(short by {required - figures['accuracy']:.3f})"
+            )
     return reasons
 
 
@@ -188,6 +213,8 @@ def merge_bundle_data(bundle: MergeBundle) -> dict[str, Any]:
         "saved_param_bytes": bundle.saved_param_bytes,
         "elapsed": bundle.elapsed,
         "accuracies": bundle.accuracies,
+        "validation_required": bundle.required,
+        "test_accuracies": merge_bundle_test_accuracies(bundle),
         "required": required_now,
         "meets_targets": not merge_bundle_shortfalls(bundle, required_now),
         "deployable": deployable,

@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from gemel_engine.bundle import inspect_bundle
 from gemel_engine.events import CancelToken, Event
-from gemel_engine.search import RetrainBudget, SearchConfig, run_search, saved_configs
+from gemel_engine.search import RetrainBudget, SearchConfig, bundle_evaluation, run_search, saved_configs
 from gemel_engine.workload import Workload
 from webapp.live import group_send_on_commit
 from webapp.merges.models import MergeBundle, MergeEvent, MergeJob
@@ -276,25 +276,31 @@ def _bundles_sync(job: MergeJob) -> list[MergeBundle]:
     """Record the configurations the engine checkpointed that the job has no row for yet; return the new rows.
 
     A configuration's accuracies carry over those of the previous one for queries its round did not retrain.
+    ``meets_targets`` says whether every query met its target on held-out test frames.
     """
     workdir = merge_job_workdir(job)
     existing = {bundle.index: bundle for bundle in job.bundles.all()}
     created = []
     accuracies: dict[str, float] = {}
+    evaluation: dict[str, Any] = {}
     for index, record in enumerate(saved_configs(workdir)):
         if index in existing:
-            accuracies = dict(existing[index].accuracies)
+            accuracies, evaluation = dict(existing[index].accuracies), dict(existing[index].evaluation)
             continue
         folder = Path(record["path"])
         info = inspect_bundle(folder)
         metadata = dict(info.metadata)
         accuracies = {**accuracies, **{k: float(v) for k, v in (metadata.get("accuracies") or {}).items()}}
+        evaluation = {**evaluation, **bundle_evaluation(metadata)}
         required = {k: float(v) for k, v in (metadata.get("required") or {}).items() if v is not None}
+        required_test = {k: float(v) for k, v in (metadata.get("required_test") or {}).items() if v is not None}
         bundle = MergeBundle.objects.create(
             job=job, index=index, round=int(record.get("round", 0)), path=_media_relative(folder),
             saved_param_bytes=int(record.get("saved_param_bytes", 0)), elapsed=float(record.get("elapsed", 0.0)),
-            accuracies=accuracies, required=required,
-            meets_targets=bool(required) and all(accuracies.get(n, -1.0) >= r for n, r in required.items()),
+            accuracies=accuracies, required=required, evaluation=evaluation,
+            meets_targets=bool(required_test) and all(
+                n in evaluation and evaluation[n]["test"]["accuracy"] >= r for n, r in required_test.items()
+            ),
             files={
                 name: {"sha256": _sha256(folder / name), "size_bytes": (folder / name).stat().st_size}
                 for name in BUNDLE_FILES

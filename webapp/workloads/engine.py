@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 
+from gemel_engine.accuracy import Measurement
 from gemel_engine.data.sampling import SamplingSpec
 from gemel_engine.data.sources import synthetic_config
 from gemel_engine.errors import GemelError
@@ -21,7 +22,7 @@ from webapp.workloads.models import Camera, ModelEntry, Query
 # Frames read from a source when its camera states no bound: keeps endless streams finite.
 DEFAULT_MAX_FRAMES = 1500
 # CameraSpec options a camera may carry in its ``sampling`` field, beyond the frame size.
-SAMPLING_KEYS = ("every", "count", "max_frames", "val_fraction", "gap_seconds")
+SAMPLING_KEYS = ("every", "count", "max_frames", "val_fraction", "test_fraction", "gap_seconds")
 
 
 def camera_has_ground_truth(source: str) -> bool:
@@ -61,6 +62,7 @@ def camera_spec(camera: Camera) -> CameraSpec:
         source=camera.source,
         sampling=sampling,
         val_fraction=float(options.get("val_fraction", 0.2)),
+        test_fraction=float(options.get("test_fraction", 0.2)),
         gap_seconds=float(options.get("gap_seconds", 2.0)),
         labels="ground_truth" if camera_has_ground_truth(camera.source) else "teacher",
         fps=camera.fps,
@@ -87,12 +89,24 @@ def engine_query(query: Query) -> EngineQuery:
     )
 
 
+def query_unmerged_test(query: Query) -> Measurement | None:
+    """Return the query's unmerged model measured on held-out test frames, or None before that is measured."""
+    return Measurement.from_json(query.unmerged_test) if query.unmerged_test else None
+
+
 def query_required_accuracy(query: Query) -> float | None:
-    """Return the accuracy a merged model of ``query`` must reach now (its current target over its current
-    unmerged accuracy), or None before the query is measured."""
+    """Return the accuracy a merged model of ``query`` must reach now on validation frames (its current target
+    over its current unmerged accuracy), or None before the query is measured."""
     if query.unmerged_accuracy is None:
         return None
     return AccuracyTarget(relative=query.target_fraction).required(query.unmerged_accuracy)
+
+
+def query_required_test_accuracy(query: Query) -> float | None:
+    """Return the accuracy a merged model of ``query`` must reach now on held-out test frames (its current target
+    over its unmerged model's test accuracy), or None before that is measured."""
+    test = query_unmerged_test(query)
+    return None if test is None else AccuracyTarget(relative=query.target_fraction).required(test.accuracy)
 
 
 def query_entry(query: Query, *, weights: str | None) -> QueryEntry:
@@ -103,6 +117,7 @@ def query_entry(query: Query, *, weights: str | None) -> QueryEntry:
         weights=weights,
         unmerged_accuracy=query.unmerged_accuracy,
         chance_accuracy=query.chance_accuracy,
+        unmerged_test=query_unmerged_test(query),
     )
 
 

@@ -71,8 +71,12 @@ class Query(models.Model):
     target_fraction = models.FloatField(default=0.95)
     # Latency bound of the query on the edge, in milliseconds.
     slo_ms = models.FloatField(default=500.0)
+    # The unmerged model on validation frames (the search's reference) and the commonest class there.
     unmerged_accuracy = models.FloatField(null=True, blank=True)
     chance_accuracy = models.FloatField(null=True, blank=True)
+    # The unmerged model on held-out test frames: gemel_engine.accuracy.Measurement JSON (accuracy, 95% interval,
+    # frames); the reference of the deploy gate.
+    unmerged_test = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_detail = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -27,16 +27,17 @@ from django.utils import timezone
 from torch import nn
 
 from gemel_engine import zoo
+from gemel_engine.accuracy import Measurement
 from gemel_engine.data.frames import check_fps
 from gemel_engine.data.sources import synthetic_config
 from gemel_engine.demo import SCALES as DEMO_SCALES
-from gemel_engine.demo import build_demo, chance_accuracy
+from gemel_engine.demo import build_demo
 from gemel_engine.errors import GemelError
 from gemel_engine.layers import analyze_models
 from gemel_engine.memory import model_param_bytes
 from gemel_engine.plan import check_match_mode, check_model_name
-from gemel_engine.queries import AccuracyTarget, Task, evaluate
-from gemel_engine.workload import CameraSpec, QueryEntry, Workload, camera_frames, query_data
+from gemel_engine.queries import AccuracyTarget, Task
+from gemel_engine.workload import CameraSpec, QueryEntry, Workload, camera_frames, measure_unmerged, query_data
 from webapp.names import clean_name
 from webapp.workloads.engine import (
     SAMPLING_KEYS,
@@ -486,8 +487,10 @@ def _enqueue_measure(query: Query) -> None:
 
 def _query_remeasure(query: Query) -> None:
     query.status, query.status_detail = Query.Status.PENDING, "waiting to measure the unmerged accuracy"
-    query.unmerged_accuracy = query.chance_accuracy = None
-    query.save(update_fields=["status", "status_detail", "unmerged_accuracy", "chance_accuracy", "updated_at"])
+    query.unmerged_accuracy = query.chance_accuracy = query.unmerged_test = None
+    query.save(update_fields=[
+        "status", "status_detail", "unmerged_accuracy", "chance_accuracy", "unmerged_test", "updated_at",
+    ])
     _enqueue_measure(query)
 
 
@@ -563,12 +566,22 @@ def query_delete(*, query: Query) -> None:
     query.delete()
 
 
+def query_measure_pending() -> list[str]:
+    """Queue the measurement of every pending query; return their names."""
+    pending = list(Query.objects.filter(status=Query.Status.PENDING).order_by("pk"))
+    for query in pending:
+        _enqueue_measure(query)
+    return [query.name for query in pending]
+
+
 # A query left measuring this long lost its worker (the task's hard time limit is shorter): measure it again.
 MEASURE_STALE = timedelta(minutes=20)
 
 
 def query_measure(*, query_id: int) -> Query | None:
-    """Measure a pending query's unmerged accuracy (and chance accuracy) on its camera's validation frames.
+    """Measure a pending query's unmerged model on its camera's validation frames (its accuracy and the commonest
+    class's) and on its held-out test frames (accuracy with a 95% interval), the way the engine measures every
+    model.
 
     Claims the query once (pending → measuring); a query another worker is measuring, or a deleted one, is left
     alone, but one left measuring past MEASURE_STALE (its worker died; the task is redelivered) is taken over.
@@ -584,30 +597,30 @@ def query_measure(*, query_id: int) -> Query | None:
         return None
     query = Query.objects.select_related("camera", "model").get(pk=query_id)
     try:
-        accuracy, chance, frames = _measure(query)
+        measured, val_frames = _measure(query)
     except (GemelError, OSError, RuntimeError, ValueError) as exc:
         Query.objects.filter(pk=query_id).update(
             status=Query.Status.FAILED, status_detail=f"measuring failed: {exc}", updated_at=timezone.now()
         )
         logger.warning("measuring query %s failed", query_id, exc_info=True)
     else:
-        detail = f"measured on {frames} validation frames"
+        test = measured.unmerged_test
+        detail = f"measured on {val_frames} validation and {test.frames if test else 0} held-out test frames"
         Query.objects.filter(pk=query_id, status=Query.Status.MEASURING).update(
-            status=Query.Status.READY, unmerged_accuracy=accuracy, chance_accuracy=chance, status_detail=detail,
-            updated_at=timezone.now(),
+            status=Query.Status.READY, unmerged_accuracy=measured.unmerged_accuracy,
+            chance_accuracy=measured.chance_accuracy, unmerged_test=test.to_json() if test else None,
+            status_detail=detail, updated_at=timezone.now(),
         )
     query.refresh_from_db()
     return query
 
 
-def _measure(query: Query) -> tuple[float, float | None, int]:
+def _measure(query: Query) -> tuple[QueryEntry, int]:
     workload = live_workload([query])
     entry = workload.queries[0]
     frames = camera_frames(workload, workload.cameras[0], cache_dir=Path(settings.MEDIA_ROOT) / "frame-cache")
-    _, val = query_data(workload, entry, frames)
-    model = workload.load_model(entry)
-    accuracy = evaluate(model, val.images, val.targets, entry.query.task)
-    return round(accuracy, 4), chance_accuracy(list(val.targets)), len(val)
+    labelled = query_data(workload, entry, frames)
+    return measure_unmerged(entry, workload.load_model(entry), labelled), len(labelled.val)
 
 
 # --- analysis ------------------------------------------------------------------------------------------
@@ -751,6 +764,7 @@ def _demo_build(scale: str) -> None:
             register(dataclasses.replace(
                 entry, weights=f"weights/{entry.name}.safetensors", unmerged_accuracy=event["accuracy"],
                 chance_accuracy=event["chance"],
+                unmerged_test=Measurement.from_json(event["test"]) if event.get("test") else None,
             ))
 
     try:
@@ -777,7 +791,10 @@ def _demo_register(entry: QueryEntry, spec: CameraSpec, out_dir: Path) -> Query:
         sampling = {key: value for key, value in spec.sampling.to_json().items() if key != "size" and value is not None}
         camera = camera_register(
             name=spec.name, source=spec.source, fps=scene.fps, width=size[0], height=size[1],
-            sampling={**sampling, "val_fraction": spec.val_fraction, "gap_seconds": spec.gap_seconds},
+            sampling={
+                **sampling, "val_fraction": spec.val_fraction, "test_fraction": spec.test_fraction,
+                "gap_seconds": spec.gap_seconds,
+            },
         )
     elif camera.source != spec.source:
         raise ValidationError(f"a camera called {spec.name!r} exists with another source; rename it to seed the demo")
@@ -791,5 +808,6 @@ def _demo_register(entry: QueryEntry, spec: CameraSpec, out_dir: Path) -> Query:
         name=entry.name, camera=camera, model=model, task=entry.query.task.to_json(),
         target_fraction=entry.query.target.relative or 0.95, status=Query.Status.READY,
         unmerged_accuracy=entry.unmerged_accuracy, chance_accuracy=entry.chance_accuracy,
+        unmerged_test=entry.unmerged_test.to_json() if entry.unmerged_test else None,
         status_detail="measured while the demo was built",
     )

@@ -73,24 +73,32 @@ def test_resizing_keeps_a_frame_that_already_has_the_size() -> None:
         resize_frame(image, None, (0, 4))
 
 
-def test_the_split_never_lets_neighbouring_frames_leak_across_the_gap() -> None:
+def test_train_val_and_test_never_overlap_and_keep_their_gaps() -> None:
     frames = sample_frames(_camera(num_frames=100))
     for gap in (0.0, 0.35, 1.0, 2.5):
-        for fraction in (0.1, 0.25, 0.5):
-            train, val = split_by_time(frames, val_fraction=fraction, gap=gap)
-            assert len(train) > 0
-            assert len(val) >= round(fraction * 100)
+        for val_fraction, test_fraction in ((0.1, 0.1), (0.25, 0.2), (0.3, 0.3)):
+            if gap > val_fraction * 10 + 1e-9:  # the gap would swallow every validation frame
+                with pytest.raises(SourceError, match="no validation frame"):
+                    split_by_time(frames, val_fraction=val_fraction, test_fraction=test_fraction, gap=gap)
+                continue
+            train, val, test = split_by_time(frames, val_fraction=val_fraction, test_fraction=test_fraction, gap=gap)
+            assert len(train) > 0 and len(val) > 0
+            assert len(test) >= round(test_fraction * 100)
+            assert len(val) >= round(val_fraction * 100) - round(gap * 10) - 1
             assert val.timestamps.min() >= train.timestamps.max() + gap - 1e-9
-            assert len(set(train.indices.tolist()) & set(val.indices.tolist())) == 0
-            assert len(train) + len(val) + round(gap * 10) >= 99
+            assert test.timestamps.min() >= val.timestamps.max() + gap - 1e-9
+            sets = [set(part.indices.tolist()) for part in (train, val, test)]
+            assert not (sets[0] & sets[1]) and not (sets[1] & sets[2]) and not (sets[0] & sets[2])
+            assert len(train) + len(val) + len(test) + 2 * round(gap * 10) >= 98
 
 
 def test_the_split_sorts_by_time_whatever_the_input_order() -> None:
     frames = sample_frames(_camera(num_frames=30))
     shuffled = frames.select(np.random.default_rng(0).permutation(30))
-    train, val = split_by_time(shuffled, val_fraction=0.2, gap=0.5)
-    assert val.indices.tolist() == list(range(24, 30))
-    assert train.indices.tolist() == list(range(0, 20))
+    train, val, test = split_by_time(shuffled, val_fraction=0.2, test_fraction=0.2, gap=0.5)
+    assert test.indices.tolist() == list(range(24, 30))
+    assert val.indices.tolist() == list(range(18, 20))
+    assert train.indices.tolist() == list(range(0, 14))
 
 
 @pytest.mark.parametrize(
@@ -98,8 +106,10 @@ def test_the_split_sorts_by_time_whatever_the_input_order() -> None:
     [
         ({"val_fraction": 0.0}, "val_fraction"),
         ({"val_fraction": 1.0}, "val_fraction"),
+        ({"test_fraction": 0.0}, "test_fraction"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "leave frames to train"),
         ({"gap": -1.0}, "gap"),
-        ({"gap": 100.0}, "no training frame"),
+        ({"gap": 100.0}, "no training frame|no validation frame"),
     ],
 )
 def test_the_split_refuses_impossible_requests(kwargs: dict[str, float], match: str) -> None:

@@ -1,0 +1,177 @@
+"""The one way Gemel measures a model's accuracy, and how sure that figure is.
+
+Unmerged and merged models, in the demo builder, the search, bundles and benchmarks, are all measured by
+``measure``: BatchNorm statistics re-estimated from the same training batches every time (a fixed seed), then
+top-1 accuracy or mAP@0.5 on one frame set. Evaluating the same weights twice gives the same number.
+
+Every figure carries a 95% interval from a **block bootstrap over time**: the frames of a set are in time order
+and neighbouring frames of a camera show the same objects, so resampling single frames would treat near-copies
+as independent evidence and give intervals too narrow. Instead the set is cut into consecutive blocks of about
+``sqrt(n)`` frames (each spans several seconds of the stream, longer than an object stays in view in the demo
+scenes), blocks are drawn with replacement, and the 2.5th and 97.5th percentiles of the resampled metric form
+the interval. More frames give more blocks and a narrower interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from gemel_engine.queries import QueryError, Target, Task, predict, score
+from gemel_engine.train import LabelledFrames, recalibrate_batchnorm
+
+__all__ = [
+    "CALIBRATION_SEED",
+    "Measurement",
+    "block_bootstrap_interval",
+    "chance_accuracy",
+    "measure",
+    "measure_predictions",
+]
+
+# BatchNorm re-estimation draws its batches with this seed on every measurement, so a figure depends only on
+# the weights and the frames.
+CALIBRATION_SEED = 0
+# Resamples of the bootstrap: classification resamples are cheap; an mAP resample recomputes the metric.
+CLASSIFICATION_RESAMPLES = 2000
+DETECTION_RESAMPLES = 200
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """An accuracy (top-1 or mAP@0.5) on ``frames`` frames with its 95% interval ``[low, high]``."""
+
+    accuracy: float
+    low: float
+    high: float
+    frames: int
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """Return ``(low, high)``."""
+        return self.low, self.high
+
+    def to_json(self) -> dict[str, Any]:
+        """Return ``{"accuracy", "interval": [low, high], "frames"}`` rounded to four decimals."""
+        return {"accuracy": round(self.accuracy, 4), "interval": [round(self.low, 4), round(self.high, 4)],
+                "frames": self.frames}
+
+    @classmethod
+    def from_json(cls, data: object) -> Measurement:
+        """Return the measurement ``to_json`` wrote.
+
+        Raises:
+            QueryError: ``data`` is not such an object, or its numbers are not finite and ordered.
+        """
+        try:
+            accuracy = float(data["accuracy"])  # type: ignore[index]
+            low, high = (float(v) for v in data["interval"])  # type: ignore[index]
+            frames = int(data["frames"])  # type: ignore[index]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise QueryError(f"not a measurement: {data!r:.200}") from exc
+        if not all(math.isfinite(v) for v in (accuracy, low, high)) or not low <= accuracy <= high or frames < 1:
+            raise QueryError(f"not a measurement: {data!r:.200}")
+        return cls(accuracy, low, high, frames)
+
+
+def _block_starts(count: int) -> np.ndarray:
+    length = max(1, math.ceil(math.sqrt(count)))
+    return np.arange(0, count, length)
+
+
+def block_bootstrap_interval(
+    predictions: Sequence[Target],
+    targets: Sequence[Target],
+    task: Task,
+    *,
+    resamples: int | None = None,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Return the 95% block-bootstrap interval ``(low, high)`` of ``score(predictions, targets, task)``.
+
+    The frames must be in time order (a split's frames are). Blocks are ``ceil(sqrt(n))`` consecutive frames;
+    each resample draws ``ceil(n / block)`` blocks with replacement. The seed is fixed, so the same inputs give
+    the same interval.
+
+    Raises:
+        QueryError: the two sequences differ in length or are empty.
+    """
+    count = len(targets)
+    if len(predictions) != count or count == 0:
+        raise QueryError(f"cannot score {len(predictions)} predictions against {count} targets")
+    resamples = resamples or (DETECTION_RESAMPLES if task.is_detection else CLASSIFICATION_RESAMPLES)
+    starts = _block_starts(count)
+    ends = np.append(starts[1:], count)
+    generator = np.random.default_rng(seed)
+    drawn = generator.integers(0, len(starts), size=(resamples, len(starts)))
+    if task.is_detection:
+        values = []
+        for row in drawn:
+            picks = [i for block in row for i in range(starts[block], ends[block])]
+            values.append(score([predictions[i] for i in picks], [targets[i] for i in picks], task))
+        scores = np.asarray(values)
+    else:
+        correct = np.fromiter((p == t for p, t in zip(predictions, targets, strict=True)), dtype=np.float64,
+                              count=count)
+        block_hits = np.add.reduceat(correct, starts)
+        block_sizes = (ends - starts).astype(np.float64)
+        scores = block_hits[drawn].sum(axis=1) / block_sizes[drawn].sum(axis=1)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(scores, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def measure_predictions(predictions: Sequence[Target], frames: LabelledFrames, task: Task) -> Measurement:
+    """Return the accuracy of ``predictions`` on ``frames`` with its 95% interval (see the module's notes).
+
+    Raises:
+        QueryError: the predictions do not match the frames, or there are none.
+    """
+    accuracy = score(predictions, frames.targets, task)
+    low, high = block_bootstrap_interval(predictions, frames.targets, task)
+    return Measurement(accuracy, min(low, accuracy), max(high, accuracy), len(frames))
+
+
+def measure(
+    model: nn.Module,
+    frames: LabelledFrames,
+    task: Task,
+    *,
+    calibration: LabelledFrames | None,
+    interval: bool = True,
+) -> Measurement:
+    """Measure ``model`` on ``frames``: BatchNorm statistics re-estimated from ``calibration`` (training frames)
+    with the fixed ``CALIBRATION_SEED``, then the task's metric, with its 95% interval unless ``interval`` is
+    False (then ``low == high == accuracy``; in-round checks need no interval).
+
+    The model is left in eval mode with the re-estimated statistics; measuring the same weights again gives the
+    same figure. ``calibration=None`` keeps the statistics the model has (models without BatchNorm).
+
+    Returns:
+        The measurement.
+
+    Raises:
+        QueryError: ``frames`` is empty.
+    """
+    if calibration is not None:
+        recalibrate_batchnorm(model, calibration, task, seed=CALIBRATION_SEED)
+    model.eval()
+    predictions = predict(model, frames.images, task)
+    if not interval:
+        accuracy = score(predictions, frames.targets, task)
+        return Measurement(accuracy, accuracy, accuracy, len(frames))
+    return measure_predictions(predictions, frames, task)
+
+
+def chance_accuracy(targets: Sequence[Target]) -> float | None:
+    """Return the accuracy of always answering the most frequent class (None for detection targets)."""
+    if not targets or isinstance(targets[0], dict):
+        return None
+    return Counter(targets).most_common(1)[0][1] / len(targets)
