@@ -33,6 +33,7 @@ __all__ = [
     "chance_accuracy",
     "measure",
     "measure_predictions",
+    "measure_sets",
 ]
 
 # BatchNorm re-estimation draws its batches with this seed on every measurement, so a figure depends only on
@@ -160,14 +161,37 @@ def measure(
     Raises:
         QueryError: ``frames`` is empty.
     """
+    return measure_sets(model, (frames,), task, calibration=calibration, interval=interval)[0]
+
+
+def measure_sets(
+    model: nn.Module,
+    sets: Sequence[LabelledFrames],
+    task: Task,
+    *,
+    calibration: LabelledFrames | None,
+    interval: bool = True,
+) -> list[Measurement]:
+    """Measure ``model`` on each frame set of ``sets`` as ``measure`` does, re-estimating BatchNorm once.
+
+    Returns:
+        One measurement per set, in order.
+
+    Raises:
+        QueryError: a set is empty.
+    """
     if calibration is not None:
         recalibrate_batchnorm(model, calibration, task, seed=CALIBRATION_SEED)
     model.eval()
-    predictions = predict(model, frames.images, task)
-    if not interval:
-        accuracy = score(predictions, frames.targets, task)
-        return Measurement(accuracy, accuracy, accuracy, len(frames))
-    return measure_predictions(predictions, frames, task)
+    measured = []
+    for frames in sets:
+        predictions = predict(model, frames.images, task)
+        if interval:
+            measured.append(measure_predictions(predictions, frames, task))
+        else:
+            accuracy = score(predictions, frames.targets, task)
+            measured.append(Measurement(accuracy, accuracy, accuracy, len(frames)))
+    return measured
 
 
 def chance_accuracy(targets: Sequence[Target]) -> float | None:

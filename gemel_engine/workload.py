@@ -17,7 +17,7 @@ from typing import Any, Literal
 from torch import nn
 
 from gemel_engine import zoo
-from gemel_engine.accuracy import Measurement, chance_accuracy, measure
+from gemel_engine.accuracy import Measurement, chance_accuracy, measure_sets
 from gemel_engine.data.annotations import read_coco_annotations, read_yolo_labels
 from gemel_engine.data.folder import ImageFolderSource
 from gemel_engine.data.frames import Box
@@ -427,8 +427,7 @@ def measure_unmerged(entry: QueryEntry, model: nn.Module, frames: QueryFrames) -
         QueryError: a frame set is empty.
     """
     task = entry.query.task
-    val = measure(model, frames.val, task, calibration=frames.train)
-    test = measure(model, frames.test, task, calibration=frames.train)
+    val, test = measure_sets(model, (frames.val, frames.test), task, calibration=frames.train)
     return dataclasses.replace(
         entry,
         unmerged_accuracy=round(val.accuracy, 4),

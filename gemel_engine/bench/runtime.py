@@ -1,18 +1,21 @@
 """Edge runtime under memory budgets: drops, effective accuracy and swapping per scheduler, measured and predicted.
 
-For each budget (from the largest single model plus the activation reserve up to every unmerged model
-resident) and each scheduler, the workload's validation frames are replayed as camera streams on a
-virtual clock through the real executor (real forward passes, compute time measured per layer, CPU
-transfers charged by the bandwidth model: ``simulated``), and through the what-if simulator for
-comparison. ``time-sharing`` and ``space-sharing`` run the workload's unmerged models, ``merged`` the
-bundle. Also measured: inference with everything resident, merged bundle vs unmerged models (interleaved
-repeats, median ratio). Writes JSON and an SVG plot (drawn here: matplotlib is not a dependency).
+For each link speed, fps and budget (the paper's: the smallest in which every model fits alone, 50% and 75% of
+the way to everything resident, everything resident) and each scheduler, the workload's held-out test frames
+are replayed as camera streams (for at least a minute) on a virtual clock through the real executor (real
+forward passes, compute time measured per layer, CPU transfers charged by the bandwidth model: ``simulated``),
+and through the what-if simulator for comparison. Every scheduler pays for its warm-up loads on the same
+clock. ``time-sharing`` (earliest deadline first) and ``time-sharing-load-aware`` run the unmerged models,
+``merged-edf`` and ``merged`` (load-aware) the bundle, so merging's gain is read with the policy held fixed.
+Also measured: inference with everything resident, merged bundle vs unmerged models (interleaved repeats,
+median ratio). Writes JSON and one SVG plot per link speed (drawn here: matplotlib is not a dependency).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -75,7 +78,8 @@ def _svg(rows: list[dict[str, Any]], schedulers: Sequence[str]) -> str:
     width, height, pad = 560, 340, 50
     budgets = sorted({r["budget_bytes"] for r in rows})
     lo, hi = budgets[0], budgets[-1] if budgets[-1] > budgets[0] else budgets[0] + 1
-    colours = dict(zip(schedulers, ("#d62728", "#1f77b4", "#2ca02c", "#9467bd"), strict=False))
+    palette = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+    colours = {name: palette[index % len(palette)] for index, name in enumerate(schedulers)}
 
     def x(value: float) -> float:
         return pad + (value - lo) / (hi - lo) * (width - 2 * pad)
@@ -112,19 +116,69 @@ def _svg(rows: list[dict[str, Any]], schedulers: Sequence[str]) -> str:
     return "\n".join(parts) + "\n"
 
 
+# The paper's budgets: the smallest in which every model fits alone, 50% and 75% of the way to everything
+# resident, and everything resident.
+PAPER_BUDGET_FRACTIONS = (0.0, 0.5, 0.75, 1.0)
+# What each scheduler runs and how it picks: the comparison holds one of them fixed.
+POLICIES = {
+    "time-sharing": "earliest-deadline", "merged-edf": "earliest-deadline",
+    "time-sharing-load-aware": "load-aware", "merged": "load-aware", "space-sharing": "earliest-deadline",
+}
+# Pairs (merged, unmerged) under the same pick policy: what merging alone gives.
+SAME_POLICY_PAIRS = (("merged-edf", "time-sharing"), ("merged", "time-sharing-load-aware"))
+
+
+def _numbers(text: str, what: str, parser: argparse.ArgumentParser) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"{what} must be comma-separated numbers, got {text!r}")
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        parser.error(f"{what} must be comma-separated numbers >= 0, got {text!r}")
+    return values
+
+
+def _gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return, per (link, fps, budget), merging's gain in mean effective accuracy with the policy held fixed and
+    the load-aware policy's gain with the models held fixed."""
+    by_key = {(r["link_gbps"], r["fps"], r["budget_bytes"], r["scheduler"]): r for r in rows if r.get("fits")}
+    out = []
+    def accuracy(key: tuple[float, float, int], name: str) -> float | None:
+        row = by_key.get((*key, name))
+        return row["mean_effective_accuracy"] if row else None
+
+    for link, fps, budget in dict.fromkeys((r["link_gbps"], r["fps"], r["budget_bytes"]) for r in rows):
+        entry: dict[str, Any] = {"link_gbps": link, "fps": fps, "budget_bytes": budget}
+        for ours, base in SAME_POLICY_PAIRS:
+            mine, theirs = accuracy((link, fps, budget), ours), accuracy((link, fps, budget), base)
+            if mine is not None and theirs:
+                entry[f"merging_gain_{POLICIES[ours].replace('-', '_')}"] = mine / theirs - 1
+        for unmerged, models in ((("time-sharing-load-aware", "time-sharing"), "unmerged"),
+                                 (("merged", "merged-edf"), "merged")):  # (load-aware, earliest deadline)
+            mine, theirs = accuracy((link, fps, budget), unmerged[0]), accuracy((link, fps, budget), unmerged[1])
+            if mine is not None and theirs:
+                entry[f"policy_gain_{models}"] = mine / theirs - 1
+        out.append(entry)
+    return out
+
+
 def main(argv: Sequence[str]) -> int:
     """Run the benchmark from the command line; print a table, write JSON and an SVG plot; return 0."""
     parser = argparse.ArgumentParser(prog="python -m gemel_engine bench runtime", description=__doc__)
     parser.add_argument("--workload", type=Path, required=True, help="workload.json with trained unmerged models")
     parser.add_argument("--bundle", type=Path, required=True, help="merged bundle, or a merge job directory")
-    parser.add_argument("--budgets", help="comma-separated budgets in MiB (default: --steps evenly spaced)")
-    parser.add_argument("--steps", type=int, default=4, help="budgets from the smallest to everything resident")
-    parser.add_argument("--schedulers", default="time-sharing,space-sharing,merged", help="comma-separated")
-    parser.add_argument("--fps", type=float, default=15.0, help="frames per second of every camera")
+    parser.add_argument("--budgets", help="comma-separated budgets in MiB (default: the paper's budgets)")
+    parser.add_argument("--budget-fractions", default=",".join(f"{f:g}" for f in PAPER_BUDGET_FRACTIONS),
+                        help="budgets as fractions of the way from the smallest fit to everything resident")
+    parser.add_argument("--schedulers", default=",".join(POLICIES), help="comma-separated")
+    parser.add_argument("--fps", default="15", help="frames per second of every camera (comma-separated sweep)")
     parser.add_argument("--slo-ms", type=float, default=300.0, help="latency bound of every query")
-    parser.add_argument("--bandwidth-gbps", type=float, default=8.0, help="simulated host-to-device GB/s (CPU)")
+    parser.add_argument("--bandwidth-gbps", default="8",
+                        help="simulated host-to-device GB/s on the CPU (comma-separated sweep, e.g. 12,2,0.5)")
+    parser.add_argument("--min-stream-seconds", type=float, default=60.0,
+                        help="replay each camera's test frames until its stream lasts this long")
     parser.add_argument("--policy", default="lru", help="eviction policy (lru, mru)")
-    parser.add_argument("--max-frames", type=int, help="validation frames per camera (default: all)")
+    parser.add_argument("--max-frames", type=int, help="test frames per camera (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the resident-inference timing")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 times steadily on a busy box)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -133,101 +187,117 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/runtime.json"), help="JSON output file")
     args = parser.parse_args(argv)
     schedulers = registered_names(parser, args.schedulers, list_schedulers(), "schedulers")
+    links = _numbers(args.bandwidth_gbps, "--bandwidth-gbps", parser)
+    rates = _numbers(args.fps, "--fps", parser)
+    fractions = _numbers(args.budget_fractions, "--budget-fractions", parser)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    bandwidth = BandwidthModel(args.bandwidth_gbps * 1e9)
+    tier = "cuda" if device.type == "cuda" else "simulated"
     workload = Workload.load(args.workload)
     bundle = load_bundle(resolve_bundle(args.bundle))
-    queries, frames = workload_stream(workload, fps=args.fps, slo_ms=args.slo_ms, max_frames=args.max_frames)
     unmerged = {entry.name: workload.load_model(entry) for entry in workload.queries}
     merged = bundle.models.as_dict()
     missing = sorted(set(unmerged) - set(merged))
     if missing:
         raise UsageError(f"the bundle has no model for queries {missing}")
     recipes = {e.name: ModelRecipe(e.query.arch, e.recipe_args()) for e in workload.queries}
-    size = (int(frames[0].image.shape[1]), int(frames[0].image.shape[0]))
-    profiles = {
-        name: profile_recipe(recipe, input_size=size, device=device, bandwidth=bandwidth)
-        for name, recipe in recipes.items()
-    }
-    reserve = max(p.activation_bytes for p in profiles.values())
     units, order = find_units(unmerged)
     largest = max(sum(units[k].nbytes for k in keys) for keys in order.values())
     everything = sum(unit.nbytes for unit in units.values())
-    if args.budgets:
-        budgets = [int(float(v) * MIB) for v in args.budgets.split(",")]
-    else:
-        steps = max(2, args.steps)
-        budgets = [largest + reserve + round((everything - largest) * i / (steps - 1)) for i in range(steps)]
-    predictions = {
-        "unmerged": predict_stream(unmerged, queries, frames), "merged": predict_stream(merged, queries, frames)
-    }
-    rows = []
-    for budget_bytes in budgets:
-        budget = MemoryBudget(budget_bytes, reserve)
-        for name in schedulers:
-            scheduler = get_scheduler(name)
-            layout = "merged" if scheduler.merged else "unmerged"
-            row: dict[str, Any] = {"budget_bytes": budget_bytes, "scheduler": name, "models": layout}
-            try:
-                executor = Executor(
-                    merged if scheduler.merged else unmerged, budget=budget, device=device, clock=VirtualClock(),
-                    policy=args.policy, keep_shared=scheduler.keep_shared, bandwidth=bandwidth, profiles=profiles,
-                    timing=args.timing,
-                )
-                executor.warm_up(frames[0].image, {q.model: q.task for q in queries})
-                report = serve_offline(executor, queries, frames, scheduler)
-                executor.close()
-                predicted = simulate(
-                    recipes=recipes, plan=bundle.plan if scheduler.merged else None, profiles=profiles,
-                    predictions=predictions[layout], queries=queries, frames=frames, budget=budget, scheduler=name,
-                    policy=args.policy, bandwidth=bandwidth,
-                )
-            except RuntimeBudgetError as exc:
-                row.update(fits=False, reason=str(exc))
-                rows.append(row)
-                continue
-            row.update(fits=True, **report, predicted_drop_rate=predicted["drop_rate"],
-                       predicted_mean_effective_accuracy=predicted["mean_effective_accuracy"])
-            rows.append(row)
+    rows: list[dict[str, Any]] = []
+    reserve = 0
+    budgets: list[int] = []
+    for fps in rates:
+        queries, frames = workload_stream(workload, fps=fps, slo_ms=args.slo_ms, max_frames=args.max_frames,
+                                          min_seconds=args.min_stream_seconds)
+        predictions = {
+            "unmerged": predict_stream(unmerged, queries, frames), "merged": predict_stream(merged, queries, frames)
+        }
+        size = (int(frames[0].image.shape[1]), int(frames[0].image.shape[0]))
+        for link in links:
+            bandwidth = BandwidthModel(link * 1e9)
+            profiles = {
+                name: profile_recipe(recipe, input_size=size, device=device, bandwidth=bandwidth)
+                for name, recipe in recipes.items()
+            }
+            reserve = max(p.activation_bytes for p in profiles.values())
+            if args.budgets:
+                budgets = [int(float(v) * MIB) for v in args.budgets.split(",")]
+            else:
+                budgets = [largest + reserve + round((everything - largest) * f) for f in fractions]
+            for budget_bytes in budgets:
+                budget = MemoryBudget(budget_bytes, reserve)
+                for name in schedulers:
+                    scheduler = get_scheduler(name)
+                    layout = "merged" if scheduler.merged else "unmerged"
+                    row: dict[str, Any] = {
+                        "budget_bytes": budget_bytes, "link_gbps": link, "fps": fps, "scheduler": name,
+                        "policy": POLICIES.get(name, name), "models": layout, "tier": tier,
+                    }
+                    try:
+                        executor = Executor(
+                            merged if scheduler.merged else unmerged, budget=budget, device=device,
+                            clock=VirtualClock(), policy=args.policy, keep_shared=scheduler.keep_shared,
+                            bandwidth=bandwidth, profiles=profiles, timing=args.timing,
+                        )
+                        executor.warm_up(frames[0].image, {q.model: q.task for q in queries})
+                        report = serve_offline(executor, queries, frames, scheduler)
+                        executor.close()
+                        predicted = simulate(
+                            recipes=recipes, plan=bundle.plan if scheduler.merged else None, profiles=profiles,
+                            predictions=predictions[layout], queries=queries, frames=frames, budget=budget,
+                            scheduler=name, policy=args.policy, bandwidth=bandwidth,
+                        )
+                    except RuntimeBudgetError as exc:
+                        row.update(fits=False, reason=str(exc))
+                        rows.append(row)
+                        continue
+                    row.update(fits=True, **report, predicted_drop_rate=predicted["drop_rate"],
+                               predicted_mean_effective_accuracy=predicted["mean_effective_accuracy"])
+                    rows.append(row)
+    queries, frames = workload_stream(workload, fps=rates[0], slo_ms=args.slo_ms, max_frames=args.max_frames)
     ratio = resident_inference_ratio(unmerged, merged, queries, frames, args.repeats)
-    tight = budgets[0]
-    by_key = {(r["budget_bytes"], r["scheduler"]): r for r in rows if r.get("fits")}
-    gains = {}
-    for budget_bytes in budgets:
-        ours, base = by_key.get((budget_bytes, "merged")), by_key.get((budget_bytes, "time-sharing"))
-        if ours and base and base["mean_effective_accuracy"]:
-            gains[str(budget_bytes)] = ours["mean_effective_accuracy"] / base["mean_effective_accuracy"] - 1
+    gains = _gains(rows)
     print(
-        f"workload {workload.name}: {len(queries)} queries, {len(frames)} frames at {args.fps:g} fps, SLO "
-        f"{args.slo_ms:g} ms, link {args.bandwidth_gbps:g} GB/s (simulated), reserve {mib(reserve)} MiB, "
-        f"{device.type}, compute {args.timing}"
+        f"workload {workload.name}: {len(queries)} queries, test frames replayed for at least "
+        f"{args.min_stream_seconds:g} s per camera at {args.fps} fps, SLO {args.slo_ms:g} ms, "
+        f"links {args.bandwidth_gbps} GB/s ({tier}), reserve {mib(reserve)} MiB, {device.type}, "
+        f"compute {args.timing}; warm-up loads charged to every scheduler's clock"
     )
     names = [q.name for q in queries]
     print(format_table(
-        ["budget MiB", "scheduler", "drops", "predicted", "mean acc", *names, "swapped MiB/s"],
+        ["GB/s", "fps", "budget MiB", "scheduler", "policy", "drops", "predicted", "mean acc", *names, "swapped MiB/s"],
         [
-            [mib(r["budget_bytes"]), r["scheduler"], percent(r["drop_rate"]), percent(r["predicted_drop_rate"]),
-             f"{r['mean_effective_accuracy']:.3f}",
+            [f"{r['link_gbps']:g}", f"{r['fps']:g}", mib(r["budget_bytes"]), r["scheduler"], r["policy"],
+             percent(r["drop_rate"]), percent(r["predicted_drop_rate"]), f"{r['mean_effective_accuracy']:.3f}",
              *(f"{r['queries'][n]['effective_accuracy']:.3f}" for n in names), mib(r["swapped_bytes_per_second"])]
-            if r.get("fits") else [mib(r["budget_bytes"]), r["scheduler"], "does not fit", *[""] * (3 + len(names))]
+            if r.get("fits") else [f"{r['link_gbps']:g}", f"{r['fps']:g}", mib(r["budget_bytes"]), r["scheduler"],
+                                   r["policy"], "does not fit", *[""] * (3 + len(names))]
             for r in rows
         ],
     ))
-    for budget_bytes, gain in gains.items():
-        print(f"merged vs time-sharing mean effective accuracy at {mib(int(budget_bytes))} MiB: {gain:+.1%}")
+    for gain in gains:
+        parts = [f"{key.replace('_', ' ')} {value:+.1%}" for key, value in gain.items() if key.endswith(
+            ("deadline", "aware", "unmerged", "_merged"))]
+        if parts:
+            where = f"{gain['link_gbps']:g} GB/s, {gain['fps']:g} fps, {mib(gain['budget_bytes'])} MiB"
+            print(f"{where}: " + "; ".join(parts))
     print(f"resident inference, unmerged / merged time (median of {args.repeats}): "
           f"{ratio['ratio_unmerged_over_merged']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "runtime", "workload": workload.name, "bundle": str(resolve_bundle(args.bundle)),
-        "fps": args.fps, "slo_ms": args.slo_ms, "bandwidth": bandwidth.to_json(), "simulated_transfers": True,
+        "fps": rates, "link_gbps": links, "slo_ms": args.slo_ms, "tier": tier,
+        "simulated_transfers": tier != "cuda",
+        "min_stream_seconds": args.min_stream_seconds, "warm_up": "charged to every scheduler's clock",
         "policy": args.policy, "device": device.type, "timing": args.timing, "reserve_bytes": reserve,
-        "budgets": budgets,
-        "tightest_budget_bytes": tight, "merged_over_time_sharing_accuracy_gain": gains,
+        "budget_fractions": fractions, "budgets": budgets, "gains": gains,
         "resident_inference": ratio, "rows": rows,
     }, indent=2) + "\n")
-    plot = args.out.with_suffix(".svg")
-    plot.write_text(_svg([r for r in rows if r.get("fits")], schedulers))
-    print(f"wrote {args.out} and {plot}")
+    for link in links:
+        plot = args.out.with_name(f"{args.out.stem}-{link:g}gbps.svg")
+        plot.write_text(_svg([r for r in rows if r.get("fits") and r["link_gbps"] == link and r["fps"] == rates[0]],
+                             schedulers))
+        print(f"wrote {plot}")
+    print(f"wrote {args.out}")
     return 0

@@ -184,12 +184,19 @@ class Executor:
         """Load the units of ``names`` (all models by default) that fit without evicting; return bytes loaded.
 
         ``shared_only`` loads only shared units (the merged scheduler's resident set); ``pin`` keeps what was
-        loaded resident for good.
+        loaded resident for good. The transfers are charged to the clock like any other load (measured on CUDA,
+        the bandwidth model's seconds on a simulated device), so a scheduler that loads ahead pays for it the
+        same way as one that loads on demand.
         """
         keys = [key for name in (names or list(self.models)) for key in self.order[name]]
         if shared_only:
             keys = [key for key in keys if self.units[key].shared]
-        loaded = self.swap.preload(list(dict.fromkeys(keys)), pin=pin)
+        started = time.perf_counter()
+        loaded, seconds = self.swap.preload(list(dict.fromkeys(keys)), pin=pin)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - started
+        self.clock.account(elapsed if self.device.type == "cuda" else sum(seconds), elapsed)
         return sum(self.units[key].nbytes for key in loaded)
 
     def _layer_steps(

@@ -17,6 +17,11 @@ Schedulers (a registry that refuses duplicates):
 - ``space-sharing``: every model resident and pinned (refused when they do not all fit);
 - ``merged``: the merged models; shared layers loaded first and evicted last; queries ordered by
   deadline plus what they would have to load, so what is resident gets reused.
+
+The pick policy and the models are separate choices, so a comparison can hold one fixed: ``time-sharing``
+and ``merged-edf`` pick earliest deadline first; ``time-sharing-load-aware`` and ``merged`` pick by deadline
+plus load time. Whatever a scheduler loads before the first frame is charged to the clock (see
+``Executor.preload``), so no scheduler starts warm for free.
 """
 
 from __future__ import annotations
@@ -156,6 +161,27 @@ class SpaceSharing(TimeSharing):
         executor.preload(pin=True)
 
 
+def pick_load_aware(candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:
+    """Return the query with the earliest deadline once the time to load what it lacks is added to it."""
+
+    def key(item: tuple[RuntimeQuery, float]) -> tuple[float, str]:
+        query, deadline = item
+        return deadline + executor.bandwidth.seconds(executor.missing_bytes(query.model)), query.name
+
+    return min(candidates, key=key)[0]
+
+
+@register_scheduler
+class TimeSharingLoadAware(TimeSharing):
+    """Unmerged models swapped as needed, picked by deadline plus load time (the merged scheduler's policy)."""
+
+    name = "time-sharing-load-aware"
+
+    def pick(self, candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:
+        """Return the query whose deadline plus load time comes first."""
+        return pick_load_aware(candidates, executor)
+
+
 @register_scheduler
 class MergedScheduling(Scheduler):
     """Merged models: shared layers resident first, queries ordered to reuse what is loaded."""
@@ -170,12 +196,18 @@ class MergedScheduling(Scheduler):
 
     def pick(self, candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:
         """Return the query with the earliest deadline once what it must load is added to it."""
+        return pick_load_aware(candidates, executor)
 
-        def key(item: tuple[RuntimeQuery, float]) -> tuple[float, str]:
-            query, deadline = item
-            return deadline + executor.bandwidth.seconds(executor.missing_bytes(query.model)), query.name
 
-        return min(candidates, key=key)[0]
+@register_scheduler
+class MergedEarliestDeadline(MergedScheduling):
+    """Merged models, shared layers resident first, picked earliest deadline first (time-sharing's policy)."""
+
+    name = "merged-edf"
+
+    def pick(self, candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:
+        """Return the query whose oldest frame is due first."""
+        return min(candidates, key=lambda item: (item[1], item[0].name))[0]
 
 
 class ScheduleLoop:

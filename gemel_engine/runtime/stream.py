@@ -8,6 +8,7 @@ through an executor and a scheduler and returns the per-query figures.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -26,9 +27,13 @@ from gemel_engine.workload import Workload, camera_frames
 
 
 def workload_stream(
-    workload: Workload, *, fps: float, slo_ms: float, max_frames: int | None = None, max_batch: int = DEFAULT_MAX_BATCH
+    workload: Workload, *, fps: float, slo_ms: float, max_frames: int | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+    min_seconds: float = 0.0,
 ) -> tuple[list[RuntimeQuery], list[CameraFrame]]:
     """Return the workload's queries (model named like the query) and its cameras' held-out test frames at ``fps``.
+
+    A camera whose test frames last less than ``min_seconds`` at ``fps`` plays them again from the start until
+    the stream lasts that long (so a warm-up is a small part of any run).
 
     Raises:
         SourceError: a camera cannot be read.
@@ -41,9 +46,10 @@ def workload_stream(
     for camera in workload.cameras:
         test = camera_frames(workload, camera).test
         count = len(test) if max_frames is None else min(len(test), max_frames)
+        total = max(count, math.ceil(min_seconds * fps))
         frames.extend(
-            CameraFrame(camera.name, index, index / fps, test.images[index], test.boxes[index])
-            for index in range(count)
+            CameraFrame(camera.name, index, index / fps, test.images[index % count], test.boxes[index % count])
+            for index in range(total)
         )
     return queries, frames
 
@@ -63,8 +69,8 @@ def serve_offline(
         {query.name: query.task for query in queries}, memory=executor.memory, now=executor.clock.now,
         simulated=executor.simulated, window=max(1, len(frames)),
     )
+    start = executor.clock.now()  # the stream starts now: what prepare loads is charged inside it
     scheduler.prepare(executor)
-    start = executor.clock.now()
     loop = ScheduleLoop(executor, queries, scheduler, metrics)
     run_frames(loop, frames)
     last_arrival = max((frame.arrival for frame in frames), default=0.0)

@@ -387,18 +387,19 @@ class SwapManager:
         for key in keys:
             self._last_used[key] = self._tick
 
-    def preload(self, keys: Sequence[str], *, pin: bool) -> list[str]:
-        """Load as many of ``keys`` as fit, in order, without evicting; optionally pin them. Return those loaded."""
+    def preload(self, keys: Sequence[str], *, pin: bool) -> tuple[list[str], list[float]]:
+        """Load as many of ``keys`` as fit, in order, without evicting; optionally pin them. Return those loaded
+        and each one's transfer seconds (as ``apply`` reports them)."""
         fitting = []
         free = self.residency.free_bytes
         for key in self.missing(keys):
             if self.units[key].nbytes <= free:
                 fitting.append(key)
                 free -= self.units[key].nbytes
-        self.apply(SwapPlan(tuple(fitting), (), sum(self.units[k].nbytes for k in fitting)))
+        seconds = self.apply(SwapPlan(tuple(fitting), (), sum(self.units[k].nbytes for k in fitting)))
         if pin:
             self.pinned.update(k for k in keys if self.residency.is_resident(k))
-        return fitting
+        return fitting, seconds
 
     def evict_all(self) -> None:
         """Evict every resident unit (pins included) and forget the pins."""

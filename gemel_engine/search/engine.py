@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from gemel_engine.accuracy import Measurement, measure
+from gemel_engine.accuracy import Measurement, measure_sets
 from gemel_engine.bundle import ModelRecipe, load_bundle, save_bundle
 from gemel_engine.errors import GemelError
 from gemel_engine.events import CancelToken, Progress, emit
@@ -387,11 +387,10 @@ class MergeSearch:
         whose weights changed since they were last measured."""
         for name, query in data.items():
             if name not in self._measured:
-                model = models[name]
-                self._measured[name] = (
-                    measure(model, query.val, query.task, calibration=query.train),
-                    measure(model, self._test_frames[name], query.task, calibration=query.train),
+                val, test = measure_sets(
+                    models[name], (query.val, self._test_frames[name]), query.task, calibration=query.train
                 )
+                self._measured[name] = (val, test)
         return {name: self._measured[name] for name in data}
 
     def _result(self, models: ModelSet, state: _State, data: dict[str, QueryData], status: str) -> SearchResult:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
+from gemel_engine.accuracy import Measurement
 from gemel_engine.demo import SCALES
 from gemel_engine.workload import Workload
 from tests.webapp.test_workloads_factories import write_weights
@@ -27,7 +28,7 @@ def built_tiny_demo(settings) -> Path:
         path = write_weights(out / "weights" / f"{entry.name}.safetensors", arch=entry.query.arch,
                              num_classes=entry.query.task.num_outputs)
         entries.append(dataclasses.replace(entry, weights=str(path.relative_to(out)), unmerged_accuracy=0.8 + i / 100,
-                                           chance_accuracy=0.5))
+                                           chance_accuracy=0.5, unmerged_test=Measurement(0.75, 0.7, 0.8, 200)))
     return Workload("tiny", spec.cameras, tuple(entries), out).save(out / "workload.json")
 
 
@@ -37,10 +38,11 @@ def test_it_registers_a_built_demo_as_ready_queries_and_reuses_them_on_a_rerun(b
     assert seed.queries_registered == seed.queries_total == 3
     assert sorted(Camera.objects.values_list("name", flat=True)) == ["east", "north"]
     north = Camera.objects.get(name="north")
-    assert (north.width, north.height) == (32, 32) and north.sampling["every"] == 5 and north.thumbnail
+    assert (north.width, north.height) == (32, 32) and north.sampling["every"] == 4 and north.thumbnail
     queries = Query.objects.order_by("name")
     assert all(q.status == Query.Status.READY for q in queries)
     assert queries.get(name="north_vehicles").unmerged_accuracy == 0.8
+    assert queries.get(name="north_vehicles").unmerged_test == {"accuracy": 0.75, "interval": [0.7, 0.8], "frames": 200}
     call_command("demo_seed", "--scale", "tiny", "--wait")
     assert (Camera.objects.count(), ModelEntry.objects.count(), Query.objects.count()) == (2, 3, 3)
 

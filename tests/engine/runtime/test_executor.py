@@ -82,6 +82,34 @@ def test_a_workload_that_does_not_fit_runs_by_swapping_within_its_budget(small_b
         get_scheduler("space-sharing").prepare(executor)
 
 
+@pytest.mark.parametrize("name", ["time-sharing", "time-sharing-load-aware", "space-sharing", "merged", "merged-edf"])
+def test_every_scheduler_pays_for_what_it_loads_before_the_first_frame(small_bundle: Path, name: str):
+    scheduler = get_scheduler(name)
+    models = load_bundle(small_bundle).models
+    bandwidth = BandwidthModel(1e8, 0.001)  # 100 MB/s and 1 ms a transfer: loads are plainly visible
+    clock = VirtualClock()
+    executor = Executor(models if scheduler.merged else untie(models), budget=MemoryBudget(100_000_000),
+                        device="cpu", clock=clock, bandwidth=bandwidth, keep_shared=scheduler.keep_shared)
+    scheduler.prepare(executor)
+    resident = [executor.units[key] for key in executor.swap.residency.resident]
+    assert clock.now() == pytest.approx(sum(bandwidth.seconds(unit.nbytes) for unit in resident))
+    assert (clock.now() > 0) == bool(resident)
+    assert bool(resident) == (name in ("space-sharing", "merged", "merged-edf"))
+
+
+def test_the_pick_policy_is_a_choice_separate_from_merging(small_bundle: Path):
+    executor = Executor(untie(load_bundle(small_bundle).models), budget=MemoryBudget(100_000_000), device="cpu",
+                        clock=VirtualClock(), bandwidth=BandwidthModel(1e6, 0.0))
+    executor.preload(["a"])
+    due_first_but_cold = (RuntimeQuery("qb", "b", PRESENCE, "e", 1.0), 1.0)
+    due_later_but_loaded = (RuntimeQuery("qa", "a", PRESENCE, "n", 1.0), 1.5)
+    candidates = [due_first_but_cold, due_later_but_loaded]
+    for earliest_deadline in ("time-sharing", "merged-edf"):
+        assert get_scheduler(earliest_deadline).pick(candidates, executor).name == "qb"
+    for load_aware in ("time-sharing-load-aware", "merged"):
+        assert get_scheduler(load_aware).pick(candidates, executor).name == "qa"
+
+
 def test_eviction_policies_order_candidates_and_the_registry_refuses_duplicates():
     last_used = {"a": 3, "b": 1, "c": 2}
     assert get_policy("lru").order(["a", "b", "c"], last_used) == ["b", "c", "a"]
