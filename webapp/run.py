@@ -88,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_agent:
         token = _agent_token(Path(settings.DATA_DIR) / "agent" / "token")
         state_dir = Path(settings.DATA_DIR) / "agent" / AGENT_NODE
+        # The token goes through the environment: not visible in the process list, and never parsed as an option.
         agent = [
-            sys.executable, "-m", "gemel_engine", "agent", "--server", url, "--token", token, "--node", AGENT_NODE,
+            sys.executable, "-m", "gemel_engine", "agent", "--server", url, "--node", AGENT_NODE,
             "--budget-mb", str(args.agent_budget_mb), "--state-dir", str(state_dir),
         ]
         if args.agent_metrics_port:
             agent += ["--metrics-port", str(args.agent_metrics_port)]
-        processes.append(ManagedProcess("edge agent", agent, env, logs / "agent.log"))
+        processes.append(ManagedProcess("edge agent", agent, {**env, "GEMEL_AGENT_TOKEN": token}, logs / "agent.log"))
 
     stopping = False
 

@@ -8,7 +8,6 @@ file order. Screenshots go to ``$GEMEL_SCREENSHOT_DIR`` (default ``var/screensho
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -81,7 +80,7 @@ class LiveStack:
     def agent_command(self) -> list[str]:
         """Return the edge agent's command line."""
         return [
-            sys.executable, "-m", "gemel_engine", "agent", "--server", self.url, "--token", self.agent_token,
+            sys.executable, "-m", "gemel_engine", "agent", "--server", self.url, f"--token={self.agent_token}",
             "--node", AGENT_NODE, "--budget-mb", "256", "--state-dir", str(self.media_root / "agent-state"),
             "--device", "cpu",
         ]
@@ -172,7 +171,9 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator
     root = tmp_path_factory.mktemp("stack")
     redis_url, redis_server = redis_for_tests(root / "redis")
     media_root = root / "media"
-    token = secrets.token_urlsafe(32)
+    from webapp.edge.services import agent_token_new
+
+    token = agent_token_new()
     with django_db_blocker.unblock():
         _ensure_accounts(token)
         env = child_environment(

@@ -42,7 +42,9 @@ def _create_query(page, stack: LiveStack, name: str, model: str) -> None:
     page.select_option("#id_model", label=model)
     page.select_option("#id_kind", "presence")
     page.check("input[name=classes][value=car]")
-    page.fill("#id_target_fraction", "0.95")
+    # Untrained models on a short camera: a loose target, so that a merged bundle also holds on the 40 held-out
+    # test frames and the story can deploy it (the gate itself is tested in tests/webapp).
+    page.fill("#id_target_fraction", "0.8")
     page.fill("#id_slo_ms", "500")
     page.click("#submit")
     page.wait_for_url(f"{stack.url}cameras/")

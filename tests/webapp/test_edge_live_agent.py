@@ -55,7 +55,7 @@ class AgentRunner:
 
     def __init__(self, server: str, token: str, tmp_path: Path) -> None:
         self.command = [
-            sys.executable, "-m", "gemel_engine", "agent", "--server", server, "--token", token, "--node", "edge-1",
+            sys.executable, "-m", "gemel_engine", "agent", "--server", server, f"--token={token}", "--node", "edge-1",
             "--state-dir", str(tmp_path / "agent-state"), "--device", "cpu", "--budget-mb", "256",
         ]
         self.log = tmp_path / "agent.log"

@@ -25,8 +25,19 @@ pytestmark = pytest.mark.django_db
 def test_it_stores_only_the_hash_of_a_new_agent_token():
     token, plain = agent_token_create(name="edge-1")
     assert token.token_hash == selectors.token_hash(plain) != plain
-    assert token.prefix == plain[:8]
+    assert token.prefix == plain[:12]
     assert selectors.agent_token_find(token=plain) == token
+
+
+def test_agent_tokens_never_look_like_a_command_line_option():
+    from gemel_engine.cli import build_parser
+    from webapp.edge.services import AGENT_TOKEN_PREFIX, agent_token_new
+
+    tokens = [agent_token_new() for _ in range(500)]
+    assert all(t.startswith(AGENT_TOKEN_PREFIX) and len(t) > 40 for t in tokens) and len(set(tokens)) == 500
+    # A token from before the prefix may start with "-": the agent takes it as --token=VALUE or from the env.
+    args = build_parser().parse_args(["agent", "--server", "http://x", "--token=-dash-first", "--node", "n"])
+    assert args.token == "-dash-first"
 
 
 def test_it_prints_a_working_token_from_the_management_command(capsys):

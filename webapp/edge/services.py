@@ -54,6 +54,16 @@ def _broadcast_deployment(deployment: Deployment) -> None:
     })
 
 
+# Every agent token starts with this: recognisable in a leaked config, and never with "-", which a command line
+# would read as an option (``--token -x...`` failed to start the agent once in 64 tokens).
+AGENT_TOKEN_PREFIX = "gemel_"  # noqa: S105 - a public marker, not a secret
+
+
+def agent_token_new() -> str:
+    """Return a new plain agent token: the prefix and 256 random bits, URL-safe."""
+    return AGENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 def agent_token_create(*, name: str, user: AbstractBaseUser | None = None) -> tuple[AgentToken, str]:
     """Create an agent token called ``name``; return the row and the plain token (shown this once only).
 
@@ -61,9 +71,9 @@ def agent_token_create(*, name: str, user: AbstractBaseUser | None = None) -> tu
         ValidationError: an empty or over-long name.
     """
     name = clean_name(name, "agent token")
-    plain = secrets.token_urlsafe(32)
+    plain = agent_token_new()
     token = AgentToken.objects.create(
-        name=name, token_hash=selectors.token_hash(plain), prefix=plain[:8],
+        name=name, token_hash=selectors.token_hash(plain), prefix=plain[:12],
         created_by=user if user is not None and user.is_authenticated else None,
     )
     return token, plain
