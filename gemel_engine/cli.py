@@ -205,8 +205,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _accuracy_cell(row: dict) -> str:
-    low, high = row["merged_test_interval"]
-    return f"{row['merged_test_accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+    return _interval_cell(row["merged_test_accuracy"], *row["merged_test_interval"])
+
+
+def _interval_cell(accuracy: float, low: float, high: float) -> str:
+    return f"{accuracy:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _target_cell(target: float | None) -> str:
@@ -214,9 +217,7 @@ def _target_cell(target: float | None) -> str:
 
 
 def _measurement_cell(measured: Measurement | None) -> str:
-    if measured is None:
-        return "-"
-    return f"{measured.accuracy:.3f} [{measured.low:.3f}, {measured.high:.3f}]"
+    return "-" if measured is None else _interval_cell(measured.accuracy, measured.low, measured.high)
 
 
 def cmd_demo_build(args: argparse.Namespace) -> int:

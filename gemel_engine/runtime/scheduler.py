@@ -128,6 +128,11 @@ def list_schedulers() -> list[str]:
     return SCHEDULERS.names()
 
 
+def pick_earliest_deadline(candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:
+    """Return the query whose oldest frame is due first."""
+    return min(candidates, key=lambda item: (item[1], item[0].name))[0]
+
+
 @register_scheduler
 class TimeSharing(Scheduler):
     """Unmerged models swapped in and out as needed, earliest deadline first."""
@@ -137,7 +142,7 @@ class TimeSharing(Scheduler):
 
     def pick(self, candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:
         """Return the query whose oldest frame is due first."""
-        return min(candidates, key=lambda item: (item[1], item[0].name))[0]
+        return pick_earliest_deadline(candidates, executor)
 
 
 @register_scheduler
@@ -207,7 +212,7 @@ class MergedEarliestDeadline(MergedScheduling):
 
     def pick(self, candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:
         """Return the query whose oldest frame is due first."""
-        return min(candidates, key=lambda item: (item[1], item[0].name))[0]
+        return pick_earliest_deadline(candidates, executor)
 
 
 class ScheduleLoop:

@@ -219,9 +219,9 @@ class MergeSearch:
                 teacher = unmerged[entry.name] if unmerged is not None else self.workload.load_model(entry)
                 logits = teacher_logits(teacher.to(self.device), labelled.train)
             required = entry.required_accuracy or 0.0
-            check = check_subset(labelled.val, most) if len(labelled.val) > most else None
             data[entry.name] = QueryData(
-                entry.name, entry.query.task, labelled.train, labelled.val, required, logits, check
+                entry.name, entry.query.task, labelled.train, labelled.val, required, logits,
+                check_subset(labelled.val, most),
             )
             self._test_frames[entry.name] = labelled.test
         return data
@@ -399,8 +399,6 @@ class MergeSearch:
         queries = []
         for e in self.workload.queries:
             val, test = evaluation[e.name]
-            test = Measurement.from_json(test.to_json())  # the figures the bundle records, to the same digits
-            test_target = e.required_test_accuracy
             queries.append({
                 "name": e.name,
                 "unmerged_accuracy": e.unmerged_accuracy,
@@ -408,11 +406,9 @@ class MergeSearch:
                 "merged_accuracy": val.accuracy,
                 "meets_target": val.accuracy >= (e.required_accuracy or 0.0),
                 "merged_val_interval": val.to_json()["interval"],
-                "unmerged_test_accuracy": e.unmerged_test.accuracy if e.unmerged_test else None,
-                "test_target": test_target,
-                "merged_test_accuracy": test.accuracy,
-                "merged_test_interval": list(test.interval),
-                "meets_target_on_test": test_target is not None and test.accuracy >= test_target,
+                **_test_report(
+                    test.to_json(), e.required_test_accuracy, e.unmerged_test.accuracy if e.unmerged_test else None
+                ),
             })
         return SearchResult(
             strategy=self.strategy.name, status=status, unmerged_param_bytes=measured.naive_param_bytes,
@@ -447,22 +443,25 @@ def bundle_test_report(metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
     unmerged = metadata.get("unmerged_test") if isinstance(metadata.get("unmerged_test"), dict) else {}
     report = {}
     for name, figures in evaluation.items():
-        test = figures["test"]
         target = required.get(name)
         target = float(target) if isinstance(target, int | float) and math.isfinite(target) else None
         try:
             unmerged_accuracy: float | None = Measurement.from_json(unmerged.get(name)).accuracy
         except GemelError:
             unmerged_accuracy = None
-        report[name] = {
-            "unmerged_test_accuracy": unmerged_accuracy,
-            "test_target": target,
-            "merged_test_accuracy": test["accuracy"],
-            "merged_test_interval": test["interval"],
-            "merged_test_frames": test["frames"],
-            "meets_target_on_test": target is not None and test["accuracy"] >= target,
-        }
+        report[name] = _test_report(figures["test"], target, unmerged_accuracy)
     return report
+
+
+def _test_report(test: dict[str, Any], target: float | None, unmerged_accuracy: float | None) -> dict[str, Any]:
+    return {
+        "unmerged_test_accuracy": unmerged_accuracy,
+        "test_target": target,
+        "merged_test_accuracy": test["accuracy"],
+        "merged_test_interval": test["interval"],
+        "merged_test_frames": test["frames"],
+        "meets_target_on_test": target is not None and test["accuracy"] >= target,
+    }
 
 
 def saved_configs(out_dir: str | Path) -> list[dict[str, Any]]:

@@ -88,10 +88,11 @@ class RetrainBudget:
         return min(self.eval_every, self.eval_every_near) if near else self.eval_every
 
 
-def check_subset(val: LabelledFrames, most: int) -> LabelledFrames:
-    """Return at most ``most`` frames of ``val``, evenly spaced in time (all of them when there are fewer)."""
+def check_subset(val: LabelledFrames, most: int) -> LabelledFrames | None:
+    """Return ``most`` frames of ``val``, evenly spaced in time, or None when ``val`` has no more than that (the
+    checks then read all of it)."""
     if len(val) <= most:
-        return val
+        return None
     picks = [round(i * (len(val) - 1) / (most - 1)) for i in range(most)] if most > 1 else [0]
     return LabelledFrames(val.images[picks], [val.targets[i] for i in picks])
 

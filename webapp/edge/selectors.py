@@ -20,6 +20,7 @@ from webapp.merges.selectors import (
     merge_bundle_deployable,
     merge_bundle_dir,
     merge_bundle_files,
+    merge_bundle_required_now,
     merge_bundle_test_rows,
     merge_job_built_name,
 )
@@ -139,10 +140,11 @@ def bundle_files(bundle: MergeBundle) -> list[dict[str, Any]]:
     return [dict(item) for item in merge_bundle_files(bundle)]
 
 
-def bundle_deployable(bundle: MergeBundle) -> tuple[bool, str]:
+def bundle_deployable(bundle: MergeBundle, required_now: dict[str, float | None] | None = None) -> tuple[bool, str]:
     """Return whether ``bundle`` may be deployed and, when not, why (every query must meet its target and
-    its files must be intact; the merges app decides)."""
-    ok, reason = merge_bundle_deployable(bundle)
+    its files must be intact; the merges app decides; ``required_now`` as ``merge_bundle_required_now`` gives
+    it, when the caller has it)."""
+    ok, reason = merge_bundle_deployable(bundle, required_now)
     return bool(ok), str(reason or "")
 
 
@@ -224,8 +226,10 @@ def bundles_for_deployment() -> list[dict[str, Any]]:
     )
     rows = []
     for bundle in bundles:
-        ok, reason = bundle_deployable(bundle)
-        rows.append({"bundle": bundle, "deployable": ok, "reason": reason, "tested": merge_bundle_test_rows(bundle)})
+        required_now = merge_bundle_required_now(bundle)
+        ok, reason = bundle_deployable(bundle, required_now)
+        rows.append({"bundle": bundle, "deployable": ok, "reason": reason,
+                     "tested": merge_bundle_test_rows(bundle, required_now)})
     return rows
 
 

@@ -117,14 +117,16 @@ def merge_bundle_test_accuracies(bundle: MergeBundle) -> dict[str, dict[str, Any
     return {name: figures["test"] for name, figures in (bundle.evaluation or {}).items() if "test" in figures}
 
 
-def merge_bundle_test_rows(bundle: MergeBundle) -> list[dict[str, Any]]:
+def merge_bundle_test_rows(
+    bundle: MergeBundle, required_now: dict[str, float | None] | None = None
+) -> list[dict[str, Any]]:
     """Return, per query, its held-out test accuracy, 95% interval, frames and current target (what the
-    Deployments page shows next to each bundle)."""
+    Deployments page shows next to each bundle); ``required_now`` as for ``merge_bundle_shortfalls``."""
+    if required_now is None:
+        required_now = merge_bundle_required_now(bundle)
     tested = merge_bundle_test_accuracies(bundle)
-    return [
-        {"name": name, "target": required, **tested[name]}
-        for name, required in merge_bundle_required_now(bundle).items() if name in tested
-    ]
+    return [{"name": name, "target": required, **tested[name]} for name, required in required_now.items()
+            if name in tested]
 
 
 def merge_bundle_shortfalls(bundle: MergeBundle, required_now: dict[str, float | None] | None = None) -> list[str]:
@@ -152,10 +154,13 @@ def merge_bundle_shortfalls(bundle: MergeBundle, required_now: dict[str, float |
     return reasons
 
 
-def merge_bundle_deployable(bundle: MergeBundle) -> tuple[bool, str]:
+def merge_bundle_deployable(
+    bundle: MergeBundle, required_now: dict[str, float | None] | None = None
+) -> tuple[bool, str]:
     """Return whether ``bundle`` may be deployed, and why not: every query must meet its current accuracy
-    target and the bundle's files must be on disk with the recorded sizes. The reason is empty when it may."""
-    reasons = merge_bundle_shortfalls(bundle)
+    target and the bundle's files must be on disk with the recorded sizes. The reason is empty when it may;
+    ``required_now`` as for ``merge_bundle_shortfalls``."""
+    reasons = merge_bundle_shortfalls(bundle, required_now)
     if reasons:
         return False, "below target: " + "; ".join(reasons)
     for file in merge_bundle_files(bundle):
@@ -203,8 +208,8 @@ def merge_event_data(event: MergeEvent) -> dict[str, Any]:
 
 def merge_bundle_data(bundle: MergeBundle) -> dict[str, Any]:
     """Return the bundle as JSON-ready data, with whether it may be deployed and why not."""
-    deployable, reason = merge_bundle_deployable(bundle)
     required_now = merge_bundle_required_now(bundle)
+    deployable, reason = merge_bundle_deployable(bundle, required_now)
     return {
         "id": bundle.pk,
         "job": bundle.job_id,
