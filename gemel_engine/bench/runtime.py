@@ -14,6 +14,7 @@ median ratio). Writes JSON and one SVG plot per link speed (drawn here: matplotl
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
@@ -31,12 +32,13 @@ from gemel_engine.queries import predict
 from gemel_engine.report import MIB, format_table, mib, percent
 from gemel_engine.runtime.budget import MemoryBudget
 from gemel_engine.runtime.clock import VirtualClock
+from gemel_engine.runtime.disk import calibrate_disk_tier
 from gemel_engine.runtime.executor import TIMINGS, Executor, resolve_device
 from gemel_engine.runtime.profile import profile_recipe
 from gemel_engine.runtime.scheduler import get_scheduler, list_schedulers, stack_images
 from gemel_engine.runtime.simulator import predict_stream, simulate
 from gemel_engine.runtime.stream import serve_offline, workload_stream
-from gemel_engine.runtime.swap import BandwidthModel, find_units
+from gemel_engine.runtime.swap import BandwidthModel, find_units, unit_tensors
 from gemel_engine.workload import Workload
 
 
@@ -141,14 +143,14 @@ def _numbers(text: str, what: str, parser: argparse.ArgumentParser) -> list[floa
 def _gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Return, per (link, fps, budget), merging's gain in mean effective accuracy with the policy held fixed and
     the load-aware policy's gain with the models held fixed."""
-    by_key = {(r["link_gbps"], r["fps"], r["budget_bytes"], r["scheduler"]): r for r in rows if r.get("fits")}
+    by_key = {(r["link"], r["fps"], r["budget_bytes"], r["scheduler"]): r for r in rows if r.get("fits")}
     out = []
     def accuracy(key: tuple[float, float, int], name: str) -> float | None:
         row = by_key.get((*key, name))
         return row["mean_effective_accuracy"] if row else None
 
-    for link, fps, budget in dict.fromkeys((r["link_gbps"], r["fps"], r["budget_bytes"]) for r in rows):
-        entry: dict[str, Any] = {"link_gbps": link, "fps": fps, "budget_bytes": budget}
+    for link, fps, budget in dict.fromkeys((r["link"], r["fps"], r["budget_bytes"]) for r in rows):
+        entry: dict[str, Any] = {"link": link, "fps": fps, "budget_bytes": budget}
         for ours, base in SAME_POLICY_PAIRS:
             mine, theirs = accuracy((link, fps, budget), ours), accuracy((link, fps, budget), base)
             if mine is not None and theirs:
@@ -162,6 +164,45 @@ def _gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["tier"], row["link"], row["fps"], row["budget_bytes"], row["scheduler"])
+
+
+def _load_done(out: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the rows of an earlier run of the same settings at ``out`` (to resume), or none."""
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(earlier, dict) or earlier.get("settings") != settings:
+        return []
+    return [row for row in earlier.get("rows", []) if isinstance(row, dict) and "link" in row]
+
+
+def _print_row(row: dict[str, Any], names: Sequence[str]) -> None:
+    where = f"{row['link']} {row['fps']:g} fps {mib(row['budget_bytes'])} MiB {row['scheduler']}"
+    if not row.get("fits"):
+        print(f"  {where}: does not fit", flush=True)
+        return
+    per_query = " ".join(f"{n} {row['queries'][n]['effective_accuracy']:.3f}" for n in names)
+    print(f"  {where}: drops {percent(row['drop_rate'])} (predicted {percent(row['predicted_drop_rate'])}), "
+          f"mean acc {row['mean_effective_accuracy']:.3f} (predicted "
+          f"{row['predicted_mean_effective_accuracy']:.3f}); {per_query}", flush=True)
+
+
+def validation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Return how far the simulator's predictions are from the measured rows: the largest absolute gap in drop
+    rate (points) and in mean effective accuracy, over rows whose times were measured (disk or CUDA tier)."""
+    measured = [r for r in rows if r.get("fits") and r["tier"] != "simulated"]
+    if not measured:
+        return {"rows": 0}
+    drops = [abs(r["drop_rate"] - r["predicted_drop_rate"]) for r in measured]
+    accuracy = [abs(r["mean_effective_accuracy"] - r["predicted_mean_effective_accuracy"]) for r in measured
+                if r["mean_effective_accuracy"] is not None and r["predicted_mean_effective_accuracy"] is not None]
+    return {"rows": len(measured), "max_drop_rate_gap_points": 100 * max(drops),
+            "max_accuracy_gap": max(accuracy, default=0.0)}
+
+
 def main(argv: Sequence[str]) -> int:
     """Run the benchmark from the command line; print a table, write JSON and an SVG plot; return 0."""
     parser = argparse.ArgumentParser(prog="python -m gemel_engine bench runtime", description=__doc__)
@@ -173,8 +214,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--schedulers", default=",".join(POLICIES), help="comma-separated")
     parser.add_argument("--fps", default="15", help="frames per second of every camera (comma-separated sweep)")
     parser.add_argument("--slo-ms", type=float, default=300.0, help="latency bound of every query")
+    parser.add_argument("--tier", choices=("simulated", "disk"), default="simulated",
+                        help="on the CPU: transfers charged by the bandwidth model (simulated), or real reads from "
+                             "disk with the page cache dropped, measured (disk); a GPU is always its own tier")
     parser.add_argument("--bandwidth-gbps", default="8",
-                        help="simulated host-to-device GB/s on the CPU (comma-separated sweep, e.g. 12,2,0.5)")
+                        help="simulated host-to-device GB/s (comma-separated sweep, e.g. 12,2,0.5); the disk tier "
+                             "measures its own")
     parser.add_argument("--min-stream-seconds", type=float, default=60.0,
                         help="replay each camera's test frames until its stream lasts this long")
     parser.add_argument("--policy", default="lru", help="eviction policy (lru, mru)")
@@ -183,16 +228,20 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 times steadily on a busy box)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--timing", choices=TIMINGS, default="measured",
-                        help="compute time charged on the CPU: measured per layer now, or the cached profile's")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/runtime.json"), help="JSON output file")
+                        help="compute time charged on the simulated tier: measured per layer now, or the cached "
+                             "profile's")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/runtime.json"),
+                        help="JSON output file, rewritten after every row; a rerun with the same settings resumes")
+    parser.add_argument("--fresh", action="store_true", help="ignore the rows of an earlier run at --out")
     args = parser.parse_args(argv)
     schedulers = registered_names(parser, args.schedulers, list_schedulers(), "schedulers")
-    links = _numbers(args.bandwidth_gbps, "--bandwidth-gbps", parser)
     rates = _numbers(args.fps, "--fps", parser)
     fractions = _numbers(args.budget_fractions, "--budget-fractions", parser)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    tier = "cuda" if device.type == "cuda" else "simulated"
+    tier = "cuda" if device.type == "cuda" else args.tier
+    links: list[float | str] = ["disk"] if tier == "disk" else list(_numbers(args.bandwidth_gbps, "--bandwidth-gbps",
+                                                                             parser))
     workload = Workload.load(args.workload)
     bundle = load_bundle(resolve_bundle(args.bundle))
     unmerged = {entry.name: workload.load_model(entry) for entry in workload.queries}
@@ -204,18 +253,51 @@ def main(argv: Sequence[str]) -> int:
     units, order = find_units(unmerged)
     largest = max(sum(units[k].nbytes for k in keys) for keys in order.values())
     everything = sum(unit.nbytes for unit in units.values())
-    rows: list[dict[str, Any]] = []
+    settings = {
+        "workload": str(args.workload.resolve()), "bundle": str(resolve_bundle(args.bundle).resolve()),
+        "tier": tier, "links": links, "fps": rates, "slo_ms": args.slo_ms, "fractions": fractions,
+        "budgets": args.budgets, "schedulers": schedulers, "policy": args.policy, "max_frames": args.max_frames,
+        "min_stream_seconds": args.min_stream_seconds, "timing": args.timing, "threads": args.threads,
+    }
+    rows = [] if args.fresh else _load_done(args.out, settings)
+    done = {_row_key(row) for row in rows}
+    if rows:
+        print(f"resuming: {len(rows)} rows of an earlier run with the same settings are kept from {args.out}")
+    calibration: dict[str, Any] | None = None
+    if tier == "disk":
+        tensors = {key: unit_tensors(unmerged[unit.members[0][0]].get_submodule(unit.members[0][1]))
+                   for key, unit in units.items()}
+        disk_model, summary = calibrate_disk_tier(units, tensors)
+        calibration = {**disk_model.to_json(), **summary}
+        print(f"disk tier calibrated on {summary['reads']} reads with the page cache dropped: "
+              f"{disk_model.bytes_per_second / 1e9:.2f} GB/s + {disk_model.latency_seconds * 1e6:.0f} us per read "
+              f"(median error of the fit {summary['fit_median_relative_error']:.0%})")
+    names = [q.name for q in workload.queries]
     reserve = 0
     budgets: list[int] = []
+
+    def write(complete: bool) -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        staging = args.out.with_suffix(".tmp")
+        staging.write_text(json.dumps({
+            "benchmark": "runtime", "workload": workload.name, "bundle": settings["bundle"], "settings": settings,
+            "complete": complete, "fps": rates, "link_gbps": links, "slo_ms": args.slo_ms, "tier": tier,
+            "simulated_transfers": tier == "simulated", "disk_calibration": calibration,
+            "min_stream_seconds": args.min_stream_seconds, "warm_up": "charged to every scheduler's clock",
+            "policy": args.policy, "device": device.type, "timing": args.timing, "reserve_bytes": reserve,
+            "budget_fractions": fractions, "budgets": budgets, "gains": _gains(rows),
+            "simulator_vs_measured": validation(rows), "rows": rows,
+        }, indent=2) + "\n")
+        staging.replace(args.out)
+
     for fps in rates:
         queries, frames = workload_stream(workload, fps=fps, slo_ms=args.slo_ms, max_frames=args.max_frames,
                                           min_seconds=args.min_stream_seconds)
-        predictions = {
-            "unmerged": predict_stream(unmerged, queries, frames), "merged": predict_stream(merged, queries, frames)
-        }
+        predictions: dict[str, Any] = {}
         size = (int(frames[0].image.shape[1]), int(frames[0].image.shape[0]))
         for link in links:
-            bandwidth = BandwidthModel(link * 1e9)
+            bandwidth = BandwidthModel(**calibration_model(calibration)) if link == "disk" else BandwidthModel(
+                float(link) * 1e9)
             profiles = {
                 name: profile_recipe(recipe, input_size=size, device=device, bandwidth=bandwidth)
                 for name, recipe in recipes.items()
@@ -231,48 +313,62 @@ def main(argv: Sequence[str]) -> int:
                     scheduler = get_scheduler(name)
                     layout = "merged" if scheduler.merged else "unmerged"
                     row: dict[str, Any] = {
-                        "budget_bytes": budget_bytes, "link_gbps": link, "fps": fps, "scheduler": name,
+                        "budget_bytes": budget_bytes, "link": link if link == "disk" else f"{link:g} GB/s",
+                        "link_gbps": bandwidth.bytes_per_second / 1e9, "fps": fps, "scheduler": name,
                         "policy": POLICIES.get(name, name), "models": layout, "tier": tier,
                     }
+                    if _row_key(row) in done:
+                        continue
+                    if layout not in predictions:
+                        predictions[layout] = predict_stream(merged if scheduler.merged else unmerged, queries,
+                                                             frames)
                     try:
-                        executor = Executor(
-                            merged if scheduler.merged else unmerged, budget=budget, device=device,
-                            clock=VirtualClock(), policy=args.policy, keep_shared=scheduler.keep_shared,
-                            bandwidth=bandwidth, profiles=profiles, timing=args.timing,
-                        )
-                        executor.warm_up(frames[0].image, {q.model: q.task for q in queries})
-                        report = serve_offline(executor, queries, frames, scheduler)
-                        executor.close()
                         predicted = simulate(
                             recipes=recipes, plan=bundle.plan if scheduler.merged else None, profiles=profiles,
                             predictions=predictions[layout], queries=queries, frames=frames, budget=budget,
-                            scheduler=name, policy=args.policy, bandwidth=bandwidth,
+                            scheduler=name, policy=args.policy, bandwidth=bandwidth, overlap=tier != "disk",
                         )
+                        source = merged if scheduler.merged else unmerged
+                        # The disk tier releases the weights it swaps out: it gets a copy (ties kept).
+                        models = copy.deepcopy(source) if tier == "disk" else source
+                        executor = Executor(
+                            models, budget=budget, device=device, clock=VirtualClock(), policy=args.policy,
+                            keep_shared=scheduler.keep_shared, bandwidth=bandwidth, profiles=profiles,
+                            timing=args.timing, tier="disk" if tier == "disk" else "auto",
+                        )
+                        try:
+                            executor.warm_up(frames[0].image, {q.model: q.task for q in queries})
+                            report = serve_offline(executor, queries, frames, scheduler)
+                        finally:
+                            executor.close()
                     except RuntimeBudgetError as exc:
                         row.update(fits=False, reason=str(exc))
-                        rows.append(row)
-                        continue
-                    row.update(fits=True, **report, predicted_drop_rate=predicted["drop_rate"],
-                               predicted_mean_effective_accuracy=predicted["mean_effective_accuracy"])
+                    else:
+                        row.update(fits=True, **report, predicted_drop_rate=predicted["drop_rate"],
+                                   predicted_mean_effective_accuracy=predicted["mean_effective_accuracy"])
                     rows.append(row)
+                    _print_row(row, names)
+                    write(complete=False)
     queries, frames = workload_stream(workload, fps=rates[0], slo_ms=args.slo_ms, max_frames=args.max_frames)
     ratio = resident_inference_ratio(unmerged, merged, queries, frames, args.repeats)
     gains = _gains(rows)
     print(
         f"workload {workload.name}: {len(queries)} queries, test frames replayed for at least "
         f"{args.min_stream_seconds:g} s per camera at {args.fps} fps, SLO {args.slo_ms:g} ms, "
-        f"links {args.bandwidth_gbps} GB/s ({tier}), reserve {mib(reserve)} MiB, {device.type}, "
-        f"compute {args.timing}; warm-up loads charged to every scheduler's clock"
+        f"links {', '.join(map(str, links))} ({tier}), reserve {mib(reserve)} MiB, {device.type}, "
+        f"compute {'measured wall time' if tier != 'simulated' else args.timing}; "
+        "warm-up loads charged to every scheduler's clock"
     )
-    names = [q.name for q in queries]
     print(format_table(
-        ["GB/s", "fps", "budget MiB", "scheduler", "policy", "drops", "predicted", "mean acc", *names, "swapped MiB/s"],
+        ["link", "fps", "budget MiB", "scheduler", "policy", "drops", "predicted", "mean acc", "predicted acc",
+         *names, "swapped MiB/s"],
         [
-            [f"{r['link_gbps']:g}", f"{r['fps']:g}", mib(r["budget_bytes"]), r["scheduler"], r["policy"],
+            [r["link"], f"{r['fps']:g}", mib(r["budget_bytes"]), r["scheduler"], r["policy"],
              percent(r["drop_rate"]), percent(r["predicted_drop_rate"]), f"{r['mean_effective_accuracy']:.3f}",
+             f"{r['predicted_mean_effective_accuracy']:.3f}",
              *(f"{r['queries'][n]['effective_accuracy']:.3f}" for n in names), mib(r["swapped_bytes_per_second"])]
-            if r.get("fits") else [f"{r['link_gbps']:g}", f"{r['fps']:g}", mib(r["budget_bytes"]), r["scheduler"],
-                                   r["policy"], "does not fit", *[""] * (3 + len(names))]
+            if r.get("fits") else [r["link"], f"{r['fps']:g}", mib(r["budget_bytes"]), r["scheduler"],
+                                   r["policy"], "does not fit", *[""] * (4 + len(names))]
             for r in rows
         ],
     ))
@@ -280,24 +376,32 @@ def main(argv: Sequence[str]) -> int:
         parts = [f"{key.replace('_', ' ')} {value:+.1%}" for key, value in gain.items() if key.endswith(
             ("deadline", "aware", "unmerged", "_merged"))]
         if parts:
-            where = f"{gain['link_gbps']:g} GB/s, {gain['fps']:g} fps, {mib(gain['budget_bytes'])} MiB"
+            where = f"{gain['link']}, {gain['fps']:g} fps, {mib(gain['budget_bytes'])} MiB"
             print(f"{where}: " + "; ".join(parts))
+    checked = validation(rows)
+    if checked["rows"]:
+        print(f"simulator vs measured ({checked['rows']} rows): drop rate within "
+              f"{checked['max_drop_rate_gap_points']:.1f} points, mean effective accuracy within "
+              f"{checked['max_accuracy_gap']:.3f}")
     print(f"resident inference, unmerged / merged time (median of {args.repeats}): "
           f"{ratio['ratio_unmerged_over_merged']:.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "runtime", "workload": workload.name, "bundle": str(resolve_bundle(args.bundle)),
-        "fps": rates, "link_gbps": links, "slo_ms": args.slo_ms, "tier": tier,
-        "simulated_transfers": tier != "cuda",
-        "min_stream_seconds": args.min_stream_seconds, "warm_up": "charged to every scheduler's clock",
-        "policy": args.policy, "device": device.type, "timing": args.timing, "reserve_bytes": reserve,
-        "budget_fractions": fractions, "budgets": budgets, "gains": gains,
-        "resident_inference": ratio, "rows": rows,
-    }, indent=2) + "\n")
+    write(complete=True)
+    data = json.loads(args.out.read_text())
+    data["resident_inference"] = ratio
+    args.out.write_text(json.dumps(data, indent=2) + "\n")
     for link in links:
-        plot = args.out.with_name(f"{args.out.stem}-{link:g}gbps.svg")
-        plot.write_text(_svg([r for r in rows if r.get("fits") and r["link_gbps"] == link and r["fps"] == rates[0]],
-                             schedulers))
+        label = link if link == "disk" else f"{link:g}gbps"
+        plot = args.out.with_name(f"{args.out.stem}-{label}.svg")
+        plot.write_text(_svg([r for r in rows if r.get("fits") and r["link"] == (link if link == "disk" else
+                                                                              f"{link:g} GB/s")
+                              and r["fps"] == rates[0]], schedulers))
         print(f"wrote {plot}")
     print(f"wrote {args.out}")
     return 0
+
+
+def calibration_model(calibration: dict[str, Any] | None) -> dict[str, float]:
+    """Return the fitted transfer model's arguments from the disk tier's calibration record."""
+    if calibration is None:
+        raise UsageError("the disk tier has not been calibrated")
+    return {"bytes_per_second": calibration["bytes_per_second"], "latency_seconds": calibration["latency_seconds"]}

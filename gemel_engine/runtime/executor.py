@@ -5,10 +5,12 @@ the runtime's clock:
 
 - on CUDA, the measured wall time of the pass, whose missing layers are copied on a side stream while
   earlier layers compute;
-- on the CPU, the modelled time of the same pipeline: each missing layer's transfer from the bandwidth
-  model (simulated) overlapped with each layer's compute, which is either measured by forward hooks
-  during this very pass (``timing="measured"``) or read from the layer profile (``timing="profiled"``:
-  repeatable). Such figures carry ``simulated: true``.
+- on the CPU with the ``disk`` tier, the measured wall time of the pass, whose missing layers are first
+  read from the tier's weight file on disk with the page cache dropped (``gemel_engine.runtime.disk``);
+- on the CPU with the ``simulated`` tier, the modelled time of the same pipeline: each missing layer's
+  transfer from the bandwidth model (simulated) overlapped with each layer's compute, which is either
+  measured by forward hooks during this very pass (``timing="measured"``) or read from the layer profile
+  (``timing="profiled"``: repeatable). Such figures carry ``simulated: true``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +32,7 @@ from gemel_engine.modelset import ModelSet
 from gemel_engine.queries import Target, Task, predict
 from gemel_engine.runtime.budget import MemoryBudget
 from gemel_engine.runtime.clock import Clock, VirtualClock
+from gemel_engine.runtime.disk import DiskMover
 from gemel_engine.runtime.gpu import gpu_memory
 from gemel_engine.runtime.profile import LayerTimer, ModelProfile
 from gemel_engine.runtime.swap import (
@@ -47,6 +51,10 @@ from gemel_engine.runtime.swap import (
 
 Timing = Literal["measured", "profiled"]
 TIMINGS: tuple[Timing, ...] = ("measured", "profiled")
+# Where swapped-out units live: ``auto`` is ``cuda`` on a GPU and ``simulated`` on the CPU; ``disk`` (CPU only)
+# reads them from a weight file on disk, measured.
+Tier = Literal["auto", "simulated", "disk"]
+TIERS: tuple[Tier, ...] = ("auto", "simulated", "disk")
 _MEASURED_KEPT = 8
 
 
@@ -104,14 +112,21 @@ class Executor:
         bandwidth: BandwidthModel | None = None,
         profiles: Mapping[str, ModelProfile] | None = None,
         timing: Timing = "measured",
+        tier: Tier = "auto",
+        disk_folder: Path | None = None,
     ) -> None:
         if timing not in TIMINGS:
             raise RuntimeConfigError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
+        if tier not in TIERS:
+            raise RuntimeConfigError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
         if timing == "profiled" and not profiles:
             raise RuntimeConfigError("profiled timing needs a layer profile per model")
         lookup = models.as_dict() if isinstance(models, ModelSet) else dict(models)
         self.models = {name: model.eval() for name, model in lookup.items()}
         self.device = resolve_device(device)
+        if tier == "disk" and self.device.type != "cpu":
+            raise RuntimeConfigError("the disk tier runs on the CPU; a GPU swaps from pinned host memory")
+        self.tier = "cuda" if self.device.type == "cuda" else ("disk" if tier == "disk" else "simulated")
         self.clock = clock or VirtualClock()
         self.bandwidth = bandwidth or BandwidthModel()
         self.profiles = dict(profiles or {})
@@ -128,9 +143,12 @@ class Executor:
                 f"the largest model needs {largest} bytes of weights but the budget leaves {budget.weight_bytes}"
             )
         mover: Mover
-        if self.device.type == "cuda":
+        if self.tier == "cuda":
             tensors = {key: unit_tensors(self._module(unit)) for key, unit in self.units.items()}
             mover = CudaMover(self.units, tensors, self.device, self.bandwidth)
+        elif self.tier == "disk":
+            tensors = {key: unit_tensors(self._module(unit)) for key, unit in self.units.items()}
+            mover = DiskMover(self.units, tensors, disk_folder)
         else:
             mover = SimulatedMover(self.units, self.bandwidth)
         self.swap = SwapManager(
@@ -138,6 +156,11 @@ class Executor:
         )
         self._hooks = self._register_cuda_hooks() if self.device.type == "cuda" else []
         self._measured: dict[str, deque[float]] = {}
+
+    @property
+    def wall_timed(self) -> bool:
+        """Return whether every charge is the measured wall time of the work (CUDA and the disk tier)."""
+        return self.tier != "simulated"
 
     @property
     def simulated(self) -> bool:
@@ -196,7 +219,7 @@ class Executor:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started
-        self.clock.account(elapsed if self.device.type == "cuda" else sum(seconds), elapsed)
+        self.clock.account(elapsed if self.wall_timed else sum(seconds), elapsed)
         return sum(self.units[key].nbytes for key in loaded)
 
     def _layer_steps(
@@ -213,7 +236,8 @@ class Executor:
         return steps
 
     def _pipelined(self, name: str, plan: SwapPlan, transfer: Sequence[float], compute: Mapping[str, float]) -> float:
-        return pipelined_seconds(self._layer_steps(name, dict(zip(plan.load, transfer, strict=True)), compute))
+        steps = self._layer_steps(name, dict(zip(plan.load, transfer, strict=True)), compute)
+        return pipelined_seconds(steps, overlap=self.swap.mover.overlaps_compute)
 
     def estimate(self, name: str, batch: int) -> float:
         """Return the predicted seconds of running ``batch`` frames on model ``name`` now (loads included).
@@ -225,7 +249,8 @@ class Executor:
         loads = {key: self.bandwidth.seconds(self.units[key].nbytes) for key in missing}
         profile = self.profiles.get(name)
         if profile is not None:
-            return pipelined_seconds(self._layer_steps(name, loads, profile.layer_seconds(batch)))
+            steps = self._layer_steps(name, loads, profile.layer_seconds(batch))
+            return pipelined_seconds(steps, overlap=self.swap.mover.overlaps_compute)
         recent = self._measured.get(name)
         return sum(loads.values()) + (min(recent) if recent else 0.0) * batch
 
@@ -246,14 +271,14 @@ class Executor:
         model = self.models[name]
         started = time.perf_counter()
         plan, transfer = self._swap_in(name)
-        timer = LayerTimer(model) if self.device.type == "cpu" and self.timing == "measured" else None
+        timer = LayerTimer(model) if self.tier == "simulated" and self.timing == "measured" else None
         if timer is not None:
             with timer.measure():
                 predictions = predict(model, images, task, batch_size=max(1, len(images)))
         else:
             predictions = predict(model, images, task, batch_size=max(1, len(images)))
         elapsed = time.perf_counter() - started
-        if self.device.type == "cuda":
+        if self.wall_timed:
             modelled = elapsed
         else:
             compute = timer.seconds if timer is not None else self.profiles[name].layer_seconds(max(1, len(images)))
@@ -271,12 +296,22 @@ class Executor:
     def warm_up(self, image: np.ndarray, tasks: Mapping[str, Task]) -> None:
         """Run each model once on ``image`` off the clock (CPU: first passes allocate and are slow; not timed).
 
-        On CUDA nothing runs: a pass would need the model loaded, which the schedule itself does.
+        On CUDA nothing runs: a pass would need the model loaded, which the schedule itself does. On the disk
+        tier each model is read in to run, then everything is evicted again and the swap counters start over,
+        so the run starts cold like every other.
         """
         if self.device.type != "cpu":
             return
         for name, task in tasks.items():
+            if self.tier == "disk":
+                self.swap.apply(self.swap.plan(self.order[name]))
             predict(self.models[name], image[np.newaxis], task, batch_size=1)
+        if self.tier == "disk":
+            self.swap.evict_all()
+            self.swap = SwapManager(
+                self.units, self.swap.budget, policy=self.swap.policy, keep_shared=self.swap.keep_shared,
+                mover=self.swap.mover, bandwidth=self.bandwidth,
+            )
 
     def memory(self) -> dict[str, Any]:
         """Return the protocol's ``memory`` object: budget, resident bytes (shared vs per model), swaps, GPU."""

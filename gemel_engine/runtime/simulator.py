@@ -56,9 +56,12 @@ def predict_stream(
 class SimulatedExecutor(Executor):
     """An executor over meta models that charges profiled times and answers from precomputed predictions."""
 
-    def __init__(self, models: Mapping[str, nn.Module], predictions: Predictions, **kwargs: Any) -> None:
+    def __init__(
+        self, models: Mapping[str, nn.Module], predictions: Predictions, *, overlap: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(models, device="cpu", timing="profiled", **kwargs)
         self.predictions = predictions
+        self.swap.mover.overlaps_compute = overlap
 
     def run(self, name: str, frames: Sequence[Any], task: Task) -> list[Target]:
         """Return the precomputed predictions for ``frames`` after charging the profiled time of the batch."""
@@ -88,10 +91,13 @@ def simulate(
     scheduler: str,
     policy: EvictionPolicy | str = "lru",
     bandwidth: BandwidthModel | None = None,
+    overlap: bool = True,
 ) -> dict[str, Any]:
     """Predict a run of ``frames`` under ``budget``: the report ``serve_offline`` gives, marked ``predicted``.
 
-    ``plan`` ties the models (a bundle's plan) or is None for unmerged models.
+    ``plan`` ties the models (a bundle's plan) or is None for unmerged models. ``bandwidth`` is the transfer
+    model of the tier predicted (for the disk tier, the one fitted to its measured reads by
+    ``calibrate_disk_tier``); ``overlap`` says whether loads run beside compute (CUDA) or before it (disk).
 
     Raises:
         RuntimeBudgetError: the models do not fit the budget under the scheduler.
@@ -103,7 +109,7 @@ def simulate(
     chosen = get_scheduler(scheduler)
     executor = SimulatedExecutor(
         meta_models(recipes, plan), predictions, budget=budget, clock=VirtualClock(), policy=policy,
-        keep_shared=chosen.keep_shared, bandwidth=bandwidth, profiles=profiles,
+        keep_shared=chosen.keep_shared, bandwidth=bandwidth, profiles=profiles, overlap=overlap,
     )
     with torch.no_grad():
         report = serve_offline(executor, queries, frames, chosen)

@@ -167,6 +167,8 @@ class Mover(ABC):
 
     # True when transfer times come from a bandwidth model rather than the hardware.
     simulated: bool = True
+    # True when loads run beside compute, layer by layer (PipeSwitch); False when a load finishes first.
+    overlaps_compute: bool = True
 
     @abstractmethod
     def load(self, keys: Sequence[str]) -> list[float]:
@@ -410,12 +412,15 @@ class SwapManager:
         self.pinned.clear()
 
 
-def pipelined_seconds(steps: Sequence[tuple[float, float]]) -> float:
-    """Return the time of a layer-by-layer run where loads overlap compute (PipeSwitch).
+def pipelined_seconds(steps: Sequence[tuple[float, float]], *, overlap: bool = True) -> float:
+    """Return the time of a layer-by-layer run where loads overlap compute (PipeSwitch), or, without
+    ``overlap``, where every load finishes before compute starts (the disk tier).
 
     ``steps`` is, in execution order, (load seconds, compute seconds) per layer: loads run back to back
     on the copy stream; each layer computes after its own load and after the previous layer.
     """
+    if not overlap:
+        return sum(load + compute for load, compute in steps)
     loaded = computed = 0.0
     for load, compute in steps:
         loaded += load
