@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gemel_engine.data.frames import CameraSource, Frame, check_fps, check_max_frames
+from gemel_engine.data.frames import CameraSource, Frame, check_fps, check_max_frames, check_start_frame
 from gemel_engine.errors import SourceError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderSource"]
@@ -80,6 +80,18 @@ class ImageFolderSource(CameraSource):
         return (
             Frame(index=i, timestamp=i / self.fps, image=self._load(file, expect=self.resolution))
             for i, file in enumerate(files)
+        )
+
+    def frames_from(self, start: int) -> Iterator[Frame]:
+        """Yield the images from index ``start`` on, reading none before it.
+
+        Raises:
+            SourceError: ``start`` is not an integer >= 0, or an image is unreadable.
+        """
+        check_start_frame(start)
+        return (
+            Frame(index=i, timestamp=i / self.fps, image=self._load(self.files[i], expect=self.resolution))
+            for i in range(start, len(self.files))
         )
 
     def _load(self, file: Path, expect: tuple[int, int] | None = None) -> np.ndarray:

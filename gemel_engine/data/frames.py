@@ -98,6 +98,17 @@ class Frame:
         return int(self.image.shape[0])
 
 
+def check_start_frame(start: object) -> int:
+    """Return ``start`` when it is a frame index (an integer >= 0).
+
+    Raises:
+        SourceError: anything else.
+    """
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise SourceError(f"start frame must be an integer >= 0, got {start!r}")
+    return start
+
+
 class CameraSource(ABC):
     """A camera: something that yields RGB frames at a frame rate. Use it as a context manager.
 
@@ -120,6 +131,16 @@ class CameraSource(ABC):
 
         File-like sources start again from the first frame on every call; live streams go on from now.
         """
+
+    def frames_from(self, start: int) -> Iterator[Frame]:
+        """Yield frames in order from frame index ``start`` on (frames before it are read and skipped; sources
+        that can seek override this). Live streams ignore ``start``: every frame they deliver is new.
+
+        Raises:
+            SourceError: ``start`` is not an integer >= 0, or reading fails.
+        """
+        check_start_frame(start)
+        return (frame for frame in self.frames() if frame.index >= start)
 
     def identity(self) -> dict[str, Any] | None:
         """Return a JSON-serialisable description that changes whenever the frames would, or None.

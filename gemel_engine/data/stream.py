@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import av
 
-from gemel_engine.data.frames import CameraSource, Frame, check_fps, check_max_frames
+from gemel_engine.data.frames import CameraSource, Frame, check_fps, check_max_frames, check_start_frame
 from gemel_engine.errors import SourceError
 
 __all__ = ["STREAM_SCHEMES", "Backoff", "StreamSource", "redact_url"]
@@ -141,6 +141,15 @@ class StreamSource(CameraSource):
         if self._conn is None:
             raise SourceError(f"stream was closed: {self.name}")
         return self._frames(max_frames)
+
+    def frames_from(self, start: int) -> Iterator[Frame]:
+        """Yield frames from now on: a live stream's frames are all new, so ``start`` is checked and ignored.
+
+        Raises:
+            SourceError: ``start`` is not an integer >= 0, the source was closed, or reconnecting failed.
+        """
+        check_start_frame(start)
+        return self.frames()
 
     def close(self) -> None:
         """Close the network connection; frames() then raises SourceError. Returns None."""

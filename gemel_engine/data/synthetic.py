@@ -14,6 +14,7 @@ config always gives bit-identical pixels.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import zlib
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gemel_engine.data.frames import Box, CameraSource, Frame, check_fps, check_max_frames
+from gemel_engine.data.frames import Box, CameraSource, Frame, check_fps, check_max_frames, check_start_frame
 from gemel_engine.errors import SourceError
 
 __all__ = ["CLASSES", "RENDER_VERSION", "SceneConfig", "SyntheticCamera", "seed_from_name"]
@@ -389,6 +390,16 @@ class SyntheticCamera(CameraSource):
         while stop is None or index < stop:
             yield self.render(index)
             index += 1
+
+    def frames_from(self, start: int) -> Iterator[Frame]:
+        """Yield frames from index ``start`` on, rendering nothing before it.
+
+        Raises:
+            SourceError: ``start`` is not an integer >= 0.
+        """
+        check_start_frame(start)
+        stop = self.config.num_frames
+        return (self.render(index) for index in (itertools.count(start) if stop is None else range(start, stop)))
 
     def render(self, index: int) -> Frame:
         """Return frame ``index`` with its boxes; raises SourceError when the index is out of range."""

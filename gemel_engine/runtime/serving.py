@@ -46,6 +46,10 @@ def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where:
     return value
 
 
+# The largest start frame a deployment may name (a day of 30 fps video is 2.6 million frames).
+MAX_START_FRAME = 100_000_000
+
+
 @dataclass(frozen=True)
 class CameraFeed:
     """A camera as a deployment names it; checked on creation."""
@@ -60,6 +64,10 @@ class CameraFeed:
     width: int
     # Height, in pixels, frames are resized to.
     height: int
+    # First frame to serve, and where a finished clip starts again: the camera's first held-out test frame, so
+    # the effective accuracy the monitor shows is measured on frames no training or search has seen (a live
+    # stream ignores it: all its frames are new).
+    start_frame: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -74,11 +82,17 @@ class CameraFeed:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8192:
                 raise DeploymentError(f"camera {self.name!r}: {key} must be an integer in [1, 8192], got {value!r}")
+        start = self.start_frame
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= MAX_START_FRAME:
+            raise DeploymentError(
+                f"camera {self.name!r}: start_frame must be an integer in [0, {MAX_START_FRAME}], got {start!r}"
+            )
         object.__setattr__(self, "fps", float(fps))
 
     def to_json(self) -> dict[str, Any]:
         """Return the protocol's ``camera`` object."""
-        return {"name": self.name, "source": self.source, "fps": self.fps, "width": self.width, "height": self.height}
+        return {"name": self.name, "source": self.source, "fps": self.fps, "width": self.width, "height": self.height,
+                "start_frame": self.start_frame}
 
     @classmethod
     def from_json(cls, data: object) -> CameraFeed:
@@ -94,6 +108,7 @@ class CameraFeed:
             name=_field(data, "name", str, where), source=_field(data, "source", str, where),
             fps=_field(data, "fps", (int, float), where), width=_field(data, "width", int, where),
             height=_field(data, "height", int, where),
+            start_frame=_field(data, "start_frame", int, where) if "start_frame" in data else 0,
         )
 
 
@@ -227,7 +242,7 @@ class _Camera:
         self.feed = feed
         try:
             self.source: CameraSource = open_source(feed.source, fps=feed.fps)
-            self._frames: Iterator[Frame] = self.source.frames()
+            self._frames: Iterator[Frame] = self.source.frames_from(feed.start_frame)
             self.first = self.read()
         except GemelError as exc:
             raise DeploymentError(f"camera {feed.name!r} is unreachable: {exc}") from None
@@ -235,14 +250,18 @@ class _Camera:
         self.next_due = 0.0
 
     def read(self) -> Frame:
-        """Return the source's next frame resized to the feed's size (a finished clip starts again)."""
+        """Return the source's next frame resized to the feed's size (a finished clip starts again at the feed's
+        start frame, or at its first frame when the clip is shorter than that)."""
         try:
             frame = next(self._frames)
         except StopIteration:
-            self._frames = self.source.frames()
-            try:
-                frame = next(self._frames)
-            except StopIteration:
+            frame = None
+            for start in dict.fromkeys((self.feed.start_frame, 0)):
+                self._frames = self.source.frames_from(start)
+                frame = next(self._frames, None)
+                if frame is not None:
+                    break
+            if frame is None:
                 raise DeploymentError(f"camera {self.feed.name!r} delivers no frames") from None
         image, boxes = resize_frame(frame.image, frame.boxes, (self.feed.width, self.feed.height))
         return Frame(frame.index, frame.timestamp, image, boxes)

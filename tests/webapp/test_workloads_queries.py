@@ -149,3 +149,41 @@ def test_a_measurement_abandoned_by_a_dead_worker_is_taken_over():
     assert query_measure(query_id=query.pk) is None  # someone is measuring it right now
     Query.objects.filter(pk=query.pk).update(updated_at=timezone.now() - MEASURE_STALE * 2)
     assert query_measure(query_id=query.pk).status == Query.Status.READY
+
+
+def test_measuring_finds_the_cameras_first_test_frame_which_deployments_serve_from(operator_client):
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from gemel_engine.workload import camera_frames
+    from tests.webapp.test_edge_factories import make_bundle, make_node
+    from webapp.edge.selectors import deployment_desired_json
+    from webapp.edge.services import deployment_create
+    from webapp.workloads.engine import live_workload
+    from webapp.workloads.services import camera_update
+
+    query = make_query(status=Query.Status.PENDING)
+    camera = query.camera
+    assert camera.test_start_frame is None
+    assert query_measure(query_id=query.pk).status == Query.Status.READY
+    camera.refresh_from_db()
+    workload = live_workload([query])
+    frames = camera_frames(workload, workload.cameras[0], cache_dir=Path(settings.MEDIA_ROOT) / "frame-cache")
+    assert camera.test_start_frame == int(frames.test.indices.min()) > int(frames.val.indices.max())
+
+    node, _ = make_node()
+    deployment = deployment_create(bundle=make_bundle(queries=[query]), node=node, user=None)
+    [served] = deployment_desired_json(deployment, file_url=lambda pk, name: name)["queries"]
+    assert served["camera"]["start_frame"] == camera.test_start_frame
+    node.active_deployment = deployment
+    node.save()
+    page = operator_client.get(f"/monitor/?node={node.pk}").content.decode()
+    assert f"{camera.name} from frame {camera.test_start_frame}" in page
+
+    # New frames (another size) make the old split meaningless: the start is found again at the next measurement.
+    camera_update(camera=camera, width=48)
+    camera.refresh_from_db()
+    assert camera.test_start_frame is None
+    [served] = deployment_desired_json(deployment, file_url=lambda pk, name: name)["queries"]
+    assert served["camera"]["start_frame"] == 0

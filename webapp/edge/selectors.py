@@ -165,6 +165,16 @@ def _bundle_model_for(query: Any, job: MergeJob, manifest_names: list[str]) -> s
     return built
 
 
+def served_frames(node: EdgeNode | None) -> list[dict[str, Any]]:
+    """Return, per camera of ``node``'s active deployment, the frame its feed starts from: the camera's first
+    held-out test frame (``start_frame``), or None while no query on it has been measured (served from frame 0)."""
+    if node is None or node.active_deployment_id is None:
+        return []
+    queries = node.active_deployment.bundle.job.queries.select_related("camera")
+    cameras = {query.camera.name: query.camera.test_start_frame for query in queries}
+    return [{"camera": name, "start_frame": start} for name, start in sorted(cameras.items())]
+
+
 def deployment_desired_json(deployment: Deployment, *, file_url: Any) -> dict[str, Any]:
     """Return the protocol's ``desired`` object for ``deployment`` (docs/agent-protocol.md §2).
 
@@ -185,7 +195,8 @@ def deployment_desired_json(deployment: Deployment, *, file_url: Any) -> dict[st
             "model": _bundle_model_for(query, bundle.job, manifest_names),
             "task": query.task,
             "camera": {"name": camera.name, "source": camera.source, "fps": float(camera.fps),
-                       "width": int(camera.width), "height": int(camera.height)},
+                       "width": int(camera.width), "height": int(camera.height),
+                       "start_frame": int(camera.test_start_frame or 0)},
             "slo_ms": float(query.slo_ms),
         })
     budget = deployment.budget_bytes if deployment.budget_bytes is not None else deployment.node.budget_bytes

@@ -18,6 +18,9 @@ class Camera(models.Model):
     height = models.PositiveIntegerField(default=64)
     # Engine CameraSpec options beyond the frame size: every/count/max_frames, val_fraction, gap_seconds.
     sampling = models.JSONField(default=dict, blank=True)
+    # Source index of the camera's first held-out test frame, found when a query on it is measured (None before):
+    # deployments serve from there, so the monitor's effective accuracy is measured on unseen frames.
+    test_start_frame = models.PositiveIntegerField(null=True, blank=True)
     # A frame grabbed when the camera was registered (proves it decodes).
     thumbnail = models.ImageField(upload_to="thumbnails/", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -217,6 +217,8 @@ def camera_update(
             _store_thumbnail(camera, image)
             camera.source = source
         camera.name, camera.fps, camera.width, camera.height = new_name, fps, width, height
+        if frames_change:
+            camera.test_start_frame = None  # found again when its queries are measured
         camera.full_clean()
         camera.save()
         if frames_change:
@@ -597,7 +599,7 @@ def query_measure(*, query_id: int) -> Query | None:
         return None
     query = Query.objects.select_related("camera", "model").get(pk=query_id)
     try:
-        measured, val_frames = _measure(query)
+        measured, val_frames, test_start = _measure(query)
     except (GemelError, OSError, RuntimeError, ValueError) as exc:
         Query.objects.filter(pk=query_id).update(
             status=Query.Status.FAILED, status_detail=f"measuring failed: {exc}", updated_at=timezone.now()
@@ -611,16 +613,20 @@ def query_measure(*, query_id: int) -> Query | None:
             chance_accuracy=measured.chance_accuracy, unmerged_test=test.to_json() if test else None,
             status_detail=detail, updated_at=timezone.now(),
         )
+        Camera.objects.filter(pk=query.camera_id).update(test_start_frame=test_start)
     query.refresh_from_db()
     return query
 
 
-def _measure(query: Query) -> tuple[QueryEntry, int]:
+def _measure(query: Query) -> tuple[QueryEntry, int, int]:
+    """Return the measured query entry, its validation frame count and its camera's first test frame (source
+    index)."""
     workload = live_workload([query])
     entry = workload.queries[0]
     frames = camera_frames(workload, workload.cameras[0], cache_dir=Path(settings.MEDIA_ROOT) / "frame-cache")
     labelled = query_data(workload, entry, frames)
-    return measure_unmerged(entry, workload.load_model(entry), labelled), len(labelled.val)
+    test_start = int(frames.test.indices.min())
+    return measure_unmerged(entry, workload.load_model(entry), labelled), len(labelled.val), test_start
 
 
 # --- analysis ------------------------------------------------------------------------------------------

@@ -60,3 +60,14 @@ def test_it_refuses_an_empty_or_missing_folder_and_a_bad_rate(tmp_path: Path) ->
     _save(tmp_path / "a.png", 1)
     with pytest.raises(SourceError, match="fps"):
         ImageFolderSource(tmp_path, fps=-2)
+
+
+def test_it_plays_from_a_start_frame_without_reading_the_images_before_it(tmp_path: Path) -> None:
+    for i in range(4):
+        _save(tmp_path / f"frame{i}.png", 10 * (i + 1))
+    src = ImageFolderSource(tmp_path, fps=4.0)
+    (tmp_path / "frame0.png").write_bytes(b"not an image")  # never read: it comes before the start
+    assert [(f.index, f.timestamp) for f in src.frames_from(2)] == [(2, 0.5), (3, 0.75)]
+    assert list(src.frames_from(9)) == []
+    with pytest.raises(SourceError, match="start frame"):
+        src.frames_from(-1)

@@ -209,3 +209,13 @@ def test_it_refuses_frame_indices_outside_the_clip() -> None:
         cam.render(10)
     with pytest.raises(SourceError, match="max_frames"):
         list(cam.frames(max_frames=-1))
+
+
+def test_it_plays_from_a_start_frame_exactly_as_in_sequence() -> None:
+    sequential = list(_camera(3).frames())
+    later = list(_camera(3).frames_from(115))
+    assert [f.index for f in later] == [115, 116, 117, 118, 119]
+    assert all(np.array_equal(f.image, sequential[f.index].image) and f.boxes == sequential[f.index].boxes
+               for f in later)
+    with pytest.raises(SourceError, match="start frame"):
+        _camera(3).frames_from(-2)

@@ -168,3 +168,13 @@ def test_the_writer_refuses_bad_input(
     with pytest.raises(SourceError, match=match):
         write_video(frames, tmp_path / name, **params)  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())
+
+
+def test_it_plays_from_a_start_frame(videos: dict[str, Path]) -> None:
+    src = VideoFileSource(videos["mp4-h264"])
+    everything = list(src.frames())
+    later = list(src.frames_from(3))
+    assert [f.index for f in later] == [f.index for f in everything[3:]]
+    assert np.array_equal(later[0].image, everything[3].image)
+    with pytest.raises(SourceError, match="start frame"):
+        src.frames_from(True)

@@ -52,6 +52,9 @@ def test_the_protocols_desired_object_round_trips_without_its_bundle():
         (lambda d: d["queries"][0]["camera"].update(fps="ten"), "'fps'"),
         (lambda d: d["queries"][0].update(task={"kind": "colour", "classes": ["car"]}), "task kind"),
         (lambda d: d["queries"][0].pop("model"), "'model' is missing"),
+        (lambda d: d["queries"][0]["camera"].update(start_frame=-1), "start_frame must be an integer"),
+        (lambda d: d["queries"][0]["camera"].update(start_frame=10**12), "start_frame must be an integer"),
+        (lambda d: d["queries"][0]["camera"].update(start_frame=3.5), "'start_frame'"),
     ],
 )
 def test_a_malformed_desired_object_is_refused_with_a_clear_error(change, message):
@@ -158,3 +161,20 @@ def test_what_an_idle_node_reports_passes_the_protocols_checks():
 def test_the_protocol_names_the_field_that_breaks_its_rules(report, message):
     with pytest.raises(ProtocolError, match=message):
         MetricsReport.from_json(report)
+
+
+def test_a_feed_serves_from_its_start_frame_and_a_finished_clip_starts_there_again():
+    from gemel_engine.runtime.serving import _Camera
+
+    camera = _Camera(CameraFeed("north", "synthetic://north?seed=1&frames=12", 10.0, 32, 32, start_frame=9))
+    try:
+        assert [camera.first.index, *(camera.read().index for _ in range(5))] == [9, 10, 11, 9, 10, 11]
+    finally:
+        camera.close()
+    # A start past the clip's end serves the clip from its first frame rather than nothing.
+    camera = _Camera(CameraFeed("north", "synthetic://north?seed=1&frames=4", 10.0, 32, 32, start_frame=40))
+    try:
+        assert [camera.first.index, camera.read().index] == [0, 1]
+    finally:
+        camera.close()
+    assert CameraFeed.from_json({"name": "n", "source": "s", "fps": 1, "width": 8, "height": 8}).start_frame == 0
