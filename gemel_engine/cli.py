@@ -19,6 +19,7 @@ from torch import nn
 
 from gemel_engine import zoo
 from gemel_engine.bundle import ModelRecipe, inspect_bundle, save_bundle
+from gemel_engine.demo import SCALES
 from gemel_engine.errors import GemelError, UsageError
 from gemel_engine.layers import analyze_models
 from gemel_engine.memory import footprint
@@ -420,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_build = demo_commands.add_parser(
         "build", help="generate cameras, train every unmerged model, write workload.json"
     )
-    demo_build.add_argument("--scale", choices=("tiny", "mix", "small", "paper"), default="tiny", help="workload size")
+    demo_build.add_argument("--scale", choices=tuple(SCALES), default="tiny", help="workload size")
     demo_build.add_argument("--out", type=Path, required=True, help="folder for workload.json, weights and frames")
     demo_build.set_defaults(handler=cmd_demo_build)
 

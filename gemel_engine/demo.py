@@ -14,6 +14,10 @@ show the same objects, so intervals come from a block bootstrap (see ``gemel_eng
   workload, with layers shared by different subsets of models.
 - ``small``: the dashboard's demo: 6 queries on 3 cameras, ResNet, MobileNet and a Faster R-CNN detector on a
   ResNet-18 FPN (whose backbone layers have the shapes of the ResNet-18 classifiers').
+- ``hard``: 6 queries on 3 cameras that differ (a day street, a dark one at night, a noisy busy one in
+  bad weather), whose tasks pull shared layers apart: the type of the largest object among 5 classes, counts in 5
+  bins, and detection. ResNet-18 classifiers and a ResNet-18 FPN detector, so nearly everything *can* be shared:
+  what *should* be is the search's question. About 20 minutes of CPU.
 - ``paper``: the paper's families (ResNet-18/50/101, VGG-16, MobileNet-v3, Faster R-CNN) at 64×64, for
   benchmarks; CPU training takes a long while.
 """
@@ -34,6 +38,7 @@ from gemel_engine.workload import CameraSpec, QueryEntry, Workload, camera_frame
 
 Progress = Callable[[dict[str, Any]], None]
 VEHICLES = ("car", "bus", "truck")
+EVERYTHING = ("car", "bus", "truck", "person", "bicycle")
 
 
 def _camera(
@@ -61,6 +66,13 @@ def _long_camera(name: str, seed: int, *, size: int) -> CameraSpec:
     # 1500 kept frames: 300 test, 315 validation (of which the 5 s gap drops about 6) and the rest to train on.
     # Twice the frames of a short camera at half its time scale: the same 3.3 hours of daylight (9:00 to 12:20).
     return _camera(name, seed, size=size, frames=6000, every=4, val_fraction=0.21, test_fraction=0.2, time_scale=10)
+
+
+def _hard_camera(name: str, seed: int, *, start_hour: float, noise: float = 1.0, density: float = 6.0) -> CameraSpec:
+    # As a long camera (1500 kept frames of 64×64 over 3.3 hours), with its own light, weather and traffic.
+    camera = _long_camera(name, seed, size=64)
+    source = camera.source.replace("&start_hour=9", f"&start_hour={start_hour:g}&noise={noise:g}&density={density:g}")
+    return dataclasses.replace(camera, source=source)
 
 
 def _long_cameras(*, size: int) -> tuple[CameraSpec, ...]:
@@ -144,6 +156,26 @@ SCALES: dict[str, DemoScale] = {
             "mobilenet_v2": dataclasses.replace(_classifier, steps=300),
             "fasterrcnn_resnet18_fpn": _detector,
         },
+    ),
+    "hard": DemoScale(
+        name="hard",
+        cameras=(
+            _hard_camera("day", 3, start_hour=9),
+            _hard_camera("night", 5, start_hour=18.5, noise=2.0),
+            _hard_camera("storm", 9, start_hour=13, noise=5.0, density=12.0),
+        ),
+        queries=(
+            _query("day_type", "day", "resnet18", _at_64("type", EVERYTHING)),
+            _query("day_count", "day", "resnet18", _at_64("count", EVERYTHING, count_edges=(1, 2, 3, 4))),
+            _query("night_type", "night", "resnet18", _at_64("type", EVERYTHING)),
+            _query("night_count", "night", "resnet18", _at_64("count", VEHICLES, count_edges=(1, 2, 3, 4))),
+            _query("storm_type", "storm", "resnet18", _at_64("type", EVERYTHING)),
+            _query(
+                "storm_detect", "storm", "fasterrcnn_resnet18_fpn",
+                _at_64("detection", VEHICLES), **_small_detector_args,
+            ),
+        ),
+        train={"resnet18": dataclasses.replace(_classifier, steps=300), "fasterrcnn_resnet18_fpn": _detector},
     ),
     "paper": DemoScale(
         name="paper",

@@ -4,6 +4,8 @@ Tasks:
 
 - ``presence``: is any object of the query's classes in view? (2 outputs: absent, present)
 - ``count``: how many objects of the query's classes, in bins (``count_edges=(1, 3)`` gives 0, 1-2, 3+)
+- ``type``: which of the query's classes the largest object in view belongs to, or none (classes + 1 outputs):
+  fine-grained when the classes look alike (a bus and a truck)
 - ``detection``: boxes of the query's classes (torchvision convention: label 0 is the background)
 
 Metrics: top-1 accuracy for classification tasks, mAP@0.5 for detection (torchmetrics with the
@@ -27,8 +29,8 @@ from gemel_engine.data.synthetic import CLASSES
 from gemel_engine.errors import GemelError
 from gemel_engine.plan import check_model_name
 
-TaskKind = Literal["presence", "count", "detection"]
-TASK_KINDS: tuple[TaskKind, ...] = ("presence", "count", "detection")
+TaskKind = Literal["presence", "count", "type", "detection"]
+TASK_KINDS: tuple[TaskKind, ...] = ("presence", "count", "type", "detection")
 # Highest count bin edge: more objects than any frame shows.
 MAX_COUNT_EDGE = 10_000
 ClassTarget = int
@@ -44,7 +46,7 @@ class QueryError(GemelError):
 class Task:
     """What a query asks of each frame; checked on creation."""
 
-    # "presence", "count" or "detection".
+    # "presence", "count", "type" or "detection".
     kind: TaskKind
     # Object classes the query looks for (names from the camera's vocabulary, e.g. car, person).
     classes: tuple[str, ...]
@@ -84,7 +86,8 @@ class Task:
 
     @property
     def num_outputs(self) -> int:
-        """Return the model's class count: 2 (presence), bins (count), classes + background (detection)."""
+        """Return the model's class count: 2 (presence), bins (count), classes + none (type), classes + background
+        (detection)."""
         if self.kind == "presence":
             return 2
         if self.kind == "count":
@@ -103,6 +106,8 @@ class Task:
                 f"{lo}+" if hi is None else (str(lo) if lo == hi else f"{lo}-{hi}")
                 for lo, hi in zip(lows, highs, strict=True)
             )
+        if self.kind == "type":
+            return ("none", *self.classes)
         return ("background", *self.classes)
 
     def relevant(self, boxes: Sequence[Box]) -> list[Box]:
@@ -123,6 +128,11 @@ class Task:
             return int(bool(kept))
         if self.kind == "count":
             return sum(1 for edge in self.count_edges if len(kept) >= edge)
+        if self.kind == "type":
+            if not kept:
+                return 0
+            largest = max(kept, key=lambda b: (b.width * b.height, -self.classes.index(b.label)))
+            return 1 + self.classes.index(largest.label)
         return {
             "boxes": torch.tensor([[b.x1, b.y1, b.x2, b.y2] for b in kept], dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor([self.classes.index(b.label) + 1 for b in kept], dtype=torch.int64),

@@ -88,3 +88,22 @@ def test_measure_upgrades_a_version_1_workload_to_the_same_figures_the_build_rec
         built = tiny_workload.query(entry.name)
         assert entry.unmerged_accuracy == built.unmerged_accuracy
         assert entry.unmerged_test == built.unmerged_test
+
+
+def test_the_hard_scale_has_cameras_that_differ_and_tasks_that_pull_apart():
+    from gemel_engine.data.sources import open_source
+
+    spec = SCALES["hard"]
+    kinds = {entry.query.task.kind for entry in spec.queries}
+    assert kinds == {"type", "count", "detection"}
+    assert any(len(e.query.task.output_names) == 5 for e in spec.queries if e.query.task.kind == "count")
+    assert any(len(e.query.task.classes) == 5 for e in spec.queries if e.query.task.kind == "type")
+    last = {}
+    for camera in spec.cameras:
+        with open_source(camera.source) as source:
+            last[camera.name] = next(source.frames_from(source.frame_count - 1)).image.astype(float)
+    # The night camera is dark; the storm camera is the noisiest (neighbouring pixels differ most).
+    assert last["night"].mean() < 0.6 * last["day"].mean()
+    roughness = {name: abs(np_diff).mean() for name, np_diff in
+                 ((name, image[:, 1:] - image[:, :-1]) for name, image in last.items())}
+    assert roughness["storm"] > max(roughness["day"], roughness["night"])

@@ -41,6 +41,15 @@ def test_count_bins_follow_the_edges():
     assert task.num_outputs == 3
 
 
+def test_type_is_the_class_of_the_largest_object_in_view_or_none():
+    task = Task("type", ("car", "bus", "truck", "person", "bicycle"), min_box_area=4)
+    assert task.num_outputs == 6 and task.output_names == ("none", "car", "bus", "truck", "person", "bicycle")
+    assert task.target([]) == 0
+    assert task.target([Box("truck", 0, 0, 1, 1)]) == 0  # too small to count
+    assert task.target([Box("car", 0, 0, 4, 4), Box("bus", 0, 0, 6, 5), Box("person", 0, 0, 3, 3)]) == 2
+    assert Task("type", ("car", "bus")).target([Box("truck", 0, 0, 9, 9), Box("bus", 0, 0, 3, 3)]) == 2
+
+
 def test_detection_targets_number_classes_from_one_after_the_background():
     task = Task("detection", ("bus", "car"))
     target = task.target([CAR, BUS, Box("person", 0, 0, 5, 5)])
