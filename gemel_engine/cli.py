@@ -226,7 +226,9 @@ def cmd_demo_build(args: argparse.Namespace) -> int:
     from gemel_engine.demo import build_demo
 
     def report(event: dict) -> None:
-        if event["type"] == "demo.training":
+        if event["type"] == "demo.kept":
+            print(f"kept {event['query']} ({event['arch']}): trained by an earlier run of this build", flush=True)
+        elif event["type"] == "demo.training":
             print(f"training {event['query']} ({event['arch']}, {event['steps']} steps)...", flush=True)
         elif event["type"] == "demo.trained":
             test = event.get("test") or {}

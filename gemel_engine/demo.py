@@ -25,6 +25,7 @@ show the same objects, so intervals come from a block bootstrap (see ``gemel_eng
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,18 @@ from typing import Any
 
 from gemel_engine.data.sampling import SamplingSpec
 from gemel_engine.errors import UsageError
+from gemel_engine.jsonfile import write_json_atomically
 from gemel_engine.queries import Query, Task, TaskKind
 from gemel_engine.train import TrainArgs, fit, save_checkpoint, setup
-from gemel_engine.workload import CameraSpec, QueryEntry, Workload, camera_frames, measure_unmerged, query_data
+from gemel_engine.workload import (
+    CameraSpec,
+    QueryEntry,
+    Workload,
+    camera_frames,
+    measure_unmerged,
+    query_data,
+    query_from_json,
+)
 
 Progress = Callable[[dict[str, Any]], None]
 VEHICLES = ("car", "bus", "truck")
@@ -203,8 +213,30 @@ SCALES: dict[str, DemoScale] = {
 }
 
 
+CHECKPOINT_NAME = "build-checkpoint.json"
+
+
+def _recipe_key(spec: DemoScale, entry: QueryEntry) -> str:
+    """Return what a trained model depends on (its query, cameras and training), as one comparable string."""
+    camera = next(c for c in spec.cameras if c.name == entry.query.camera)
+    return json.dumps({"query": entry.to_json(), "camera": camera.to_json(),
+                       "train": spec.train_args(entry).to_json()}, sort_keys=True)
+
+
+def _load_checkpoint(path: Path) -> dict[str, dict[str, Any]]:
+    """Return recipe key → trained query JSON from a build checkpoint (nothing when absent or unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+        return {str(item["recipe"]): dict(item["query"]) for item in data["trained"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = None) -> Workload:
     """Generate the cameras, train every query's unmerged model and write ``workload.json`` in ``out_dir``.
+
+    The build resumes: after each model, ``build-checkpoint.json`` records it (with what it was trained from), so
+    a build run again in the same folder keeps every model whose recipe is unchanged and whose weights are there.
 
     Returns:
         The written workload, with each query's weights, unmerged accuracy and chance accuracy.
@@ -218,8 +250,19 @@ def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = N
     out_dir = Path(out_dir).resolve()
     workload = Workload(spec.name, spec.cameras, spec.queries, out_dir)
     frames = {camera.name: camera_frames(workload, camera) for camera in spec.cameras}
-    trained = []
+    checkpoint = out_dir / CHECKPOINT_NAME
+    done_before = _load_checkpoint(checkpoint)
+    trained: list[QueryEntry] = []
+    records: list[dict[str, Any]] = []
     for entry in spec.queries:
+        recipe = _recipe_key(spec, entry)
+        kept = done_before.get(recipe)
+        if kept is not None and kept.get("weights") and (out_dir / kept["weights"]).is_file():
+            trained.append(query_from_json(kept))
+            records.append({"recipe": recipe, "query": kept})
+            if progress is not None:
+                progress({"type": "demo.kept", "query": entry.name, "arch": entry.query.arch})
+            continue
         labelled = query_data(workload, entry, frames[entry.query.camera])
         args = spec.train_args(entry)
         if progress is not None:
@@ -230,6 +273,8 @@ def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = N
         weights = save_checkpoint(model, out_dir / "weights" / f"{entry.name}.safetensors")
         done = dataclasses.replace(measured, weights=str(weights.relative_to(out_dir)))
         trained.append(done)
+        records.append({"recipe": recipe, "query": done.to_json()})
+        write_json_atomically(checkpoint, {"scale": spec.name, "trained": records})
         if progress is not None:
             progress({
                 "type": "demo.trained", "query": entry.name, "arch": entry.query.arch,

@@ -270,7 +270,7 @@ class Workload:
             workload = cls(
                 name=str(data.get("name", path.parent.name)),
                 cameras=tuple(_camera_from_json(c) for c in data["cameras"]),
-                queries=tuple(_query_from_json(q) for q in data["queries"]),
+                queries=tuple(query_from_json(q) for q in data["queries"]),
                 root=path.parent.resolve(),
             )
         except (KeyError, TypeError, ValueError, GemelError) as exc:
@@ -301,7 +301,13 @@ def _camera_from_json(data: dict[str, Any]) -> CameraSpec:
     )
 
 
-def _query_from_json(data: dict[str, Any]) -> QueryEntry:
+def query_from_json(data: dict[str, Any]) -> QueryEntry:
+    """Return the query entry that ``QueryEntry.to_json`` wrote.
+
+    Raises:
+        KeyError, TypeError, ValueError: a missing or malformed field.
+        GemelError: a task, target or name the engine refuses.
+    """
     query = Query(
         name=data["name"], camera=data["camera"], arch=data["arch"],
         task=Task.from_json(data["task"]), target=AccuracyTarget.from_json(data.get("target", {"relative": 0.95})),

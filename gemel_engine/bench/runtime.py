@@ -28,6 +28,7 @@ import torch
 from gemel_engine.bench import registered_names
 from gemel_engine.bundle import ModelRecipe, load_bundle
 from gemel_engine.errors import RuntimeBudgetError, UsageError
+from gemel_engine.jsonfile import write_json_atomically
 from gemel_engine.queries import predict
 from gemel_engine.report import MIB, format_table, mib, percent
 from gemel_engine.runtime.budget import MemoryBudget
@@ -277,9 +278,7 @@ def main(argv: Sequence[str]) -> int:
     budgets: list[int] = []
 
     def write(complete: bool) -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        staging = args.out.with_suffix(".tmp")
-        staging.write_text(json.dumps({
+        write_json_atomically(args.out, {
             "benchmark": "runtime", "workload": workload.name, "bundle": settings["bundle"], "settings": settings,
             "complete": complete, "fps": rates, "link_gbps": links, "slo_ms": args.slo_ms, "tier": tier,
             "simulated_transfers": tier == "simulated", "disk_calibration": calibration,
@@ -287,8 +286,7 @@ def main(argv: Sequence[str]) -> int:
             "policy": args.policy, "device": device.type, "timing": args.timing, "reserve_bytes": reserve,
             "budget_fractions": fractions, "budgets": budgets, "gains": _gains(rows),
             "simulator_vs_measured": validation(rows), "rows": rows,
-        }, indent=2) + "\n")
-        staging.replace(args.out)
+        })
 
     for fps in rates:
         queries, frames = workload_stream(workload, fps=fps, slo_ms=args.slo_ms, max_frames=args.max_frames,

@@ -33,6 +33,7 @@ from prometheus_client import start_http_server
 
 import gemel_engine
 from gemel_engine.errors import DeploymentError, GemelError
+from gemel_engine.jsonfile import write_json_atomically
 from gemel_engine.runtime.protocol import PROTOCOL_VERSION
 from gemel_engine.runtime.serving import DeploymentSpec, EdgeServer, PreparedDeployment
 
@@ -170,20 +171,6 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Agent:
     """One edge node's agent: an ``EdgeServer`` plus the control loop that talks to the dashboard."""
 
@@ -222,7 +209,7 @@ class Agent:
 
     def _save_state(self) -> None:
         active = self.server.active
-        _write_json_atomic(self.state_path, {
+        write_json_atomically(self.state_path, {
             "node": self.config.node,
             "active": None if active is None or self._active_desired is None else {
                 "deployment": active.spec.deployment,

@@ -14,8 +14,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from gemel_engine.accuracy import Measurement, measure_sets
 from gemel_engine.bundle import ModelRecipe, load_bundle, save_bundle
 from gemel_engine.errors import GemelError
 from gemel_engine.events import CancelToken, Progress, emit
+from gemel_engine.jsonfile import write_json_atomically
 from gemel_engine.layers import analyze_models
 from gemel_engine.memory import footprint
 from gemel_engine.modelset import ModelSet
@@ -147,15 +146,6 @@ class _State:
             raise SearchError(f"{where}: damaged search state ({exc})") from None
 
 
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=2)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-
-
 def _affected(plan: MergePlan, trial: Trial) -> list[str]:
     parent: dict[str, str] = {}
 
@@ -249,7 +239,7 @@ class MergeSearch:
         return state
 
     def _save_state(self, state: _State) -> None:
-        _write_json_atomically(self.out_dir / STATE_NAME, state.to_json())
+        write_json_atomically(self.out_dir / STATE_NAME, state.to_json())
 
     def _save_config(self, models: ModelSet, state: _State, data: dict[str, QueryData]) -> dict[str, Any]:
         index = len(state.bundles)
@@ -330,7 +320,7 @@ class MergeSearch:
             emit(self.progress, "search.failed", error=str(exc), rounds=state.rounds)
             raise
         result = self._result(models, state, data, status)
-        _write_json_atomically(self.out_dir / RESULT_NAME, result.to_json())
+        write_json_atomically(self.out_dir / RESULT_NAME, result.to_json())
         final_type = "search.cancelled" if status == "cancelled" else "search.finished"
         emit(self.progress, final_type, status=status, result=result.to_json())
         return result

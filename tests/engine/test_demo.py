@@ -107,3 +107,46 @@ def test_the_hard_scale_has_cameras_that_differ_and_tasks_that_pull_apart():
     roughness = {name: abs(np_diff).mean() for name, np_diff in
                  ((name, image[:, 1:] - image[:, :-1]) for name, image in last.items())}
     assert roughness["storm"] > max(roughness["day"], roughness["night"])
+
+
+def test_a_build_run_again_keeps_the_models_it_trained_and_retrains_only_what_changed(monkeypatch, tmp_path):
+    import dataclasses
+
+    from gemel_engine.data.sampling import SamplingSpec
+    from gemel_engine.demo import DemoScale, build_demo
+    from gemel_engine.queries import Query, Task
+    from gemel_engine.train import TrainArgs
+    from gemel_engine.workload import CameraSpec, QueryEntry
+
+    camera = CameraSpec("micro_cam", "synthetic://micro_cam?seed=3&width=64&height=48&fps=5&frames=40",
+                        SamplingSpec(size=(32, 32)), val_fraction=0.3, gap_seconds=0.0)
+    task = Task("presence", ("car", "bus", "truck"))
+    scale = DemoScale(
+        name="micro", cameras=(camera,),
+        queries=(QueryEntry(Query("m_a", "micro_cam", "mobilenet_v3_small", task)),
+                 QueryEntry(Query("m_b", "micro_cam", "resnet18", task))),
+        train={"mobilenet_v3_small": TrainArgs(steps=2, batch_size=8, device="cpu"),
+               "resnet18": TrainArgs(steps=2, batch_size=8, device="cpu")},
+    )
+    monkeypatch.setitem(SCALES, "micro", scale)
+    events: list[tuple[str, str]] = []
+
+    def progress(event):
+        events.append((event["type"], event["query"]))
+
+    first = build_demo("micro", tmp_path, progress=progress)
+    assert ("demo.training", "m_a") in events and ("demo.training", "m_b") in events
+    events.clear()
+    again = build_demo("micro", tmp_path, progress=progress)
+    assert events == [("demo.kept", "m_a"), ("demo.kept", "m_b")]
+    assert [e.to_json() for e in again.queries] == [e.to_json() for e in first.queries]
+    # A changed recipe (more steps for one architecture) retrains that model only; a lost weights file too.
+    monkeypatch.setitem(SCALES, "micro", dataclasses.replace(
+        scale, train={**scale.train, "resnet18": TrainArgs(steps=3, batch_size=8, device="cpu")}))
+    events.clear()
+    build_demo("micro", tmp_path, progress=progress)
+    assert ("demo.kept", "m_a") in events and ("demo.training", "m_b") in events
+    (tmp_path / "weights" / "m_a.safetensors").unlink()
+    events.clear()
+    build_demo("micro", tmp_path, progress=progress)
+    assert ("demo.training", "m_a") in events and ("demo.kept", "m_b") in events
