@@ -161,3 +161,16 @@ def test_a_budget_or_id_past_what_the_database_holds_answers_422(operator_client
         response = operator_client.post("/api/deployments", body, content_type="application/json")
         assert response.status_code == 422, (body, response.content)
     assert not Deployment.objects.exists()
+
+
+@pytest.mark.parametrize("asked", ["²", "٣", "1_0", " 1", "-1", "abc", str(2**70)])
+def test_a_monitor_asked_for_a_node_that_is_no_id_answers_404(viewer_client, asked):
+    make_node()
+    response = viewer_client.get(reverse("monitor"), {"node": asked})
+    assert response.status_code == 404
+
+
+def test_a_monitor_asked_for_no_node_shows_the_first_and_for_an_unknown_id_answers_404(viewer_client):
+    node, _ = make_node()
+    assert viewer_client.get(reverse("monitor")).context["node"] == node
+    assert viewer_client.get(reverse("monitor"), {"node": node.pk + 1}).status_code == 404

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from webapp.accounts.selectors import user_is_operator
+from webapp.api_types import database_id
 from webapp.edge import selectors
 from webapp.edge.models import EdgeNode
 
@@ -32,11 +33,18 @@ def deployments(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def monitor(request: HttpRequest) -> HttpResponse:
-    """Render the live monitor of one node (``?node=<id>``, else the first): memory, fps, drops, accuracy."""
+    """Render the live monitor of one node (``?node=<id>``, else the first): memory, fps, drops, accuracy.
+
+    Raises:
+        Http404: ``node`` is given but names no node (not an id, or an unknown one).
+    """
     nodes = list(selectors.nodes_list())
     node = None
-    if request.GET.get("node", "").isdigit():
-        node = get_object_or_404(EdgeNode, pk=int(request.GET["node"]))
+    if asked := request.GET.get("node", ""):
+        node_id = database_id(asked)
+        if node_id is None:
+            raise Http404("no such node")
+        node = get_object_or_404(EdgeNode, pk=node_id)
     elif nodes:
         node = nodes[0]
     context = {
