@@ -126,6 +126,11 @@ def _classifier(name: str, family: str, factory: Builder, *, min_input_size: int
     register_model(name, family=family, task="classification", min_input_size=min_input_size)(build)
 
 
+# Largest anchor_scale: anchors 16 times torchvision's biggest (512 px) already outgrow any frame; beyond it
+# sizes only grow towards overflow (1e308 cannot be rounded to an integer).
+MAX_ANCHOR_SCALE = 16.0
+
+
 def scale_anchors(model: nn.Module, scale: float) -> nn.Module:
     """Multiply the anchor sizes of a Faster R-CNN or RetinaNet by ``scale`` (for small objects).
 
@@ -135,12 +140,13 @@ def scale_anchors(model: nn.Module, scale: float) -> nn.Module:
         ``model``, with a new anchor generator.
 
     Raises:
-        ValueError: ``scale`` is not positive, or the model has no anchor generator to scale.
+        ValueError: ``scale`` is not a number in (0, MAX_ANCHOR_SCALE], or the model has no anchor generator
+            to scale.
     """
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-    if not scale > 0:
-        raise ValueError(f"anchor_scale must be positive, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale <= MAX_ANCHOR_SCALE:
+        raise ValueError(f"anchor_scale must be a number in (0, {MAX_ANCHOR_SCALE:g}], got {scale!r}")
     owner = getattr(model, "rpn", model)
     generator = getattr(owner, "anchor_generator", None)
     if not isinstance(generator, AnchorGenerator):

@@ -171,6 +171,12 @@ def test_anchor_scale_shrinks_a_detectors_anchors_without_changing_its_weights()
         zoo.get_model("ssd300_vgg16", num_classes=3, device="meta", anchor_scale=0.5)
 
 
+@pytest.mark.parametrize("scale", [0, -1.0, 16.5, 1e308, float("inf"), float("nan"), "2"])
+def test_an_anchor_scale_outside_0_to_16_is_refused_before_any_arithmetic(scale):
+    with pytest.raises(ValueError, match=r"anchor_scale must be a number in \(0, 16\]"):
+        zoo.get_model("fasterrcnn_resnet18_fpn", num_classes=3, device="meta", anchor_scale=scale)
+
+
 def test_a_resnet18_faster_rcnn_has_a_stride_4_fpn_and_a_classifiers_backbone_shapes():
     detector = zoo.get_model("fasterrcnn_resnet18_fpn", num_classes=4, device="meta", anchor_scale=0.25)
     classifier = zoo.get_model("resnet18", num_classes=2, device="meta")

@@ -146,3 +146,24 @@ def test_numbers_past_any_sensible_range_are_refused_with_the_range(operator_cli
     job = operator_client.post("/api/merge-jobs", {"queries": [query.pk], "strategy": "gemel", "budget_minutes": 1e300},
                                content_type="application/json")
     assert job.status_code == 400 and "workers' limit" in job.json()["detail"]
+
+
+@pytest.mark.parametrize(("arch", "builder_args", "reason"), [
+    ("fasterrcnn_resnet18_fpn", '{"num_classes": 3, "anchor_scale": 1e308}', "finite number"),
+    ("fasterrcnn_resnet18_fpn", '{"num_classes": 3, "anchor_scale": Infinity}', "finite number"),
+    ("fasterrcnn_resnet18_fpn", '{"num_classes": 3, "anchor_scale": NaN}', "finite number"),
+    ("fasterrcnn_resnet18_fpn", '{"num_classes": 3, "anchor_scale": 1e400}', "finite number"),
+    ("fasterrcnn_resnet18_fpn", '{"num_classes": 3, "anchor_scale": 100}', "anchor_scale must be a number in (0, 16]"),
+    ("mobilenet_v2", '{"num_classes": 3, "width_mult": 1e308}', "finite number"),
+    ("mobilenet_v2", '{"num_classes": 1' + "0" * 400 + "}", "finite number"),
+])
+def test_builder_numbers_that_are_not_finite_or_out_of_range_get_400_with_the_reason(
+    operator_client, tmp_path, arch, builder_args, reason
+):
+    weights = write_weights(tmp_path / "w.safetensors")
+    with weights.open("rb") as handle:
+        response = operator_client.post("/api/models", {"name": "big", "arch": arch, "builder_args": builder_args,
+                                                        "weights": handle})
+    assert response.status_code == 400, response.content
+    assert reason in response.json()["detail"]
+    assert not ModelEntry.objects.exists()

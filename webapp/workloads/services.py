@@ -250,6 +250,11 @@ def _delete_unused(row: Camera | ModelEntry, what: str, stored: Any) -> None:
 # --- models --------------------------------------------------------------------------------------------
 
 _FORBIDDEN_BUILDER_ARGS = frozenset({"weights", "weights_backbone", "progress"})
+# Largest magnitude of a numeric builder argument: room for class counts, image sides and proposal counts,
+# far below what overflows a builder's arithmetic (an anchor_scale or width_mult of 1e308).
+MAX_BUILDER_NUMBER = 10_000
+# Longest string builder argument, in characters.
+MAX_BUILDER_STRING_CHARS = 100
 _LISTED_ARCHS = 8
 
 
@@ -274,13 +279,21 @@ def _check_builder_args(builder_args: Any) -> dict[str, Any]:
             raise ValidationError(f"builder argument {key!r} is not allowed")
         if value is not None and not isinstance(value, bool | int | float | str):
             raise ValidationError(f"builder argument {key!r} must be a number, string, boolean or null")
+        # NaN and infinities fail the comparison too.
+        if isinstance(value, int | float) and not abs(value) <= MAX_BUILDER_NUMBER:
+            raise ValidationError(
+                f"builder argument {key!r} must be a finite number within ±{MAX_BUILDER_NUMBER}, got {value!r}"
+            )
+        if isinstance(value, str) and len(value) > MAX_BUILDER_STRING_CHARS:
+            raise ValidationError(f"builder argument {key!r} is longer than {MAX_BUILDER_STRING_CHARS} characters")
     return dict(builder_args)
 
 
 def _build_meta(arch: str, builder_args: dict[str, Any]) -> nn.Module:
+    # Whatever the builder raises for arguments it cannot take is the operator's input, never a server error.
     try:
         return zoo.get_model(arch, device="meta", **builder_args)
-    except (TypeError, ValueError, GemelError) as exc:
+    except (TypeError, ValueError, ArithmeticError, GemelError) as exc:
         raise ValidationError(f"{arch} does not accept builder_args {builder_args}: {exc}") from None
 
 
