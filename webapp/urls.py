@@ -5,14 +5,16 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from webapp import views
-from webapp.accounts.views import ThrottledLoginView
+from webapp.accounts.views import admin_sign_in, sign_in
 from webapp.api import api
 
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
-    path("login/", ThrottledLoginView.as_view(), name="login"),
+    path("login/", sign_in, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Ahead of the admin's own routes: its sign-in is throttled like the dashboard's.
+    path("admin/login/", admin_sign_in),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     path("", include("webapp.workloads.urls")),

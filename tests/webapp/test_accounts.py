@@ -105,3 +105,30 @@ def test_one_address_guessing_many_accounts_is_refused(client, operator, setting
         _sign_in(client, f"user{index}", "guess", address="198.51.100.9")
     assert _sign_in(client, "olivia", PASSWORD, address="198.51.100.9").status_code == 429
     assert _sign_in(client, "olivia", PASSWORD, address="198.51.100.10").status_code == 302
+
+
+def test_the_admin_sign_in_is_throttled_like_the_dashboards(client, operator, settings):
+    for _ in range(settings.LOGIN_MAX_FAILURES_PER_USER):
+        response = client.post("/admin/login/", {"username": "olivia", "password": "guess"}, REMOTE_ADDR="203.0.113.7")
+        assert response.status_code == 200
+    refused = client.post("/admin/login/", {"username": "olivia", "password": PASSWORD}, REMOTE_ADDR="203.0.113.7")
+    assert refused.status_code == 429
+    assert b"Too many failed sign-ins. Try again in about 15 minute(s)." in refused.content
+    assert client.get("/admin/").status_code == 302  # not signed in
+    assert _sign_in(client, "olivia", PASSWORD).status_code == 429  # one count for every sign-in page
+
+
+def test_failures_on_the_dashboard_and_the_admin_add_up(client, operator, settings):
+    half = settings.LOGIN_MAX_FAILURES_PER_USER // 2
+    for _ in range(half):
+        _sign_in(client, "olivia", "guess")
+    for _ in range(settings.LOGIN_MAX_FAILURES_PER_USER - half):
+        client.post("/admin/login/", {"username": "olivia", "password": "guess"}, REMOTE_ADDR="203.0.113.8")
+    refused = client.post("/admin/login/", {"username": "olivia", "password": PASSWORD}, REMOTE_ADDR="203.0.113.9")
+    assert refused.status_code == 429
+
+
+def test_the_admin_sign_in_still_signs_an_operator_in(client, operator):
+    response = client.post("/admin/login/", {"username": "olivia", "password": PASSWORD, "next": "/admin/"})
+    assert response.status_code == 302
+    assert client.get("/admin/").status_code == 200

@@ -1,6 +1,9 @@
 """Sign-in throttling: after too many failed sign-ins for one account, or from one address, within a window,
 further attempts are refused (the right password included) until the window has passed.
 
+Failures are counted wherever Django authenticates a web request (signals.py), and every sign-in page, the
+admin's included, refuses through one wrapper (views.py).
+
 Counts live in Django's cache: the process's own memory by default (one web process in the embedded mode);
 with several web processes each counts its own attempts, which still bounds guessing per process.
 """
@@ -11,10 +14,19 @@ import time
 
 from django.conf import settings
 from django.core.cache import cache
+from django.http import HttpRequest
+
+# Longest username counted (Django's own limit): longer input cannot make longer cache keys.
+MAX_USERNAME_CHARS = 150
+
+
+def client_address(request: HttpRequest) -> str:
+    """Return the address a request came from, as the throttle counts it."""
+    return str(request.META.get("REMOTE_ADDR", ""))
 
 
 def _keys(username: str, address: str) -> tuple[str, str]:
-    return f"login-fail:user:{username.strip().lower()}", f"login-fail:addr:{address}"
+    return f"login-fail:user:{username[:MAX_USERNAME_CHARS].strip().lower()}", f"login-fail:addr:{address}"
 
 
 def _count(key: str, now: float) -> tuple[int, float]:

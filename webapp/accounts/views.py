@@ -1,36 +1,50 @@
-"""The sign-in page, throttled against password guessing (webapp/accounts/throttle.py)."""
+"""Sign-in pages, each throttled against password guessing (webapp/accounts/throttle.py): the dashboard's own
+and the admin's go through one wrapper that refuses while the throttle holds an account or address back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
+from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import AuthenticationForm
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
 
-from webapp.accounts.throttle import login_failed, login_succeeded, login_wait_seconds
+from webapp.accounts.throttle import client_address, login_wait_seconds
 
 
-class ThrottledLoginView(auth_views.LoginView):
-    """Django's LoginView that refuses attempts, with 429 and how long to wait, after too many failures."""
+def throttled_sign_in(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Return ``view`` with sign-in attempts refused, with 429 and how long to wait, after too many failures.
 
-    def post(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponse:
-        username = str(request.POST.get("username", ""))[:150]
-        address = request.META.get("REMOTE_ADDR", "")
-        wait = login_wait_seconds(username=username, address=address)
-        if wait:
-            form = self.get_form()
-            form.errors.clear()
-            minutes = max(1, round(wait / 60))
-            form.add_error(None, f"Too many failed sign-ins. Try again in about {minutes} minute(s).")
-            return self.render_to_response(self.get_context_data(form=form, throttled=True), status=429)
-        return super().post(request, *args, **kwargs)
+    The refusal comes before any password is checked, so the right one is refused too.
+    """
 
-    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
-        login_failed(username=str(form.data.get("username", ""))[:150],
-                     address=self.request.META.get("REMOTE_ADDR", ""))
-        return super().form_invalid(form)
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.method == "POST":
+            username = str(request.POST.get("username", ""))
+            wait = login_wait_seconds(username=username, address=client_address(request))
+            if wait:
+                return _sign_in_refused(request, wait)
+        return view(request, *args, **kwargs)
 
-    def form_valid(self, form: AuthenticationForm) -> HttpResponse:
-        login_succeeded(username=form.get_user().get_username())
-        return super().form_valid(form)
+    return wrapper
+
+
+def _sign_in_refused(request: HttpRequest, wait: int) -> HttpResponse:
+    minutes = max(1, round(wait / 60))
+    context = {
+        "form": AuthenticationForm(request),
+        "throttled": f"Too many failed sign-ins. Try again in about {minutes} minute(s).",
+        "next": request.POST.get("next", ""),
+    }
+    return render(request, "registration/login.html", context, status=429)
+
+
+# The dashboard's sign-in page.
+sign_in = throttled_sign_in(auth_views.LoginView.as_view())
+# The admin's sign-in page, at its own address (operators are staff, so it signs in to everything too).
+admin_sign_in = throttled_sign_in(admin.site.login)
