@@ -15,18 +15,20 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.core.exceptions import SuspiciousOperation  # noqa: E402
 from django.http import Http404, HttpRequest, HttpResponse  # noqa: E402
 
+from webapp.middleware import plain_error_page  # noqa: E402
 from webapp.routing import websocket_urlpatterns  # noqa: E402
 
 
 class StaticFilesOrNotFound(ASGIStaticFilesHandler):
     """Django's static files handler, where a path that escapes the static folders ("/static/..%2f..") is a
-    404 like any other missing file instead of a SuspiciousFileOperation that ends as a 500."""
+    404 like any other missing file instead of a SuspiciousFileOperation that ends as a 500, and a missing file
+    gets the plain 404 page even under DEBUG (static files are public: no debug page for them)."""
 
     def serve(self, request: HttpRequest) -> HttpResponse:
         try:
             return super().serve(request)
-        except SuspiciousOperation:
-            raise Http404("no such static file") from None
+        except (Http404, SuspiciousOperation):
+            return plain_error_page(request, 404)
 
 
 http_application = StaticFilesOrNotFound(django_application) if settings.SERVE_STATIC else django_application

@@ -19,6 +19,9 @@ from webapp.embedded_redis import EmbeddedRedis
 from webapp.stack import ManagedProcess, celery_worker_command, child_environment, daphne_command
 
 AGENT_NODE = "edge-local"
+# Printed at start under DEBUG: what this is, and where production's settings are written down.
+DEVELOPMENT_NOTICE = ("mode       development server (DEBUG=1: debug pages for signed-in users); for production "
+                      "settings see README.md, section Security")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo       building the {args.demo_scale!r} workload in the background (see the Cameras page)")
         print(f"logs       {logs}/")
         print(f"dashboard  {url}")
+        if settings.DEBUG:
+            print(DEVELOPMENT_NOTICE)
         if login.generated_password:
             print(f"sign in    {login.username} / {login.generated_password}   (shown once; set GEMEL_ADMIN_PASSWORD "
                   "to choose it)")

@@ -72,3 +72,58 @@ def test_pages_carry_a_content_security_policy_without_inline_scripts(viewer_cli
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
     assert "object-src 'none'" in policy and "frame-ancestors 'none'" in policy
     assert "Content-Security-Policy" in viewer_client.get("/login/").headers
+
+
+DEBUG_PAGE_MARKS = (b"URLconf", b"DEBUG = True", b"Traceback", b"healthz")
+
+
+def _shows_debug_details(content: bytes) -> bool:
+    return any(mark in content for mark in DEBUG_PAGE_MARKS)
+
+
+@pytest.mark.parametrize("path", ["/no-such-page", "/api/no-such-endpoint", "/merges/not-a-number/"])
+def test_under_debug_an_anonymous_404_lists_no_url_patterns(client, settings, path):
+    settings.DEBUG = True
+    response = client.get(path)
+    assert response.status_code == 404
+    assert not _shows_debug_details(response.content)
+
+
+def test_under_debug_a_signed_in_user_still_gets_djangos_404_with_the_patterns(viewer_client, settings):
+    settings.DEBUG = True
+    response = viewer_client.get("/no-such-page")
+    assert response.status_code == 404 and b"URLconf" in response.content
+
+
+def test_without_debug_a_404_lists_no_url_patterns_to_anyone(client, viewer_client, settings):
+    settings.DEBUG = False
+    from django.test import Client
+
+    for who in (Client(), viewer_client):
+        response = who.get("/no-such-page")
+        assert response.status_code == 404
+        assert not _shows_debug_details(response.content)
+
+
+def test_under_debug_an_anonymous_500_shows_no_traceback(settings):
+    import sys
+
+    from django.contrib.auth.models import AnonymousUser
+    from django.test import RequestFactory
+    from django.views.debug import technical_500_response
+
+    from webapp.middleware import AnonymousErrorPagesMiddleware
+
+    settings.DEBUG = True
+
+    def failing_view(request):
+        try:
+            raise RuntimeError("secret detail")
+        except RuntimeError:
+            return technical_500_response(request, *sys.exc_info())
+
+    request = RequestFactory().get("/")
+    request.user = AnonymousUser()
+    response = AnonymousErrorPagesMiddleware(failing_view)(request)
+    assert response.status_code == 500
+    assert b"secret detail" not in response.content and not _shows_debug_details(response.content)

@@ -14,6 +14,7 @@ import requests
 
 from tests.waiting import wait_until
 from webapp.embedded_redis import ping, socket_url
+from webapp.run import DEVELOPMENT_NOTICE
 from webapp.stack import REPO_ROOT, free_port
 
 
@@ -65,6 +66,7 @@ def test_it_starts_every_process_and_ctrl_c_stops_them_all_then_a_second_start_r
     try:
         assert f"dashboard  http://127.0.0.1:{port}/" in output, output
         assert "sign in    admin / " in output, output
+        assert DEVELOPMENT_NOTICE in output, output
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
         children = _children(run.pid)
         commands = " ".join(children.values())
