@@ -162,6 +162,27 @@ def test_it_records_each_status_step_and_supersedes_the_previous_deployment(clie
                                                        "superseded"]
 
 
+def test_a_deployments_history_keeps_only_the_newest_changes(client, operator, monkeypatch):
+    monkeypatch.setattr("webapp.edge.services.DEPLOYMENT_HISTORY_KEPT", 5)
+    node, plain = make_node()
+    deployment = deployment_create(bundle=make_bundle(), node=node, user=operator)
+    for step in range(12):
+        response = call(client, "POST", f"/api/agent/deployments/{deployment.pk}/status", plain,
+                        {"node": "edge-1", "status": "failed", "detail": f"attempt {step}: " + "x" * 1000})
+        assert response.status_code == 200
+    kept = [h.detail.split(":")[0] for h in deployment.history.all()]
+    assert kept == [f"attempt {step}" for step in range(7, 12)]
+
+
+def test_a_status_repeated_with_the_same_detail_adds_no_history(client, operator):
+    node, plain = make_node()
+    deployment = deployment_create(bundle=make_bundle(), node=node, user=operator)
+    for status in ("downloading", "downloading", "loading", "loading", "loading", "downloading"):
+        call(client, "POST", f"/api/agent/deployments/{deployment.pk}/status", plain,
+             {"node": "edge-1", "status": status, "detail": ""})
+    assert [h.status for h in deployment.history.all()] == ["pending", "downloading", "loading", "downloading"]
+
+
 def test_it_keeps_the_active_deployment_when_the_next_one_fails(client, operator):
     node, plain = make_node()
     first = deployment_create(bundle=make_bundle(), node=node, user=operator)

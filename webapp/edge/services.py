@@ -35,6 +35,9 @@ REPORTABLE = (
 )
 # Statuses the server gave a deployment that an agent's late report does not undo.
 SETTLED_BY_SERVER = (Deployment.Status.ROLLED_BACK, Deployment.Status.SUPERSEDED)
+# Status changes kept per deployment, the newest: an agent reporting in a loop cannot grow the history (and
+# the deployments page and API, which show all of it) without end.
+DEPLOYMENT_HISTORY_KEPT = 50
 
 
 def node_group(node_id: int) -> str:
@@ -157,7 +160,15 @@ def node_heartbeat(*, node: EdgeNode, status: str, detail: str, active_deploymen
 
 
 def _record_status(deployment: Deployment, status: str, detail: str) -> None:
+    """Add ``status`` to the deployment's history unless it repeats the newest entry; keep the newest
+    DEPLOYMENT_HISTORY_KEPT entries."""
+    newest_first = DeploymentStatusChange.objects.filter(deployment=deployment).order_by("-id")
+    if newest_first.values_list("status", "detail").first() == (status, detail):
+        return
     DeploymentStatusChange.objects.create(deployment=deployment, status=status, detail=detail)
+    first_dropped = newest_first.values_list("id", flat=True)[DEPLOYMENT_HISTORY_KEPT:DEPLOYMENT_HISTORY_KEPT + 1]
+    for entry_id in first_dropped:
+        newest_first.filter(id__lte=entry_id).delete()  # this one and every older one
 
 
 @transaction.atomic
