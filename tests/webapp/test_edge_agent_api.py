@@ -343,3 +343,23 @@ def test_a_node_name_with_invisible_characters_is_refused(client):
     response = call(client, "POST", "/api/agent/register", plain, register_body(node="edge\u202e1"))
     assert response.status_code == 400 and "invisible" in response.json()["detail"]
     assert not EdgeNode.objects.exists()
+
+
+def test_a_token_registers_one_node_and_a_second_name_gets_403_saying_why(client):
+    _, plain = agent_token_create(name="edge-1")
+    assert call(client, "POST", "/api/agent/register", plain, register_body()).status_code == 200
+    second = call(client, "POST", "/api/agent/register", plain, register_body(node="edge-2"))
+    assert second.status_code == 403
+    assert "already registered node 'edge-1'" in second.json()["detail"]
+    assert "create a token for 'edge-2'" in second.json()["detail"]
+    assert list(EdgeNode.objects.values_list("name", flat=True)) == ["edge-1"]
+    assert call(client, "POST", "/api/agent/register", plain, register_body()).status_code == 200  # its own again
+
+
+def test_a_token_that_took_a_node_over_cannot_register_another(client):
+    token, old = agent_token_create(name="old box")
+    _, new = agent_token_create(name="new box")
+    call(client, "POST", "/api/agent/register", old, register_body())
+    agent_token_revoke(token=token)
+    assert call(client, "POST", "/api/agent/register", new, register_body()).status_code == 200
+    assert call(client, "POST", "/api/agent/register", new, register_body(node="edge-9")).status_code == 403

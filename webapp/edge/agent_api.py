@@ -134,7 +134,7 @@ def _refuse(exc: ValidationError) -> HttpError:
     return HttpError(400, "; ".join(exc.messages))
 
 
-@router.post("/register", response={200: RegisterOut, 400: Detail})
+@router.post("/register", response={200: RegisterOut, 400: Detail, 403: Detail})
 def register(request: HttpRequest, body: RegisterIn) -> dict[str, Any]:
     """Register (or re-register) the calling agent's node."""
     if body.protocol != PROTOCOL_VERSION:

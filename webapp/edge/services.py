@@ -35,6 +35,9 @@ REPORTABLE = (
 )
 # Statuses the server gave a deployment that an agent's late report does not undo.
 SETTLED_BY_SERVER = (Deployment.Status.ROLLED_BACK, Deployment.Status.SUPERSEDED)
+# Nodes one agent token may register: a token is one box's credential (docs/agent-protocol.md §1), so a
+# leaked or misused token cannot fill the dashboard with nodes.
+NODES_PER_TOKEN = 1
 # Status changes kept per deployment, the newest: an agent reporting in a loop cannot grow the history (and
 # the deployments page and API, which show all of it) without end.
 DEPLOYMENT_HISTORY_KEPT = 50
@@ -97,6 +100,18 @@ def _own_deployment(node: EdgeNode, deployment_id: int | None) -> Deployment | N
     return Deployment.objects.filter(pk=deployment_id, node=node).first()
 
 
+def _check_token_has_room(token: AgentToken, name: str) -> None:
+    """Raise PermissionDenied when ``token`` already holds NODES_PER_TOKEN nodes other than ``name``."""
+    AgentToken.objects.select_for_update().filter(pk=token.pk).first()  # one registration per token at a time
+    held = EdgeNode.objects.filter(token=token).exclude(name=name)
+    if held.count() >= NODES_PER_TOKEN:
+        shown = ", ".join(repr(other) for other in held.values_list("name", flat=True)[:3])
+        raise PermissionDenied(
+            f"agent token {token.prefix}… already registered node {shown}; a token registers at most "
+            f"{NODES_PER_TOKEN} node(s): create a token for {name!r}"
+        )
+
+
 @transaction.atomic
 def node_register(
     *, token: AgentToken, name: str, device_kind: str, device_name: str, memory_total_bytes: int,
@@ -105,18 +120,20 @@ def node_register(
     """Create or update the node ``name`` for the agent holding ``token``; return it.
 
     A node belongs to the token that first registered it: another token may take it over only once that
-    token is revoked (how an operator moves a node to a new agent). The active deployment the agent reports is
-    kept when it is one of this node's deployments.
+    token is revoked (how an operator moves a node to a new agent). A token registers at most NODES_PER_TOKEN
+    nodes. The active deployment the agent reports is kept when it is one of this node's deployments.
 
     Raises:
         ValidationError: empty or over-long name, unknown device kind, negative sizes.
-        PermissionDenied: the node belongs to another agent token that is still valid.
+        PermissionDenied: the node belongs to another agent token that is still valid, or this token already
+            registered NODES_PER_TOKEN other nodes.
     """
     name = clean_name(name, "node")
     if device_kind not in ("cpu", "cuda"):
         raise ValidationError(f"device.kind must be cpu or cuda, got {device_kind!r}")
     if memory_total_bytes < 0 or (budget_bytes is not None and budget_bytes <= 0):
         raise ValidationError("memory sizes must be positive")
+    _check_token_has_room(token, name)
     node, _ = EdgeNode.objects.select_for_update().get_or_create(name=name, defaults={"token": token})
     owner = node.token
     if owner is not None and owner.pk != token.pk and owner.revoked_at is None:
