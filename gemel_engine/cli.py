@@ -297,13 +297,23 @@ class _MergeReporter:
                 f"round {event['round']}: {verdict} after {event['steps']} steps; "
                 f"saved {mib(event['bytes_saved'])} MiB at {event['elapsed']:.0f}s"
             )
+        elif kind == "round.progress":
+            accuracies = ", ".join(
+                f"{name} {value:.3f}/{event['required'][name]:.3f}" for name, value in sorted(event["accuracy"].items())
+            )
+            left = "" if event["budget_left"] is None else f", {event['budget_left'] / 60:.1f} min of budget left"
+            line = f"round {event['round']}: step {event['steps']} of {event['max_steps']}; {accuracies}{left}"
+        elif kind == "round.cut":
+            line = (f"round {event['round']}: cut ({event['stopped']}) after {event['steps']} of "
+                    f"{event['max_steps']} steps")
         elif kind == "search.started":
             start = "resuming" if event["resumed"] else "starting"
             line = f"search ({event['strategy']}): {start}, {event['queued_trials']} trials queued"
         else:
             return
         if self.live:
-            print(f"\r\033[K{line}", end="" if kind == "round.started" else "\n", file=sys.stderr, flush=True)
+            print(f"\r\033[K{line}", end="" if kind in ("round.started", "round.progress") else "\n",
+                  file=sys.stderr, flush=True)
         else:
             print(line, file=sys.stderr, flush=True)
 
@@ -340,6 +350,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         f"parameters: {mib(result.unmerged_param_bytes)} MiB -> {mib(result.merged_param_bytes)} MiB "
         f"(saved {percent(result.savings_fraction)})"
     )
+    print(f"outcome: {result.outcome}")
     print(f"bundle: {result.bundle}")
     return 0
 

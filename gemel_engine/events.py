@@ -17,6 +17,8 @@ Progress = Callable[[Event], None]
 EVENT_TYPES = (
     "search.started",
     "round.started",
+    "round.progress",
+    "round.cut",
     "round.finished",
     "config.accepted",
     "search.finished",

@@ -82,6 +82,10 @@ class SearchResult:
     timeline: list[list[float]]
     rounds: int
     plan: MergePlan
+    # The round the budget or a cancellation cut short (its steps, last check and time), or None.
+    unfinished_round: dict[str, Any] | None = None
+    # One sentence for the operator: what the search ended with and, when it saved nothing, why.
+    outcome: str = ""
 
     @property
     def savings_fraction(self) -> float:
@@ -101,6 +105,8 @@ class SearchResult:
             "timeline": self.timeline,
             "rounds": self.rounds,
             "shared_instances": len(self.plan.instances),
+            "unfinished_round": self.unfinished_round,
+            "outcome": self.outcome,
         }
 
 
@@ -162,6 +168,29 @@ def _affected(plan: MergePlan, trial: Trial) -> list[str]:
     return sorted(name for name in parent if find(name) in roots)
 
 
+def search_outcome(
+    status: str, rounds: int, saved_bytes: int, seconds: float, unfinished: dict[str, Any] | None
+) -> str:
+    """Return one sentence saying how a search ended: what it saved and, when a round was cut, where, and, when
+    nothing was saved, about how many minutes the cut round would have needed."""
+    saving = f"{saved_bytes / 2**20:.1f} MiB saved" if saved_bytes > 0 else "nothing saved"
+    ended = {"finished": "every trial was tried", "cancelled": "cancelled", "budget": "the budget ended"}.get(
+        status, status)
+    if unfinished is None:
+        return f"{ended} after {rounds} round(s) in {seconds / 60:.1f} min: {saving}"
+    steps, most = int(unfinished["steps"]), int(unfinished["max_steps"])
+    where = f"inside round {unfinished['round']} after {steps} of {most} steps ({float(unfinished['seconds']):.0f} s)"
+    if saved_bytes > 0 or status == "cancelled":
+        return f"{ended} {where}: {saving} by the configurations accepted before it"
+    if steps == 0:
+        spent = float(unfinished["started_at"]) + float(unfinished["seconds"])
+        return f"{ended} {where}, before its first step, so {saving}; give it well over {math.ceil(spent / 60)} min"
+    per_step = float(unfinished["seconds"]) / steps
+    needed = float(unfinished["started_at"]) + per_step * most
+    return (f"{ended} {where}, so {saving}; a budget of about {math.ceil(needed / 60)} min would let this round "
+            f"run all {most} steps")
+
+
 class MergeSearch:
     """One search job over a workload, in a job directory."""
 
@@ -192,6 +221,8 @@ class MergeSearch:
         self._test_frames: dict[str, LabelledFrames] = {}
         # (validation, test) measurements of each query's current weights; a round forgets its affected queries.
         self._measured: dict[str, tuple[Measurement, Measurement]] = {}
+        # The round this session's budget or a cancellation cut short, if any.
+        self._unfinished: dict[str, Any] | None = None
 
     # -- set-up -----------------------------------------------------------------------------------
 
@@ -303,6 +334,7 @@ class MergeSearch:
         emit(self.progress, "search.started", strategy=self.strategy.name, resumed=resumed, rounds=state.rounds,
              queued_trials=len(state.queue), out_dir=str(self.out_dir))
         status = "finished"
+        self._unfinished = None
         try:
             while state.queue:
                 if self.cancel.cancelled:
@@ -319,7 +351,7 @@ class MergeSearch:
         except Exception as exc:
             emit(self.progress, "search.failed", error=str(exc), rounds=state.rounds)
             raise
-        result = self._result(models, state, data, status)
+        result = self._result(models, state, data, status, elapsed())
         write_json_atomically(self.out_dir / RESULT_NAME, result.to_json())
         final_type = "search.cancelled" if status == "cancelled" else "search.finished"
         emit(self.progress, final_type, status=status, result=result.to_json())
@@ -340,11 +372,26 @@ class MergeSearch:
              trial_models=sorted({m.model for i in trial for m in i.members}), affected=affected)
         candidate = copy.deepcopy(models)
         apply_plan(candidate, MergePlan(tuple(trial), state.accepted.mode), warm_start=self.strategy.options.warm_start)
+        round_started = elapsed()
+        required = {n: data[n].required for n in affected}
+
+        def checked(steps: int, accuracies: dict[str, float]) -> None:
+            emit(self.progress, "round.progress", round=round_index, steps=steps,
+                 max_steps=self.round_budget.max_steps, accuracy=accuracies, required=required, elapsed=elapsed(),
+                 budget_left=None if deadline is None else max(0.0, deadline - time.monotonic()))
+
         outcome = joint_retrain(
             candidate, affected, data, self.round_budget, seed=self.config.seed + round_index, cancel=self.cancel,
-            deadline=deadline,
+            deadline=deadline, on_check=checked,
         )
         if outcome.stopped in ("cancelled", "deadline"):
+            self._unfinished = {
+                "round": round_index, "trial_layers": len(trial), "affected": affected, "steps": outcome.steps,
+                "max_steps": self.round_budget.max_steps, "seconds": round(outcome.seconds, 3),
+                "started_at": round(round_started, 3), "accuracy": outcome.check_accuracies, "required": required,
+                "stopped": outcome.stopped,
+            }
+            emit(self.progress, "round.cut", **self._unfinished)
             return None
         state.rounds = round_index
         state.elapsed = elapsed()
@@ -383,7 +430,9 @@ class MergeSearch:
                 self._measured[name] = (val, test)
         return {name: self._measured[name] for name in data}
 
-    def _result(self, models: ModelSet, state: _State, data: dict[str, QueryData], status: str) -> SearchResult:
+    def _result(
+        self, models: ModelSet, state: _State, data: dict[str, QueryData], status: str, seconds: float
+    ) -> SearchResult:
         measured = footprint(models)
         evaluation = self._measure_all(models, data)
         queries = []
@@ -400,10 +449,12 @@ class MergeSearch:
                     test.to_json(), e.required_test_accuracy, e.unmerged_test.accuracy if e.unmerged_test else None
                 ),
             })
+        saved = measured.naive_param_bytes - measured.param_bytes
         return SearchResult(
             strategy=self.strategy.name, status=status, unmerged_param_bytes=measured.naive_param_bytes,
             merged_param_bytes=measured.param_bytes, queries=queries, bundle=state.bundles[-1]["path"],
-            timeline=state.timeline, rounds=state.rounds, plan=state.accepted,
+            timeline=state.timeline, rounds=state.rounds, plan=state.accepted, unfinished_round=self._unfinished,
+            outcome=search_outcome(status, state.rounds, saved, seconds, self._unfinished),
         )
 
 

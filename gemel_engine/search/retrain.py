@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -207,11 +207,14 @@ def joint_retrain(
     seed: int = 0,
     cancel: CancelToken | None = None,
     deadline: float | None = None,
+    on_check: Callable[[int, dict[str, float]], None] | None = None,
 ) -> RetrainOutcome:
     """Retrain the ``affected`` models of ``models`` together until they meet their targets or stop.
 
     ``deadline`` is a ``time.monotonic()`` value after which the round stops at the next step (the search's
-    budget); ``budget.max_seconds`` bounds the round itself. Checks come sooner once every lagging query is
+    budget): a check due after it is not run, so the round ends within one step of it. ``on_check(steps,
+    accuracies)`` hears every in-round check (progress). ``budget.max_seconds`` bounds the round itself. Checks
+    come sooner once every lagging query is
     near its target, so a round ends soon after the targets are met. A round that stops for any reason but
     cancellation or the deadline ends with one measurement of every affected query on its whole validation
     set, and that alone decides ``met``.
@@ -259,8 +262,13 @@ def joint_retrain(
         steps += 1
         next_validation -= 1
         if next_validation == 0 or steps == budget.max_steps:
+            if deadline is not None and time.monotonic() >= deadline:
+                stopped = "deadline"
+                break
             accuracies = _evaluate(models, affected, data, final=False)
             checked_at = steps
+            if on_check is not None:
+                on_check(steps, dict(accuracies))
             next_validation = budget.interval(_shortfalls(accuracies, affected, data))
             history.append(accuracies)
             remaining = (budget.max_steps - steps) // budget.eval_every

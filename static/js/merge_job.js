@@ -40,6 +40,9 @@
     document.getElementById("job-savings").textContent = job.saved_param_bytes === null ? "—"
       : gemel.mib(job.saved_param_bytes) + " of " + gemel.mib(job.unmerged_param_bytes)
         + " (" + (100 * job.savings_fraction).toFixed(1) + "%)";
+    const outcome = document.getElementById("job-outcome");
+    outcome.textContent = job.outcome || "";
+    outcome.hidden = !job.outcome;
     const error = document.getElementById("job-error");
     error.textContent = job.error || "";
     error.hidden = !job.error;
@@ -109,9 +112,15 @@
     switch (event.type) {
       case "search.started": return (p.resumed ? "resumed after round " + p.rounds : "started") + ", " + p.queued_trials + " trials queued";
       case "round.started": return "round " + p.round + ": trying " + p.trial_layers + " shared layers";
+      case "round.progress": return "round " + p.round + ": step " + p.steps + " of " + p.max_steps + "; "
+        + Object.keys(p.accuracy || {}).sort().map((name) => name + " " + p.accuracy[name].toFixed(3) + " (target "
+          + p.required[name].toFixed(3) + ")").join(", ")
+        + (p.budget_left === null || p.budget_left === undefined ? "" : "; " + (p.budget_left / 60).toFixed(1) + " min of budget left");
+      case "round.cut": return "round " + p.round + " cut (" + (p.stopped === "deadline" ? "budget" : p.stopped) + ") after "
+        + p.steps + " of " + p.max_steps + " steps";
       case "round.finished": return "round " + p.round + (p.accepted ? " accepted" : " rejected") + ", " + gemel.mib(p.bytes_saved) + " saved";
       case "config.accepted": return "configuration saved (round " + p.round + ")";
-      case "search.finished": return "finished (" + p.status + ")";
+      case "search.finished": return "finished (" + p.status + ")" + (p.result && p.result.outcome ? ": " + p.result.outcome : "");
       case "search.cancelled": return "cancelled";
       case "search.failed": return "failed: " + p.error;
       case "job.claimed": return "attempt " + p.attempt + " on " + p.worker;

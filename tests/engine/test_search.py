@@ -287,3 +287,70 @@ def test_a_detection_query_retrains_on_its_own_smaller_batches():
     loss = _query_loss(detector, query, budget, torch.Generator(), torch.device("cpu"))
     assert batch_sizes == [3]
     assert torch.isfinite(loss)
+
+
+def _unreachable(workload):
+    """The workload with every query asking for a perfect score: a round always checks and never passes."""
+    import dataclasses
+
+    from gemel_engine.queries import AccuracyTarget
+
+    return dataclasses.replace(workload, queries=tuple(
+        dataclasses.replace(e, query=dataclasses.replace(e.query, target=AccuracyTarget(relative=None, absolute=1.0)))
+        for e in workload.queries
+    ))
+
+
+def test_a_round_reports_its_progress_and_a_cut_round_is_reported_with_its_steps(tiny_workload, tmp_path: Path):
+    token = CancelToken()
+    events: list[dict] = []
+
+    def record(event: dict) -> None:
+        events.append(event)
+        if event["type"] == "round.progress":
+            token.cancel()  # cut the round at its first check
+
+    config = SearchConfig(strategy="gemel+", round_budget=RetrainBudget(max_steps=6, eval_every=2, eval_every_near=2))
+    result = run_search(_unreachable(tiny_workload), tmp_path / "job", config, progress=record, cancel=token)
+    [progress] = [e for e in events if e["type"] == "round.progress"]
+    assert progress["round"] == 1 and progress["steps"] == 2 and progress["max_steps"] == 6
+    assert set(progress["accuracy"]) == set(progress["required"]) and progress["budget_left"] is None
+    [cut] = [e for e in events if e["type"] == "round.cut"]
+    assert result.status == "cancelled" and result.rounds == 0
+    unfinished = result.to_json()["unfinished_round"]
+    assert unfinished["round"] == cut["round"] == 1 and unfinished["steps"] == 2 and unfinished["max_steps"] == 6
+    assert unfinished["accuracy"] == progress["accuracy"] and unfinished["stopped"] == "cancelled"
+    assert result.outcome == result.to_json()["outcome"]
+    assert "inside round 1 after 2 of 6 steps" in result.outcome and "nothing saved" in result.outcome
+
+
+def test_the_outcome_of_a_search_cut_by_its_budget_says_what_budget_the_round_needed():
+    from gemel_engine.search.engine import search_outcome
+
+    cut = {"round": 1, "steps": 10, "max_steps": 120, "seconds": 60.0, "started_at": 30.0}
+    # 30 s before the round, then 6 s a step for 120 steps: 750 s, about 13 minutes.
+    assert search_outcome("budget", 0, 0, 300.0, cut) == (
+        "the budget ended inside round 1 after 10 of 120 steps (60 s), so nothing saved; a budget of about 13 min "
+        "would let this round run all 120 steps")
+    saved = search_outcome("budget", 2, 50 * 2**20, 300.0, {**cut, "round": 3})
+    assert saved == "the budget ended inside round 3 after 10 of 120 steps (60 s): 50.0 MiB saved by the " \
+                    "configurations accepted before it"
+    assert search_outcome("finished", 4, 2**20, 120.0, None) == "every trial was tried after 4 round(s) in 2.0 min: " \
+                                                               "1.0 MiB saved"
+    assert "before its first step" in search_outcome("budget", 0, 0, 10.0, {**cut, "steps": 0})
+
+
+def test_a_round_past_its_deadline_runs_no_further_check(tiny_workload):
+    import time
+
+    from gemel_engine.modelset import ModelSet
+    from gemel_engine.search.retrain import QueryData, joint_retrain
+
+    entry = tiny_workload.queries[0]
+    labelled = query_data(tiny_workload, entry, camera_frames(tiny_workload, tiny_workload.camera(entry.query.camera)))
+    data = {entry.name: QueryData(entry.name, entry.query.task, labelled.train, labelled.val, required=1.01)}
+    checks: list[int] = []
+    outcome = joint_retrain(ModelSet({entry.name: tiny_workload.load_model(entry)}), [entry.name], data,
+                            RetrainBudget(max_steps=10, eval_every=1), deadline=time.monotonic(),
+                            on_check=lambda steps, _: checks.append(steps))
+    assert outcome.stopped == "deadline" and outcome.steps == 0 and checks == []

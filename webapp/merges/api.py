@@ -56,6 +56,8 @@ class MergeJobOut(Schema):
     saved_param_bytes: int | None
     savings_fraction: float | None
     error: str
+    # One sentence on how the search ended (what it saved; where the budget cut a round and what it needed).
+    outcome: str | None = None
     finished: bool
 
 

@@ -197,6 +197,7 @@ def merge_job_data(job: MergeJob) -> dict[str, Any]:
         "saved_param_bytes": saved,
         "savings_fraction": saved / unmerged if saved is not None and unmerged else None,
         "error": job.error,
+        "outcome": (job.result or {}).get("outcome") if isinstance(job.result, dict) else None,
         "finished": job.status in FINISHED,
     }
 
