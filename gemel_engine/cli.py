@@ -230,6 +230,9 @@ def cmd_demo_build(args: argparse.Namespace) -> int:
             print(f"kept {event['query']} ({event['arch']}): trained by an earlier run of this build", flush=True)
         elif event["type"] == "demo.training":
             print(f"training {event['query']} ({event['arch']}, {event['steps']} steps)...", flush=True)
+        elif event["type"] == "demo.step" and event["step"] % 50 == 0:
+            print(f"  step {event['step']} of {event['steps']}, {event['seconds']:.0f} s, "
+                  f"about {event['seconds_left']:.0f} s left", flush=True)
         elif event["type"] == "demo.trained":
             test = event.get("test") or {}
             print(f"  accuracy {event['accuracy']:.3f} on {event['val_frames']} validation frames, "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +233,30 @@ def _load_checkpoint(path: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
+# A training step is reported every this many steps (and at the last one).
+STEP_EVERY = 10
+
+
+def _step_relay(entry: QueryEntry, progress: Progress | None) -> Progress | None:
+    """Return a training-progress callback that reports ``demo.step`` (steps done, seconds, an estimate of the
+    seconds left) every ``STEP_EVERY`` steps, or None without ``progress``."""
+    if progress is None:
+        return None
+    started = time.perf_counter()
+
+    def relay(event: dict[str, Any]) -> None:
+        if event.get("type") != "train.step":
+            return
+        step, steps = int(event["step"]), int(event["steps"])
+        if step % STEP_EVERY and step != steps:
+            return
+        seconds = time.perf_counter() - started
+        progress({"type": "demo.step", "query": entry.name, "arch": entry.query.arch, "step": step, "steps": steps,
+                  "seconds": seconds, "seconds_left": seconds / step * (steps - step)})
+
+    return relay
+
+
 def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = None) -> Workload:
     """Generate the cameras, train every query's unmerged model and write ``workload.json`` in ``out_dir``.
 
@@ -268,7 +293,7 @@ def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = N
         if progress is not None:
             progress({"type": "demo.training", "query": entry.name, "arch": entry.query.arch, "steps": args.steps})
         model = setup(entry.query, args, **entry.builder_args)
-        result = fit(model, labelled.train, entry.query.task, args)
+        result = fit(model, labelled.train, entry.query.task, args, progress=_step_relay(entry, progress))
         measured = measure_unmerged(entry, model, labelled)  # before saving: the weights keep its BatchNorm statistics
         weights = save_checkpoint(model, out_dir / "weights" / f"{entry.name}.safetensors")
         done = dataclasses.replace(measured, weights=str(weights.relative_to(out_dir)))

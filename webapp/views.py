@@ -10,6 +10,7 @@ from django.views.decorators.http import require_GET
 import gemel_engine
 from gemel_engine import zoo
 from webapp.edge import selectors as edge_selectors
+from webapp.workloads import selectors as workload_selectors
 
 
 @login_not_required
@@ -28,7 +29,10 @@ def overview(request: HttpRequest) -> HttpResponse:
          "budget_bytes": row["budget_bytes"], "simulated": bool(row["sample"] and row["sample"].simulated)}
         for row in nodes
     ]
-    context = {"nodes": nodes, "queries": edge_selectors.overview_queries(nodes), "memory_data": chart}
+    context = {
+        "nodes": nodes, "queries": edge_selectors.overview_queries(nodes), "memory_data": chart,
+        "demo_builds": workload_selectors.demo_seeds_building(),
+    }
     return render(request, "overview.html", context)
 
 

@@ -136,6 +136,7 @@ def test_a_build_run_again_keeps_the_models_it_trained_and_retrains_only_what_ch
 
     first = build_demo("micro", tmp_path, progress=progress)
     assert ("demo.training", "m_a") in events and ("demo.training", "m_b") in events
+    assert ("demo.step", "m_a") in events  # the last step is always reported, with the time left
     events.clear()
     again = build_demo("micro", tmp_path, progress=progress)
     assert events == [("demo.kept", "m_a"), ("demo.kept", "m_b")]

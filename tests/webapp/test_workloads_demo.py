@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.urls import reverse
 
 from gemel_engine.accuracy import Measurement
 from gemel_engine.demo import SCALES
@@ -116,3 +117,18 @@ def test_a_real_build_registers_each_query_as_soon_as_its_model_is_trained(micro
     assert first.unmerged_accuracy == built.query("m_a").unmerged_accuracy
     assert first.created_at.timestamp() < workload_file.stat().st_mtime  # registered before the build ended
     assert ModelEntry.objects.get(name="m_b").weights_sha256
+
+
+def test_a_running_build_shows_its_progress_on_the_overview_and_blocks_a_second_one(operator_client):
+    detail = "training east_cars (mobilenet_v2): step 120 of 300, about 2 min left for this model"
+    DemoSeed.objects.create(scale="small", status=DemoSeed.Status.BUILDING, queries_registered=2, queries_total=6,
+                            detail=detail)
+    overview = operator_client.get("/").content.decode()
+    assert "Demo workload <strong>small</strong> is being built" in overview
+    assert "step 120 of 300, about 2 min left" in overview and "2/6 queries registered" in overview
+    assert "The demo build above registers them" in overview
+    cameras = operator_client.get(reverse("cameras")).content.decode()
+    assert 'title="a demo build is running"' in cameras
+    DemoSeed.objects.filter(scale="small").update(status=DemoSeed.Status.READY)
+    assert "is being built" not in operator_client.get("/").content.decode()
+    assert 'title="a demo build is running"' not in operator_client.get(reverse("cameras")).content.decode()

@@ -61,6 +61,11 @@ def demo_seed_list() -> QuerySet[DemoSeed]:
     return DemoSeed.objects.order_by("-updated_at")
 
 
+def demo_seeds_building() -> QuerySet[DemoSeed]:
+    """Return the demo seeds queued or being built, most recently updated first."""
+    return demo_seed_list().filter(status__in=(DemoSeed.Status.QUEUED, DemoSeed.Status.BUILDING))
+
+
 # Signatures shown in the analysis chart, largest savings first.
 TOP_SIGNATURES = 15
 

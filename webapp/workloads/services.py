@@ -778,6 +778,10 @@ def _demo_build(scale: str) -> None:
     def progress(event: dict[str, Any]) -> None:
         if event.get("type") == "demo.training":
             _seed_progress(scale, detail=f"training {event['query']} ({event['arch']}, {event['steps']} steps)")
+        elif event.get("type") == "demo.step":
+            left = math.ceil(event["seconds_left"] / 60)
+            _seed_progress(scale, detail=f"training {event['query']} ({event['arch']}): step {event['step']} of "
+                                         f"{event['steps']}, about {left} min left for this model")
         elif event.get("type") == "demo.trained":
             entry = next(e for e in spec.queries if e.name == event["query"])
             register(dataclasses.replace(

@@ -38,6 +38,7 @@ def cameras(request: HttpRequest) -> HttpResponse:
         "models": selectors.model_list(),
         "queries": selectors.query_list(),
         "demo_seeds": selectors.demo_seed_list(),
+        "demo_building": selectors.demo_seeds_building().exists(),
         "demo_form": DemoSeedForm(),
     })
 
