@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gemel_engine.data.frames import CameraSource, Frame, check_fps, check_max_frames, check_start_frame
+from gemel_engine.data.frames import (
+    CameraSource,
+    Frame,
+    check_fps,
+    check_frame_size,
+    check_max_frames,
+    check_start_frame,
+)
 from gemel_engine.errors import SourceError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderSource"]
@@ -97,6 +104,7 @@ class ImageFolderSource(CameraSource):
     def _load(self, file: Path, expect: tuple[int, int] | None = None) -> np.ndarray:
         try:
             with Image.open(file) as img:
+                check_frame_size(*img.size, str(file))  # from the header, before decoding
                 rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
             raise SourceError(f"cannot read image {file}: {exc}") from exc

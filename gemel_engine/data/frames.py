@@ -13,12 +13,30 @@ import numpy as np
 
 from gemel_engine.errors import SourceError
 
-__all__ = ["Box", "CameraSource", "Frame"]
+__all__ = ["Box", "CameraSource", "Frame", "FrameSizeError"]
 
 # The frame rates a camera may have: a frame every 100 s at least, 1000 a second at most. Outside them
 # frame times overflow or a camera would flood the reader.
 MIN_FPS = 0.01
 MAX_FPS = 1000.0
+# The most pixels a source's frames may have (4K UHD, 3840x2160): frames are decoded whole before they are
+# resized, so a larger camera would hold hundreds of MiB per frame in whatever reads it.
+MAX_FRAME_PIXELS = 3840 * 2160
+
+
+class FrameSizeError(SourceError):
+    """A source whose frames have more than MAX_FRAME_PIXELS pixels."""
+
+
+def check_frame_size(width: int, height: int, what: str) -> None:
+    """Raise FrameSizeError when frames of ``width`` x ``height`` have more than MAX_FRAME_PIXELS pixels.
+
+    Returns None.
+    """
+    if width * height > MAX_FRAME_PIXELS:
+        raise FrameSizeError(
+            f"{what}: frames of {width}x{height} are over the limit of {MAX_FRAME_PIXELS:,} pixels (4K UHD)"
+        )
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,7 @@ class Frame:
             shape = getattr(img, "shape", None)
             dtype = getattr(img, "dtype", type(img).__name__)
             raise SourceError(f"frame {self.index}: image must be an HxWx3 uint8 array, got {shape} {dtype}")
+        check_frame_size(img.shape[1], img.shape[0], f"frame {self.index}")
 
     @property
     def width(self) -> int:

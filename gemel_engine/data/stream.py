@@ -12,7 +12,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import av
 
-from gemel_engine.data.frames import CameraSource, Frame, check_fps, check_max_frames, check_start_frame
+from gemel_engine.data.frames import (
+    CameraSource,
+    Frame,
+    check_fps,
+    check_frame_size,
+    check_max_frames,
+    check_start_frame,
+)
 from gemel_engine.errors import SourceError
 
 __all__ = ["STREAM_SCHEMES", "Backoff", "StreamSource", "redact_url"]
@@ -208,6 +215,7 @@ class StreamSource(CameraSource):
             if not container.streams.video:
                 raise SourceError(f"no video stream at {self.name}")
             stream = container.streams.video[0]
+            check_frame_size(stream.codec_context.width, stream.codec_context.height, self.name)
             decoder = container.decode(stream)
             first = next(decoder, None)
             if first is None:

@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from gemel_engine.data.frames import Box, CameraSource, Frame, check_fps, check_max_frames, check_start_frame
+from gemel_engine.data.frames import (
+    Box,
+    CameraSource,
+    Frame,
+    check_fps,
+    check_frame_size,
+    check_max_frames,
+    check_start_frame,
+)
 from gemel_engine.errors import SourceError
 
 __all__ = ["CLASSES", "RENDER_VERSION", "SceneConfig", "SyntheticCamera", "seed_from_name"]
@@ -45,7 +53,7 @@ class SceneConfig:
 
     # Picks the camera: viewpoint, road layout, palette, lighting, traffic mix and every object.
     seed: int = 0
-    # Frame width in pixels (16..4096).
+    # Frame width in pixels (16..4096; width x height at most MAX_FRAME_PIXELS).
     width: int = 320
     # Frame height in pixels (16..4096).
     height: int = 240
@@ -76,6 +84,7 @@ class SceneConfig:
             value = getattr(self, name)
             if not _is_int(value) or not 16 <= value <= _MAX_SIDE:
                 raise fail(name, f"must be an integer in [16, {_MAX_SIDE}]")
+        check_frame_size(self.width, self.height, "synthetic scene")
         check_fps(self.fps, "synthetic scene")
         if self.num_frames is not None and (not _is_int(self.num_frames) or not 1 <= self.num_frames <= _MAX_FRAMES):
             raise fail("num_frames", f"must be None or an integer in [1, {_MAX_FRAMES}]")

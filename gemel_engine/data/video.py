@@ -12,7 +12,14 @@ from typing import Any
 import av
 import numpy as np
 
-from gemel_engine.data.frames import CameraSource, Frame, check_fps, check_max_frames
+from gemel_engine.data.frames import (
+    CameraSource,
+    Frame,
+    FrameSizeError,
+    check_fps,
+    check_frame_size,
+    check_max_frames,
+)
 from gemel_engine.errors import SourceError
 
 __all__ = ["VIDEO_CODECS", "VIDEO_SUFFIXES", "VideoFileSource", "write_video"]
@@ -61,6 +68,8 @@ class VideoFileSource(CameraSource):
                 self._probe_pyav(fps)
                 self.backend = "pyav"
                 return
+            except FrameSizeError:
+                raise  # OpenCV would decode the same frames
             except SourceError as exc:
                 if backend == "pyav":
                     raise
@@ -68,6 +77,8 @@ class VideoFileSource(CameraSource):
         try:
             self._probe_opencv(fps)
             self.backend = "opencv"
+        except FrameSizeError:
+            raise
         except SourceError as exc:
             raise SourceError(reason or str(exc)) from None
 
@@ -118,6 +129,7 @@ class VideoFileSource(CameraSource):
                 if not container.streams.video:
                     raise SourceError(f"no video stream in {self.path}")
                 stream = container.streams.video[0]
+                check_frame_size(stream.codec_context.width, stream.codec_context.height, str(self.path))
                 rate = stream.average_rate or stream.guessed_rate or stream.base_rate
                 first = next(iter(container.decode(stream)), None)
                 if first is None:
@@ -138,6 +150,8 @@ class VideoFileSource(CameraSource):
         try:
             if not cap.isOpened():
                 raise SourceError(f"cannot decode video {self.path}: OpenCV cannot open it")
+            width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            check_frame_size(width, height, str(self.path))
             ok, image = cap.read()
             if not ok or image is None:
                 raise SourceError(f"video has no frames: {self.path}")

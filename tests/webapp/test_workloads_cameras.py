@@ -181,3 +181,25 @@ def test_names_that_would_display_as_something_else_are_refused(name):
     with pytest.raises(ValidationError, match="control or invisible formatting characters"):
         register(synthetic_source("north"), name=name)
     assert not Camera.objects.exists()
+
+
+def test_a_synthetic_camera_over_4k_uhd_pixels_is_refused_through_the_api(operator_client):
+    response = operator_client.post(
+        "/api/cameras", {"name": "huge", "source": "synthetic://huge?width=4096&height=4096&frames=50"},
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert "frames of 4096x4096 are over the limit of 8,294,400 pixels" in response.json()["detail"]
+    assert not Camera.objects.exists()
+
+
+def test_files_and_streams_over_the_frame_size_limit_are_refused_saying_so(settings, monkeypatch,
+                                                                           http_server):  # noqa: F811
+    clip = write_clip(Path(settings.MEDIA_ROOT) / "videos" / "clip.avi")
+    served, server = http_server
+    write_clip(served / "clip.avi")
+    monkeypatch.setattr("gemel_engine.data.frames.MAX_FRAME_PIXELS", 64 * 48 - 1)
+    for source in (str(clip), f"http://127.0.0.1:{server.server_address[1]}/clip.avi"):
+        with pytest.raises(ValidationError, match="frames of 64x48 are over the limit"):
+            register(source)
+    assert not Camera.objects.exists()

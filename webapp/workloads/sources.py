@@ -17,6 +17,7 @@ import numpy as np
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from gemel_engine.data.frames import FrameSizeError
 from gemel_engine.data.sources import SHELL_METACHARACTERS, open_source, resolve_media_path, synthetic_config
 from gemel_engine.data.stream import STREAM_SCHEMES, Backoff, StreamSource, redact_url
 from gemel_engine.errors import GemelError
@@ -112,7 +113,9 @@ def first_frame(source: str, *, fps: float) -> np.ndarray:
     Streams get ``probe_timeout()`` seconds to connect and deliver it, without reconnect attempts.
 
     Raises:
-        ValidationError: the source cannot be opened, does not answer in time, or yields no frame.
+        ValidationError: the source cannot be opened, does not answer in time, yields no frame, or its
+            frames have more than MAX_FRAME_PIXELS pixels (said plainly, streams included: such a source
+            did decode as video).
     """
     timeout = probe_timeout()
     is_stream = _scheme(source) in STREAM_SCHEMES
@@ -126,6 +129,8 @@ def first_frame(source: str, *, fps: float) -> np.ndarray:
             camera = open_source(source, fps=fps)
         with camera:
             frame = next(iter(camera.frames(max_frames=1)), None)
+    except FrameSizeError as exc:
+        raise ValidationError(f"camera refused: {exc}") from None
     except GemelError as exc:
         if is_stream:
             # One answer whatever the address did (refused, silent, spoke another protocol, answered 403):

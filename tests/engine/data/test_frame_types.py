@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from gemel_engine.data.frames import Box, CameraSource, Frame
+from gemel_engine.data.frames import MAX_FRAME_PIXELS, Box, CameraSource, Frame, FrameSizeError
 from gemel_engine.errors import GemelError, SourceError
 
 
@@ -38,6 +38,13 @@ def test_a_box_refuses_a_malformed_json_record() -> None:
 def test_a_frame_refuses_anything_but_hxwx3_uint8(image: object) -> None:
     with pytest.raises(SourceError, match="HxWx3 uint8"):
         Frame(index=0, timestamp=0.0, image=image)  # type: ignore[arg-type]
+
+
+def test_a_frame_over_4k_uhd_is_refused_and_one_at_the_limit_is_not() -> None:
+    Frame(index=0, timestamp=0.0, image=np.zeros((2160, 3840, 3), np.uint8))
+    with pytest.raises(FrameSizeError, match=f"over the limit of {MAX_FRAME_PIXELS:,} pixels"):
+        Frame(index=0, timestamp=0.0, image=np.zeros((2161, 3840, 3), np.uint8))
+    assert issubclass(FrameSizeError, SourceError)
 
 
 def test_source_errors_are_gemel_errors() -> None:

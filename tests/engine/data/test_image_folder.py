@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from gemel_engine.data.folder import ImageFolderSource
+from gemel_engine.data.frames import FrameSizeError
 from gemel_engine.errors import SourceError
 
 
@@ -71,3 +72,12 @@ def test_it_plays_from_a_start_frame_without_reading_the_images_before_it(tmp_pa
     assert list(src.frames_from(9)) == []
     with pytest.raises(SourceError, match="start frame"):
         src.frames_from(-1)
+
+
+def test_images_over_the_frame_size_limit_are_refused_from_their_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _save(tmp_path / "1.png", 0, size=(40, 30))
+    monkeypatch.setattr("gemel_engine.data.frames.MAX_FRAME_PIXELS", 40 * 30 - 1)
+    with pytest.raises(FrameSizeError, match="frames of 40x30 are over the limit"):
+        ImageFolderSource(tmp_path, fps=5)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gemel_engine.data.frames import FrameSizeError
 from gemel_engine.data.stream import Backoff, StreamSource, redact_url
 from gemel_engine.data.video import write_video
 from gemel_engine.errors import SourceError
@@ -55,6 +56,15 @@ def test_it_reads_a_stream_served_over_http(served_clip: tuple[str, ThreadingHTT
     assert len(frames) == 10
     assert [f.timestamp for f in frames] == pytest.approx([i / 10 for i in range(10)])
     assert abs(float(frames[5].image.mean()) - 50.0) < 4.0
+
+
+def test_a_stream_over_the_frame_size_limit_is_refused_when_it_connects(
+    served_clip: tuple[str, ThreadingHTTPServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = served_clip
+    monkeypatch.setattr("gemel_engine.data.frames.MAX_FRAME_PIXELS", 64 * 48 - 1)
+    with pytest.raises(FrameSizeError, match="frames of 64x48 are over the limit"):
+        StreamSource(url, connect_timeout=LONG_TIMEOUT_S, read_timeout=LONG_TIMEOUT_S, live=False)
 
 
 def test_it_reconnects_when_a_live_stream_drops_and_keeps_counting(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gemel_engine.data.frames import FrameSizeError
 from gemel_engine.data.synthetic import CLASSES, SceneConfig, SyntheticCamera
 from gemel_engine.errors import SourceError
 
@@ -201,6 +202,12 @@ def test_an_endless_camera_keeps_going_until_max_frames() -> None:
 def test_it_refuses_a_bad_scene_config(field: dict[str, object]) -> None:
     with pytest.raises(SourceError, match=next(iter(field))):
         SceneConfig(**field)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("width", "height"), [(4096, 4096), (4096, 2048)])
+def test_a_scene_over_4k_uhd_pixels_is_refused_before_anything_is_rendered(width: int, height: int) -> None:
+    with pytest.raises(FrameSizeError, match=f"{width}x{height} are over the limit"):
+        SceneConfig(width=width, height=height)
 
 
 def test_it_refuses_frame_indices_outside_the_clip() -> None:

@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 
+from gemel_engine.data.frames import FrameSizeError
 from gemel_engine.data.video import VideoFileSource, write_video
 from gemel_engine.errors import SourceError
 from tests.engine.data.support import CLIP_FPS, CLIP_FRAMES, CLIP_SIZE
@@ -178,3 +179,12 @@ def test_it_plays_from_a_start_frame(videos: dict[str, Path]) -> None:
     assert np.array_equal(later[0].image, everything[3].image)
     with pytest.raises(SourceError, match="start frame"):
         src.frames_from(True)
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav", "opencv"])
+def test_a_video_over_the_frame_size_limit_is_refused_when_opened(
+    videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    monkeypatch.setattr("gemel_engine.data.frames.MAX_FRAME_PIXELS", CLIP_SIZE[0] * CLIP_SIZE[1] - 1)
+    with pytest.raises(FrameSizeError, match=f"frames of {CLIP_SIZE[0]}x{CLIP_SIZE[1]} are over the limit"):
+        VideoFileSource(videos["avi-mjpeg"], backend=backend)
