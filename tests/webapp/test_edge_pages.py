@@ -174,3 +174,57 @@ def test_a_monitor_asked_for_no_node_shows_the_first_and_for_an_unknown_id_answe
     node, _ = make_node()
     assert viewer_client.get(reverse("monitor")).context["node"] == node
     assert viewer_client.get(reverse("monitor"), {"node": node.pk + 1}).status_code == 404
+
+
+def test_the_overview_flags_a_starved_query_and_one_below_its_target_first(operator_client):
+    from django.utils import timezone
+
+    node, _ = make_node()
+    starved, low, fine = make_query("a_starved"), make_query("b_low", camera="east", seed=2), make_query("c_fine")
+    node.last_seen_at = timezone.now()
+    node.save()
+    required = low.target_fraction * low.unmerged_test["accuracy"]
+    metrics_record(node=node, at=timezone.now(), deployment=None, simulated=True,
+                   memory={"resident_bytes": 6, "shared_bytes": 1, "per_model_bytes": {}},
+                   queries={"a_starved": {"fps": 0.0, "drop_rate": 0.97, "effective_accuracy": 0.2},
+                            "b_low": {"fps": 5.0, "drop_rate": 0.01, "effective_accuracy": round(required - 0.05, 3)},
+                            "c_fine": {"fps": 5.0, "drop_rate": 0.01, "effective_accuracy": 0.95}})
+    page = operator_client.get(reverse("overview")).content.decode()
+    assert "starved: 97% of its frames are dropped" in page
+    assert f"below target: effective accuracy {required - 0.05:.3f} &lt; {required:.3f} required" in page
+    table = page[page.index('id="overview-queries"'):]
+    assert table.index("c_fine") > table.index("a_starved") and table.index("c_fine") > table.index("b_low")
+    assert fine.name in table and starved.name in table
+
+
+def test_the_monitor_says_whether_memory_or_compute_limits_a_node(operator_client):
+    from django.utils import timezone
+
+    node, _ = make_node()
+    make_query()
+
+    def report(swapped: int, drop_rate: float) -> None:
+        metrics_record(node=node, at=timezone.now(), deployment=None, simulated=True,
+                       memory={"resident_bytes": 6, "shared_bytes": 1, "per_model_bytes": {},
+                               "swapped_bytes_total": swapped},
+                       queries={"north_cars": {"fps": 1.0, "drop_rate": drop_rate, "effective_accuracy": 0.5}})
+
+    def limit() -> str:
+        page = operator_client.get(reverse("monitor"), {"node": node.pk}).content.decode()
+        return page[page.index('id="node-limit"'):] if 'id="node-limit"' in page else ""
+
+    report(1000, 0.0)
+    assert limit() == ""  # nothing dropped: nothing to explain
+    report(1000, 0.6)
+    assert limit().startswith('id="node-limit"><strong>What limits this node now:</strong> compute: up to 60%')
+    report(5000, 0.6)
+    assert "memory: weights are swapped in while frames are dropped" in limit()
+
+
+def test_every_page_that_shows_figures_explains_its_terms(operator_client):
+    make_node()
+    for name in ("overview", "deployments", "monitor", "cameras"):
+        page = operator_client.get(reverse(name)).content.decode()
+        assert 'id="glossary"' in page, name
+        for term in ("Effective accuracy", "Drop rate", "Shared vs per model", "Simulated", "Chance", "held-out test"):
+            assert term in page, (name, term)

@@ -290,6 +290,34 @@ def node_latest_sample(*, node: EdgeNode) -> MetricSample | None:
     return MetricSample.objects.filter(node=node).order_by("-id").first()
 
 
+# A served query dropping at least this share of its frames is starved: the box cannot keep up with it.
+STARVED_DROP_RATE = 0.5
+
+
+def node_limit(node: EdgeNode | None) -> str | None:
+    """Return what holds the node back, read from its two newest samples: memory (weights swapped in while the
+    budget is full: memory and the host-to-device link decide), compute (frames dropped with nothing swapped:
+    the models run slower than frames arrive), or None when no query drops frames."""
+    if node is None:
+        return None
+    newest = list(MetricSample.objects.filter(node=node).order_by("-id")[:2])
+    if not newest:
+        return None
+    report = sample_report(newest[0])
+    drops = [q.drop_rate for q in report.queries.values() if q.drop_rate is not None]
+    if not drops or max(drops) < STARVED_DROP_RATE / 5:
+        return None
+    worst = max(drops)
+    swapped = 0
+    if len(newest) == 2:
+        swapped = report.memory.swapped_bytes_total - sample_report(newest[1]).memory.swapped_bytes_total
+    if swapped > 0:
+        return (f"memory: weights are swapped in while frames are dropped (up to {worst:.0%}); a larger budget, "
+                "more sharing (a merged bundle) or a faster link would help")
+    return (f"compute: up to {worst:.0%} of frames are dropped with nothing being swapped, so the models run "
+            "slower than the frames arrive; fewer fps, a faster device or lighter models would help")
+
+
 def overview_nodes() -> list[dict[str, Any]]:
     """Return each node with online state and its memory now (shared vs per model, from the newest sample)."""
     now = timezone.now()
@@ -322,5 +350,24 @@ def overview_queries(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for query in Query.objects.select_related("camera", "model").order_by("name"):
         node, figures = served.get(query.name, (None, {}))
-        rows.append({"query": query, "node": node, "figures": figures})
+        rows.append({"query": query, "node": node, "figures": figures, "alert": query_alert(query, figures)})
+    rows.sort(key=lambda row: row["alert"] is None)  # what needs attention first
     return rows
+
+
+def query_alert(query: Any, figures: dict[str, Any]) -> str | None:
+    """Return why a served query needs attention (starved, or its effective accuracy below the target applied to
+    its unmerged model's held-out test accuracy), or None."""
+    if not figures:
+        return None
+    drop_rate, accuracy = figures.get("drop_rate"), figures.get("effective_accuracy")
+    if isinstance(drop_rate, int | float) and drop_rate >= STARVED_DROP_RATE:
+        return (f"starved: {drop_rate:.0%} of its frames are dropped (the node cannot run it often enough; "
+                "see what limits the node on its monitor)")
+    test = query.unmerged_test or {}
+    unmerged = test.get("accuracy") if isinstance(test, dict) else None
+    if isinstance(accuracy, int | float) and isinstance(unmerged, int | float):
+        required = query.target_fraction * unmerged
+        if accuracy < required:
+            return f"below target: effective accuracy {accuracy:.3f} < {required:.3f} required"
+    return None

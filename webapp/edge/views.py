@@ -52,6 +52,7 @@ def monitor(request: HttpRequest) -> HttpResponse:
         "node": node,
         "online": selectors.node_is_online(node) if node else False,
         "served_frames": selectors.served_frames(node),
+        "limit": selectors.node_limit(node),
         "monitor_data": {"node": selectors.node_to_json(node) if node else None},
     }
     return render(request, "edge/monitor.html", context)
