@@ -15,6 +15,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.core.exceptions import SuspiciousOperation  # noqa: E402
 from django.http import Http404, HttpRequest, HttpResponse  # noqa: E402
 
+from webapp.body_limit import RequestBodyLimit  # noqa: E402
 from webapp.middleware import plain_error_page  # noqa: E402
 from webapp.routing import websocket_urlpatterns  # noqa: E402
 
@@ -31,7 +32,10 @@ class StaticFilesOrNotFound(ASGIStaticFilesHandler):
             return plain_error_page(request, 404)
 
 
-http_application = StaticFilesOrNotFound(django_application) if settings.SERVE_STATIC else django_application
+# Oversized bodies are refused before Django spools them to disk, static files or not.
+http_application = RequestBodyLimit(
+    StaticFilesOrNotFound(django_application) if settings.SERVE_STATIC else django_application
+)
 application = ProtocolTypeRouter(
     {
         "http": http_application,

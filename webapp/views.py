@@ -1,6 +1,5 @@
 """Project-level views: health check and the overview page."""
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -9,6 +8,7 @@ from django.views.decorators.http import require_GET
 
 import gemel_engine
 from gemel_engine import zoo
+from webapp.body_limit import refusal_body, request_body_limit_message
 from webapp.edge import selectors as edge_selectors
 from webapp.workloads import selectors as workload_selectors
 
@@ -43,11 +43,10 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     too_big = isinstance(exception, RequestDataTooBig)
     status = 413 if too_big else 400
     if too_big:
-        detail = f"request body over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE // (1 << 20)} MiB"
+        detail = request_body_limit_message()
     elif isinstance(exception, TooManyFieldsSent | TooManyFilesSent):
         detail = "too many form fields or files in one request"
     else:
         detail = "bad request"
-    if request.path.startswith("/api/"):
-        return JsonResponse({"detail": detail}, status=status)
-    return HttpResponse(f"<!doctype html><title>{status}</title><h1>{detail}</h1>", status=status)
+    body, kind = refusal_body(request.path, status, detail)
+    return HttpResponse(body, status=status, content_type=kind)

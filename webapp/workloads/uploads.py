@@ -8,9 +8,25 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
 
 # Room for the form fields and multipart boundaries around the weights file.
 FORM_OVERHEAD_BYTES = 1024 * 1024
+
+
+def upload_body_limit() -> int:
+    """Return the most bytes a weights upload's request body may have: the file and its form around it."""
+    return int(settings.MAX_WEIGHTS_UPLOAD_MB) * 1024 * 1024 + FORM_OVERHEAD_BYTES
+
+
+def upload_limit_message() -> str:
+    """Return what an upload over the limit is told."""
+    return f"weights file is over the limit of {settings.MAX_WEIGHTS_UPLOAD_MB} MiB"
+
+
+def upload_paths() -> frozenset[str]:
+    """Return the paths that take a weights upload: the API's and the upload page's."""
+    return frozenset((reverse("api:create_model"), reverse("model_create")))
 
 
 def upload_too_large_message(request: HttpRequest) -> str | None:
@@ -19,10 +35,7 @@ def upload_too_large_message(request: HttpRequest) -> str | None:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return None
-    limit = int(settings.MAX_WEIGHTS_UPLOAD_MB) * 1024 * 1024
-    if length > limit + FORM_OVERHEAD_BYTES:
-        return f"weights file is over the limit of {settings.MAX_WEIGHTS_UPLOAD_MB} MiB"
-    return None
+    return upload_limit_message() if length > upload_body_limit() else None
 
 
 def refuse_oversized_upload(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
