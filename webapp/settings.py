@@ -225,6 +225,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "webapp.context_processors.dashboard",
             ],
+            "builtins": ["webapp.units"],
         },
     },
 ]

@@ -228,3 +228,24 @@ def test_every_page_that_shows_figures_explains_its_terms(operator_client):
         assert 'id="glossary"' in page, name
         for term in ("Effective accuracy", "Drop rate", "Shared vs per model", "Simulated", "Chance", "held-out test"):
             assert term in page, (name, term)
+
+
+def test_pages_show_bytes_in_mib_and_shares_in_percent():
+    from webapp.units import mib, percent
+
+    assert mib(44_668_928) == "42.6 MiB" and mib(None) == "—" and mib(float("nan")) == "—" and mib(True) == "—"
+    assert percent(0.329) == "32.9%" and percent(1) == "100.0%" and percent("x") == "—"
+
+
+def test_the_overview_writes_memory_in_mib_and_drops_in_percent(operator_client):
+    from django.utils import timezone
+
+    node, _ = make_node()
+    make_query()
+    node.last_seen_at = timezone.now()
+    node.save()
+    metrics_record(node=node, at=timezone.now(), deployment=None, simulated=False,
+                   memory={"resident_bytes": 44_668_928, "shared_bytes": 0, "per_model_bytes": {}},
+                   queries={"north_cars": {"fps": 5.0, "drop_rate": 0.329, "effective_accuracy": 0.9}})
+    page = operator_client.get(reverse("overview")).content.decode()
+    assert "42.6 MiB" in page and "32.9%" in page and " MB" not in page
