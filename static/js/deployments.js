@@ -60,14 +60,21 @@
     try {
       if (button.dataset.deployBundle) {
         showError("");
+        if (!window.confirm("Deploy this bundle to " + button.dataset.nodeName + "? The node switches to it once it is "
+          + "downloaded and warmed up; its current deployment keeps serving until then.")) return;
         button.disabled = true;
         const d = await gemel.api("POST", "/api/deployments",
           { bundle: Number(button.dataset.deployBundle), node: Number(button.dataset.deployNode) });
         upsertDeployment(d);
         button.disabled = false;
       } else if (button.dataset.rollback) {
-        showError("");
-        upsertDeployment(await gemel.api("POST", "/api/nodes/" + button.dataset.rollback + "/rollback"));
+        const nodeError = document.getElementById("rollback-error-" + button.dataset.rollback);
+        nodeError.textContent = "";
+        try {
+          upsertDeployment(await gemel.api("POST", "/api/nodes/" + button.dataset.rollback + "/rollback"));
+        } catch (err) {
+          nodeError.textContent = err.message;  // beside the button it belongs to
+        }
       } else if (button.dataset.revoke) {
         await gemel.api("POST", "/api/agent-tokens/" + button.dataset.revoke + "/revoke");
         button.replaceWith(Object.assign(document.createElement("span"), { className: "badge failed", textContent: "revoked" }));

@@ -249,3 +249,32 @@ def test_the_overview_writes_memory_in_mib_and_drops_in_percent(operator_client)
                    queries={"north_cars": {"fps": 5.0, "drop_rate": 0.329, "effective_accuracy": 0.9}})
     page = operator_client.get(reverse("overview")).content.decode()
     assert "42.6 MiB" in page and "32.9%" in page and " MB" not in page
+
+
+def _button(page: str, element_id: str) -> str:
+    start = page.index(f'id="{element_id}"')
+    return page[page.rindex("<", 0, start): page.index(">", start)]
+
+
+def test_deploy_buttons_skip_offline_nodes_mark_what_is_served_and_rollback_needs_a_target(operator_client):
+    from django.utils import timezone
+
+    online, _ = make_node("edge-1", token_name="t1")
+    offline, _ = make_node("edge-2", token_name="t2")
+    EdgeNode.objects.filter(pk=online.pk).update(last_seen_at=timezone.now())
+    first, second = make_bundle(), make_bundle()
+    page = operator_client.get(reverse("deployments")).content.decode()
+    assert "disabled" not in _button(page, f"deploy-{first.pk}-{online.pk}")
+    assert "edge-2 is offline" in _button(page, f"deploy-{first.pk}-{offline.pk}")
+    assert "nothing to roll back to" in _button(page, f"rollback-{online.pk}")
+
+    for bundle in (first, second):
+        deployment = deployment_create(bundle=bundle, node=online, user=None)
+        deployment_report_status(deployment=deployment, status="active", detail="")
+    EdgeNode.objects.filter(pk=online.pk).update(last_seen_at=timezone.now())
+    page = operator_client.get(reverse("deployments")).content.decode()
+    assert f'id="serving-{second.pk}-{online.pk}"' in page and f'id="deploy-{second.pk}-{online.pk}"' not in page
+    assert "disabled" not in _button(page, f"deploy-{first.pk}-{online.pk}")
+    rollback = _button(page, f"rollback-{online.pk}")
+    assert "disabled" not in rollback and "back to the bundle of deployment" in rollback
+    assert f'id="rollback-error-{online.pk}"' in page  # its errors appear beside it

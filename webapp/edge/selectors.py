@@ -78,6 +78,15 @@ def node_for_token(*, token: AgentToken, name: str) -> EdgeNode | None:
     return EdgeNode.objects.filter(name=name, token=token).first()
 
 
+def node_rollback_target(node: EdgeNode) -> Deployment | None:
+    """Return the deployment a rollback of ``node`` would return to (the one its desired deployment replaced), or
+    None when there is nothing to roll back to."""
+    current = deployment_desired(node=node)
+    if current is None or current.previous is None or current.previous_id == current.pk:
+        return None
+    return current.previous
+
+
 def deployment_desired(*, node: EdgeNode) -> Deployment | None:
     """Return the node's desired deployment: its newest one that was not rolled back (None: nothing)."""
     return (

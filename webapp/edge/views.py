@@ -19,7 +19,11 @@ def deployments(request: HttpRequest) -> HttpResponse:
     nodes = list(selectors.nodes_list())
     history = selectors.deployment_history()
     context = {
-        "nodes": [{"node": n, "online": selectors.node_is_online(n)} for n in nodes],
+        "nodes": [
+            {"node": n, "online": selectors.node_is_online(n), "rollback_to": selectors.node_rollback_target(n),
+             "serving_bundle": n.active_deployment.bundle_id if n.active_deployment else None}
+            for n in nodes
+        ],
         "bundles": selectors.bundles_for_deployment(),
         "history": history,
         "tokens": list(selectors.agent_tokens_list()) if user_is_operator(request.user) else [],
