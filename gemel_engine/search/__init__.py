@@ -11,7 +11,13 @@ from gemel_engine.search.engine import (
     saved_configs,
 )
 from gemel_engine.search.retrain import QueryData, RetrainBudget, RetrainOutcome, joint_retrain
-from gemel_engine.search.strategies import Strategy, get_strategy, list_strategies, register_strategy
+from gemel_engine.search.strategies import (
+    Strategy,
+    describe_strategies,
+    get_strategy,
+    list_strategies,
+    register_strategy,
+)
 
 __all__ = [
     "MergeSearch",
@@ -24,6 +30,7 @@ __all__ = [
     "Strategy",
     "bundle_evaluation",
     "bundle_test_report",
+    "describe_strategies",
     "get_strategy",
     "joint_retrain",
     "list_strategies",

@@ -81,7 +81,7 @@ class NoSharing(Strategy):
 
 
 class ShareAll(Strategy):
-    """Share every shareable layer in one trial (the upper bound worth trying)."""
+    """Share every shareable layer in one trial: the most memory if accuracy holds, and often it does not."""
 
     name = "all"
 
@@ -91,7 +91,7 @@ class ShareAll(Strategy):
 
 
 class SharedStem(Strategy):
-    """Share a prefix of the layers of models with the same architecture (Mainstream-style)."""
+    """Share a prefix of the layers of models with the same architecture (Mainstream-style): quick, saves little."""
 
     name = "stem"
 
@@ -116,7 +116,7 @@ class SharedStem(Strategy):
 
 
 class Gemel(Strategy):
-    """The paper's heuristic."""
+    """The paper's heuristic: the largest layers first, in groups; a group that misses a target is halved."""
 
     name = "gemel"
 
@@ -144,7 +144,8 @@ class Gemel(Strategy):
 
 
 class GemelPlus(Strategy):
-    """Ours: shape matching, mean warm start, distillation and optimistic (doubling) trial sizing."""
+    """Ours: also layers that differ only in stride, averaged weights as the start, distillation, and groups that
+    double after a success: the most memory soonest."""
 
     name = "gemel+"
     options = StrategyOptions(mode="shape", warm_start="mean", distill=1.0)
@@ -201,6 +202,11 @@ def get_strategy(name: str) -> Strategy:
 def list_strategies() -> list[str]:
     """Return the registered strategy names."""
     return list(_STRATEGIES)
+
+
+def describe_strategies() -> dict[str, str]:
+    """Return each registered strategy's name and one-sentence description (its docstring, on one line)."""
+    return {name: " ".join((factory.__doc__ or "").split()) for name, factory in _STRATEGIES.items()}
 
 
 for _strategy in (NoSharing, ShareAll, SharedStem, Gemel, GemelPlus):

@@ -41,8 +41,29 @@ def test_it_starts_a_job_from_the_form_and_opens_its_page(operator_client, djang
 
 def test_it_shows_what_is_wrong_with_the_start_form(operator_client, db):
     response = operator_client.post(reverse("merge_jobs"), {"strategy": "gemel", "budget_minutes": "-1"})
-    assert response.status_code == 400 and b"This field is required" in response.content
+    assert response.status_code == 400 and b"tick the queries to merge, or &#x27;Every ready query&#x27;" in response.content
     assert not MergeJob.objects.exists()
+
+
+def test_the_start_form_describes_each_strategy_and_can_take_every_ready_query(operator_client, db):
+    queries = make_ready_queries()
+    page = operator_client.get(reverse("merge_jobs")).content.decode()
+    assert "gemel: The paper&#x27;s heuristic" in page and "all: Share every shareable layer" in page
+    assert 'type="checkbox" name="queries"' in page and 'id="id_all_ready"' in page
+    assert 'id="budget-hint"' not in page  # no finished job yet to learn a budget from
+    response = operator_client.post(reverse("merge_jobs"), {"all_ready": "on", "strategy": "gemel",
+                                                            "budget_minutes": "2.5"})
+    assert response.status_code == 302
+    assert set(MergeJob.objects.get().queries.all()) == set(queries)
+
+
+def test_the_start_form_suggests_a_budget_from_the_jobs_that_saved_memory_here(operator_client, db):
+    for first_saving in (120.0, 240.0, 600.0):
+        MergeJob.objects.create(status=MergeJob.Status.SUCCEEDED,
+                                result={"timeline": [[0.0, 0.0], [first_saving, 1e6], [900.0, 2e6]]})
+    MergeJob.objects.create(status=MergeJob.Status.SUCCEEDED, result={"timeline": [[0.0, 0.0]]})  # saved nothing
+    page = operator_client.get(reverse("merge_jobs")).content.decode()
+    assert "first saved memory after a median of 4.0 min (3 job(s))" in page
 
 
 def test_it_refuses_a_viewer_who_posts_the_start_form_or_cancels(viewer_client, db):

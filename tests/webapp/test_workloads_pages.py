@@ -118,14 +118,24 @@ def test_deleting_a_camera_in_use_asks_first_and_then_explains_the_refusal(opera
     assert Camera.objects.exists()
 
 
-def test_an_operator_runs_an_analysis_over_all_queries_by_default(operator_client):
+def test_an_operator_runs_an_analysis_over_every_ready_query_by_default(operator_client):
     camera = make_camera()
     make_query("a", camera=camera, model=make_model("m1"))
     make_query("b", camera=camera, model=make_model("m2"))
+    make_query("c_pending", camera=camera, model=make_model("m3"), status=Query.Status.PENDING)
     response = operator_client.post(reverse("analysis"), {"mode": "shape"})
     assert response.status_code == 302
     body = operator_client.get(reverse("analysis")).content.decode()
     assert 'id="bytes-chart"' in body and 'id="analysis-data"' in body and "a ↔ b" in body
+    assert "c_pending" not in body[body.index('id="analysis-summary"'):]
+
+
+def test_analysing_with_no_ready_query_says_so(operator_client):
+    make_query("p", status=Query.Status.PENDING)
+    response = operator_client.post(reverse("analysis"), {"mode": "shape"})
+    assert response.status_code == 200
+    assert 'id="form-errors" class="error"' in response.content.decode()
+    assert "choose at least one query to analyse" in response.content.decode()
 
 
 def test_editing_only_the_target_keeps_every_task_field_and_the_measurement(operator_client):

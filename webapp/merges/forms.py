@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 
-from webapp.merges.selectors import merge_strategies
+from webapp.merges.selectors import merge_strategies, merge_strategy_descriptions
 from webapp.workloads.selectors import queries_ready
 
 DEFAULT_STRATEGY = "gemel+"
@@ -15,7 +15,10 @@ DEFAULT_STRATEGY = "gemel+"
 class MergeJobStartForm(forms.Form):
     """Start a merge job: which ready queries, which strategy, how long it may search."""
 
-    queries = forms.ModelMultipleChoiceField(queryset=queries_ready(), widget=forms.SelectMultiple(attrs={"size": 6}))
+    all_ready = forms.BooleanField(required=False, label="Every ready query",
+                                   help_text="Or tick the queries to merge below.")
+    queries = forms.ModelMultipleChoiceField(queryset=queries_ready(), required=False,
+                                             widget=forms.CheckboxSelectMultiple)
     strategy = forms.ChoiceField(choices=())
     budget_minutes = forms.FloatField(
         required=False, min_value=0.01, label="Budget (minutes)", help_text="Leave empty to search until done."
@@ -25,5 +28,21 @@ class MergeJobStartForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["queries"].queryset = queries_ready()
         strategies = merge_strategies()
-        self.fields["strategy"].choices = [(name, name) for name in strategies]
+        described = merge_strategy_descriptions()
+        self.fields["strategy"].choices = [
+            (name, f"{name}: {described[name]}" if described.get(name) else name) for name in strategies
+        ]
         self.fields["strategy"].initial = DEFAULT_STRATEGY if DEFAULT_STRATEGY in strategies else strategies[0]
+
+    def clean(self) -> dict[str, Any]:
+        """Return the cleaned data, with every ready query chosen when ``all_ready`` is ticked.
+
+        Raises:
+            ValidationError: no query chosen.
+        """
+        data = super().clean()
+        if data.get("all_ready"):
+            data["queries"] = self.fields["queries"].queryset
+        if not data.get("queries"):
+            self.add_error("queries", "tick the queries to merge, or 'Every ready query'")
+        return data

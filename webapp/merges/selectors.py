@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from gemel_engine.bundle import MANIFEST_NAME, TENSORS_NAME
-from gemel_engine.search import list_strategies
+from gemel_engine.search import describe_strategies, list_strategies
 from webapp.merges.models import MergeBundle, MergeEvent, MergeJob
 from webapp.workloads.engine import query_required_test_accuracy
 
@@ -23,6 +24,29 @@ FINISHED = (MergeJob.Status.SUCCEEDED, MergeJob.Status.FAILED, MergeJob.Status.C
 def merge_strategies() -> list[str]:
     """Return the names of the engine's registered merge strategies."""
     return list_strategies()
+
+
+def merge_strategy_descriptions() -> dict[str, str]:
+    """Return each engine merge strategy's one-sentence description, by name."""
+    return describe_strategies()
+
+
+def merge_budget_hint(*, recent: int = 20) -> str | None:
+    """Return what the finished jobs here say about budgets: the median minutes until a job first saved memory,
+    over the newest ``recent`` jobs that saved any, or None when no job has yet."""
+    firsts = []
+    for result in MergeJob.objects.filter(status=MergeJob.Status.SUCCEEDED).order_by("-id").values_list(
+        "result", flat=True
+    )[:recent]:
+        timeline = (result or {}).get("timeline") if isinstance(result, dict) else None
+        saved_at = next((float(t) for t, saved in (timeline or []) if float(saved) > 0), None)
+        if saved_at is not None:
+            firsts.append(saved_at)
+    if not firsts:
+        return None
+    median = statistics.median(firsts)
+    return (f"On this machine, earlier jobs first saved memory after a median of {median / 60:.1f} min "
+            f"({len(firsts)} job(s)); a budget shorter than that will likely end with nothing saved.")
 
 
 def merge_job_group(job_id: int) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
@@ -28,7 +30,11 @@ def merge_jobs(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _start(request)
     form = MergeJobStartForm() if user_is_operator(request.user) else None
-    return render(request, "merges/job_list.html", {"jobs": selectors.merge_job_list(), "form": form})
+    return render(request, "merges/job_list.html", _list_context(form))
+
+
+def _list_context(form: MergeJobStartForm | None) -> dict[str, Any]:
+    return {"jobs": selectors.merge_job_list(), "form": form, "budget_hint": selectors.merge_budget_hint()}
 
 
 @operator_required
@@ -44,8 +50,7 @@ def _start(request: HttpRequest) -> HttpResponse:
             form.add_error(None, exc)
         else:
             return redirect("merge_job_detail", job_id=job.pk)
-    context = {"jobs": selectors.merge_job_list(), "form": form}
-    return render(request, "merges/job_list.html", context, status=400)
+    return render(request, "merges/job_list.html", _list_context(form), status=400)
 
 
 @require_GET

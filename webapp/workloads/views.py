@@ -213,7 +213,7 @@ def analysis(request: HttpRequest) -> HttpResponse:
         if not user_is_operator(request.user):
             raise PermissionDenied("operators only")
         if form.is_valid():
-            chosen = form.cleaned_data["queries"] or selectors.query_list()
+            chosen = form.cleaned_data["queries"] or selectors.queries_ready()
             try:
                 services.workload_analyze(queries=chosen, mode=form.cleaned_data["mode"], user=request.user)
             except ValidationError as exc:
