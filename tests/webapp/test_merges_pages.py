@@ -41,7 +41,8 @@ def test_it_starts_a_job_from_the_form_and_opens_its_page(operator_client, djang
 
 def test_it_shows_what_is_wrong_with_the_start_form(operator_client, db):
     response = operator_client.post(reverse("merge_jobs"), {"strategy": "gemel", "budget_minutes": "-1"})
-    assert response.status_code == 400 and b"tick the queries to merge, or &#x27;Every ready query&#x27;" in response.content
+    assert response.status_code == 400
+    assert b"tick the queries to merge, or &#x27;Every ready query&#x27;" in response.content
     assert not MergeJob.objects.exists()
 
 
