@@ -370,6 +370,19 @@ class BundleInfo:
         }
 
 
+def bundle_model_names(bundle_dir: str | Path) -> list[str]:
+    """Return the names of the models in the bundle at ``bundle_dir``, in manifest order.
+
+    Raises:
+        BundleError: as ``read_manifest``, or a model entry without a name.
+    """
+    manifest = read_manifest(bundle_dir)
+    try:
+        return [str(entry["name"]) for entry in manifest["models"]]
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{bundle_dir}: manifest models are malformed ({exc})") from None
+
+
 def inspect_bundle(bundle_dir: str | Path) -> BundleInfo:
     """Return what the bundle at ``bundle_dir`` holds; sizes come from the tensor file's own header.
 

@@ -115,6 +115,23 @@ def test_it_answers_the_newest_deployment_with_its_files_and_queries(client, ope
     assert query["camera"]["source"].startswith("synthetic://")
 
 
+def test_the_desired_state_is_what_the_engines_protocol_reads_back_unchanged(client, operator):
+    from gemel_engine.runtime.serving import DeploymentSpec
+
+    node, plain = make_node()
+    deployment_create(bundle=make_bundle(), node=node, user=operator)
+    desired = call(client, "POST", "/api/agent/heartbeat", plain, heartbeat_body()).json()["desired"]
+    assert {k: v for k, v in desired.items() if k != "bundle"} == DeploymentSpec.from_json(desired).to_json()
+
+
+def test_a_stored_deployment_the_protocol_refuses_answers_409_saying_why(client, operator):
+    node, plain = make_node()
+    deployment = deployment_create(bundle=make_bundle(), node=node, user=operator)
+    Deployment.objects.filter(pk=deployment.pk).update(scheduler="fifo")
+    response = call(client, "POST", "/api/agent/heartbeat", plain, heartbeat_body())
+    assert response.status_code == 409 and "unknown scheduler 'fifo'" in response.json()["detail"]
+
+
 def test_it_streams_bundle_files_to_the_nodes_own_agent_only(client, operator):
     node, plain = make_node()
     _, stranger = make_node("edge-2", token_name="other")

@@ -6,6 +6,7 @@ agent tokens are not accepted anywhere else.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from ninja.errors import HttpError
 from ninja.security import HttpBearer
 from pydantic import Field
 
+from gemel_engine.errors import DeploymentError
 from gemel_engine.runtime.protocol import MAX_COUNT, MAX_DETAIL_CHARS, MAX_NAME_CHARS, PROTOCOL_VERSION
 from webapp.api_types import MAX_DATABASE_INT, DbId
 from webapp.edge import selectors, services
@@ -38,6 +40,7 @@ class AgentTokenAuth(HttpBearer):
         return found
 
 
+logger = logging.getLogger(__name__)
 router = Router(auth=AgentTokenAuth(), tags=["agent"])
 
 
@@ -151,7 +154,7 @@ def register(request: HttpRequest, body: RegisterIn) -> dict[str, Any]:
             "metrics_interval_s": METRICS_INTERVAL_S}
 
 
-@router.post("/heartbeat", response={200: HeartbeatOut, 400: Detail, 404: Detail})
+@router.post("/heartbeat", response={200: HeartbeatOut, 400: Detail, 404: Detail, 409: Detail})
 def heartbeat(request: HttpRequest, body: HeartbeatIn) -> dict[str, Any]:
     """Record the node's heartbeat and answer its desired deployment (or null)."""
     node = _node(request, body.node)
@@ -164,7 +167,11 @@ def heartbeat(request: HttpRequest, body: HeartbeatIn) -> dict[str, Any]:
     desired = selectors.deployment_desired(node=node)
     if desired is None:
         return {"desired": None}
-    return {"desired": selectors.deployment_desired_json(desired, file_url=_file_url)}
+    try:
+        return {"desired": selectors.deployment_desired_json(desired, file_url=_file_url)}
+    except DeploymentError as exc:
+        logger.warning("deployment %s cannot be sent to node %s: %s", desired.pk, node.name, exc)
+        raise HttpError(409, f"the desired deployment {desired.pk} is not valid: {exc}") from None
 
 
 @router.get("/deployments/{deployment_id}/files/{name}", response={404: Detail})

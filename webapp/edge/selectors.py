@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,7 +12,11 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from gemel_engine.bundle import bundle_model_names
+from gemel_engine.errors import BundleError, DeploymentError, GemelError
+from gemel_engine.queries import Task
 from gemel_engine.runtime.protocol import MemoryReport, MetricsReport, ProtocolError
+from gemel_engine.runtime.serving import CameraFeed, DeploymentSpec, QuerySpec
 from webapp.edge.models import AgentToken, Deployment, EdgeNode, MetricSample
 from webapp.merges.models import MergeBundle, MergeJob
 from webapp.merges.selectors import (
@@ -159,9 +162,8 @@ def bundle_deployable(bundle: MergeBundle, required_now: dict[str, float | None]
 
 def _manifest_model_names(bundle: MergeBundle) -> list[str]:
     try:
-        manifest = json.loads((bundle_folder(bundle) / "manifest.json").read_text())
-        return [str(entry["name"]) for entry in manifest.get("models", [])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return bundle_model_names(bundle_folder(bundle))
+    except BundleError:
         return []
 
 
@@ -185,9 +187,13 @@ def served_frames(node: EdgeNode | None) -> list[dict[str, Any]]:
 
 
 def deployment_desired_json(deployment: Deployment, *, file_url: Any) -> dict[str, Any]:
-    """Return the protocol's ``desired`` object for ``deployment`` (docs/agent-protocol.md §2).
+    """Return the protocol's ``desired`` object for ``deployment`` (docs/agent-protocol.md §2), built by the
+    engine's ``DeploymentSpec`` so the server sends exactly what the agent checks.
 
     ``file_url(deployment_id, name)`` returns the download path of one bundle file.
+
+    Raises:
+        DeploymentError: the stored deployment does not make a valid desired state (the reason names the field).
     """
     bundle = deployment.bundle
     files = [
@@ -199,23 +205,18 @@ def deployment_desired_json(deployment: Deployment, *, file_url: Any) -> dict[st
     queries = []
     for query in bundle.job.queries.select_related("camera", "model").order_by("name"):
         camera = query.camera
-        queries.append({
-            "name": query.name,
-            "model": _bundle_model_for(query, bundle.job, manifest_names),
-            "task": query.task,
-            "camera": {"name": camera.name, "source": camera.source, "fps": float(camera.fps),
-                       "width": int(camera.width), "height": int(camera.height),
-                       "start_frame": int(camera.test_start_frame or 0)},
-            "slo_ms": float(query.slo_ms),
-        })
+        try:
+            task = Task.from_json(query.task)
+        except GemelError as exc:
+            raise DeploymentError(f"query {query.name!r}: {exc}") from None
+        feed = CameraFeed(name=camera.name, source=camera.source, fps=float(camera.fps), width=int(camera.width),
+                          height=int(camera.height), start_frame=int(camera.test_start_frame or 0))
+        queries.append(QuerySpec(name=query.name, model=_bundle_model_for(query, bundle.job, manifest_names),
+                                 task=task, camera=feed, slo_ms=float(query.slo_ms)))
     budget = deployment.budget_bytes if deployment.budget_bytes is not None else deployment.node.budget_bytes
-    return {
-        "deployment": deployment.pk,
-        "bundle": {"files": files},
-        "budget_bytes": budget,
-        "scheduler": deployment.scheduler,
-        "queries": queries,
-    }
+    spec = DeploymentSpec(deployment=deployment.pk, queries=tuple(queries), budget_bytes=budget,
+                          scheduler=deployment.scheduler)
+    return {**spec.to_json(), "bundle": {"files": files}}
 
 
 def deployment_file_path(*, deployment: Deployment, name: str) -> Path | None:
