@@ -370,6 +370,30 @@ class BundleInfo:
         }
 
 
+# The files a bundle is made of, manifest first: what a server serves and an agent downloads.
+BUNDLE_FILE_NAMES = (MANIFEST_NAME, TENSORS_NAME)
+
+
+def bundle_file_digests(bundle_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Return each file of the bundle at ``bundle_dir`` (``BUNDLE_FILE_NAMES``) with its ``sha256`` and
+    ``size_bytes``: the tensor file's digest as its manifest records it (not read again), the manifest's own
+    computed.
+
+    Raises:
+        BundleError: as ``read_manifest``, or the tensor file is missing.
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    tensors = bundle_dir / TENSORS_NAME
+    if not tensors.is_file():
+        raise BundleError(f"{bundle_dir}: {TENSORS_NAME} is missing")
+    manifest_path = bundle_dir / MANIFEST_NAME
+    return {
+        MANIFEST_NAME: {"sha256": _sha256(manifest_path), "size_bytes": manifest_path.stat().st_size},
+        TENSORS_NAME: {"sha256": manifest["tensor_sha256"], "size_bytes": tensors.stat().st_size},
+    }
+
+
 def bundle_model_names(bundle_dir: str | Path) -> list[str]:
     """Return the names of the models in the bundle at ``bundle_dir``, in manifest order.
 

@@ -27,6 +27,11 @@ EVENT_TYPES = (
 )
 
 
+# Event fields that hold a path on the machine that ran the search (a caller storing events elsewhere rewrites
+# them); ``result.bundle`` of ``search.finished`` is one too.
+PATH_FIELDS = ("bundle", "out_dir")
+
+
 def make_event(event_type: str, **fields: Any) -> Event:
     """Return an event dict of ``event_type`` with ``fields`` and a wall-clock ``at`` timestamp.
 

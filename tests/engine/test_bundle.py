@@ -170,3 +170,20 @@ def test_a_manifest_that_is_not_json_or_absent_is_refused(bundle_dir: Path, tmp_
         load_bundle(bundle_dir)
     with pytest.raises(BundleError, match="not a bundle"):
         inspect_bundle(tmp_path)
+
+
+def test_a_bundles_files_come_with_the_digests_its_manifest_records(bundle_dir: Path):
+    import hashlib
+
+    from gemel_engine.bundle import BUNDLE_FILE_NAMES, bundle_file_digests, bundle_model_names
+
+    digests = bundle_file_digests(bundle_dir)
+    assert list(digests) == list(BUNDLE_FILE_NAMES) == [MANIFEST_NAME, TENSORS_NAME]
+    for name, record in digests.items():
+        data = (bundle_dir / name).read_bytes()
+        assert record == {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    assert bundle_model_names(bundle_dir) == [m["name"] for m in json.loads((bundle_dir / MANIFEST_NAME).read_text())[
+        "models"]]
+    (bundle_dir / TENSORS_NAME).unlink()
+    with pytest.raises(BundleError, match="missing"):
+        bundle_file_digests(bundle_dir)

@@ -11,13 +11,12 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from gemel_engine.bundle import MANIFEST_NAME, TENSORS_NAME
+from gemel_engine.bundle import BUNDLE_FILE_NAMES
 from gemel_engine.search import describe_strategies, list_strategies
 from webapp.merges.models import MergeBundle, MergeEvent, MergeJob
 from webapp.workloads.engine import query_required_test_accuracy
 
 # Files of a bundle, in the order an agent should fetch them.
-BUNDLE_FILES = (MANIFEST_NAME, TENSORS_NAME)
 FINISHED = (MergeJob.Status.SUCCEEDED, MergeJob.Status.FAILED, MergeJob.Status.CANCELLED)
 
 
@@ -115,7 +114,7 @@ def merge_bundle_files(bundle: MergeBundle) -> list[dict[str, Any]]:
             "sha256": bundle.files.get(name, {}).get("sha256", ""),
             "size_bytes": int(bundle.files.get(name, {}).get("size_bytes", 0)),
         }
-        for name in BUNDLE_FILES
+        for name in BUNDLE_FILE_NAMES
     ]
 
 

@@ -8,7 +8,6 @@ nothing and stops at its next safe point.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import shutil
@@ -29,14 +28,13 @@ from django.db.models import F, Max, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from gemel_engine.bundle import inspect_bundle
-from gemel_engine.events import CancelToken, Event
+from gemel_engine.bundle import bundle_file_digests, inspect_bundle
+from gemel_engine.events import PATH_FIELDS, CancelToken, Event
 from gemel_engine.search import RetrainBudget, SearchConfig, bundle_evaluation, run_search, saved_configs
 from gemel_engine.workload import Workload
 from webapp.live import group_send_on_commit
 from webapp.merges.models import MergeBundle, MergeEvent, MergeJob
 from webapp.merges.selectors import (
-    BUNDLE_FILES,
     merge_bundle_data,
     merge_event_data,
     merge_job_data,
@@ -53,8 +51,6 @@ JOBS_DIR = "merge-jobs"
 WORKLOAD_NAME = "workload.json"
 # The cancel flag is read from the database at most this often (the engine asks between training steps).
 CANCEL_POLL_S = 2.0
-# Engine event fields that hold server paths; they are stored relative to MEDIA_ROOT.
-_PATH_FIELDS = ("bundle", "out_dir")
 Status = MergeJob.Status
 
 
@@ -256,20 +252,12 @@ def _media_relative(path: str | Path) -> str:
 def _portable(event: Event) -> dict[str, Any]:
     """Return the event with server paths made relative to MEDIA_ROOT."""
     data = dict(event)
-    for key in _PATH_FIELDS:
+    for key in PATH_FIELDS:
         if isinstance(data.get(key), str):
             data[key] = _media_relative(data[key])
     if isinstance(data.get("result"), dict) and isinstance(data["result"].get("bundle"), str):
         data["result"] = {**data["result"], "bundle": _media_relative(data["result"]["bundle"])}
     return data
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _bundles_sync(job: MergeJob) -> list[MergeBundle]:
@@ -301,10 +289,7 @@ def _bundles_sync(job: MergeJob) -> list[MergeBundle]:
             meets_targets=bool(required_test) and all(
                 n in evaluation and evaluation[n]["test"]["accuracy"] >= r for n, r in required_test.items()
             ),
-            files={
-                name: {"sha256": _sha256(folder / name), "size_bytes": (folder / name).stat().st_size}
-                for name in BUNDLE_FILES
-            },
+            files=bundle_file_digests(folder),
         )
         MergeJob.objects.filter(pk=job.pk).update(
             unmerged_param_bytes=info.unmerged_param_bytes, merged_param_bytes=info.unique_param_bytes
