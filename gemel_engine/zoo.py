@@ -31,6 +31,8 @@ _MAX_LISTED_KEYS = 8
 # Largest pickle a .pt zip may hold: a state dict's names and tensor records, not its data (a ResNet-101's
 # is under 100 KB); more is a decompression bomb or not a state dict.
 MAX_PICKLE_BYTES = 16 << 20
+# A safetensors file starts with its JSON header's length as an unsigned 64-bit little-endian integer.
+_SAFETENSORS_LENGTH_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,9 @@ def read_state_dict(path: str | Path, *, max_bytes: int | None = None) -> dict[s
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
         raise WeightsError(f"{path}: weights file is {size} bytes, over the limit of {max_bytes}")
-    if suffix != ".safetensors":
+    if suffix == ".safetensors":
+        _check_safetensors_start(path, size=size)
+    else:
         _check_unpacked_size(path, max_bytes=max_bytes)
     try:
         if suffix == ".safetensors":
@@ -247,6 +251,19 @@ def read_state_dict(path: str | Path, *, max_bytes: int | None = None) -> dict[s
     ):
         raise WeightsError(f"{path}: expected a mapping of tensor names to tensors")
     return dict(loaded)
+
+
+def _check_safetensors_start(path: Path, *, size: int) -> None:
+    """Refuse a ``.safetensors`` file that does not start like one: an 8-byte little-endian header length that fits
+    in the file, then a JSON object. A text file or another format renamed ``.safetensors`` is then called what it
+    is, not a "header too large" from the reader."""
+    with path.open("rb") as handle:
+        start = handle.read(_SAFETENSORS_LENGTH_BYTES + 1)
+    length = int.from_bytes(start[:_SAFETENSORS_LENGTH_BYTES], "little")
+    if (len(start) <= _SAFETENSORS_LENGTH_BYTES or start[-1:] != b"{"
+            or not 2 <= length <= size - _SAFETENSORS_LENGTH_BYTES):
+        raise WeightsError(f"{path}: not a safetensors file (it does not start with a safetensors header); "
+                           "save the state dict with safetensors' save_file, or upload a .pt/.pth file")
 
 
 def _check_unpacked_size(path: Path, *, max_bytes: int | None) -> None:

@@ -109,6 +109,14 @@ def test_a_truncated_safetensors_file_is_refused(tmp_path: Path):
         zoo.read_state_dict(path)
 
 
+def test_a_text_file_named_safetensors_is_not_a_safetensors_file(tmp_path: Path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("these are my notes, not weights\n" * 20)
+    with pytest.raises(WeightsError, match=r"notes\.safetensors: not a safetensors file") as caught:
+        zoo.read_state_dict(path)
+    assert "too large" not in str(caught.value).lower()
+
+
 def test_garbage_bytes_are_refused(tmp_path: Path):
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"\xff" * 64)
