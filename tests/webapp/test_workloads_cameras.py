@@ -60,6 +60,26 @@ def test_it_refuses_paths_outside_the_allowed_roots(source):
         register(source)
 
 
+def test_a_path_outside_the_allowed_roots_is_told_so_whether_or_not_anything_is_there(tmp_path):
+    there = write_clip(tmp_path / "elsewhere" / "clip.avi")
+    answers = []
+    for path in (there, tmp_path / "elsewhere" / "absent.avi"):
+        for source in (str(path), f"file://{path}"):
+            with pytest.raises(ValidationError) as caught:
+                register(source)
+            [message] = caught.value.messages
+            answers.append(message.replace(repr(str(path)), "PATH"))
+    assert set(answers) == {"PATH is outside the allowed folders: file sources must be inside the media folder or "
+                            "a folder in GEMEL_CAMERA_FILE_ROOTS"}
+
+
+@pytest.mark.parametrize("source", ["videos/absent.avi", "file://{media}/videos/absent.avi", "{media}/absent.avi"])
+def test_a_path_inside_the_allowed_roots_with_nothing_there_is_no_such_file(settings, source):
+    source = source.format(media=Path(settings.MEDIA_ROOT))
+    with pytest.raises(ValidationError, match=r"no such file: .* is inside the allowed folders, but nothing is there"):
+        register(source)
+
+
 def test_it_refuses_a_symlink_that_escapes_the_media_folder(settings, tmp_path):
     outside = write_clip(tmp_path / "outside" / "secret.avi")
     link = Path(settings.MEDIA_ROOT) / "link.avi"

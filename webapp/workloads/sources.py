@@ -61,17 +61,26 @@ def _check_characters(source: str, *, url: bool) -> None:
 
 
 def _resolve_path(path: str) -> Path:
+    """Return the existing file or folder ``path`` names inside an allowed root (relative paths are tried under each).
+
+    A path outside every root is refused as such, whether or not anything is there (its existence is never
+    looked up); one inside a root but absent is "no such file": the two need different fixes.
+    """
+    inside = False
     for root in allowed_roots():
         try:
             full = resolve_media_path(path, media_root=root)
         except GemelError:
             continue
+        inside = True
         if full.exists():
             return full
-    raise ValidationError(
-        "file sources must be inside the media folder or a folder in GEMEL_CAMERA_FILE_ROOTS; "
-        f"{path!r} is not (or does not exist)"
-    )
+    if not inside:
+        raise ValidationError(
+            f"{path!r} is outside the allowed folders: file sources must be inside the media folder or a folder "
+            "in GEMEL_CAMERA_FILE_ROOTS"
+        )
+    raise ValidationError(f"no such file: {path!r} is inside the allowed folders, but nothing is there")
 
 
 def source_normalize(source: str) -> str:
