@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from webapp.accounts.permissions import operator_required
 from webapp.accounts.selectors import user_is_operator
+from webapp.field_errors import add_service_error
 from webapp.merges import selectors, services
 from webapp.merges.forms import MergeJobStartForm
 from webapp.merges.models import MergeJob
@@ -47,7 +48,7 @@ def _start(request: HttpRequest) -> HttpResponse:
                 budget_minutes=form.cleaned_data["budget_minutes"], user=request.user,
             )
         except ValidationError as exc:
-            form.add_error(None, exc)
+            add_service_error(form, exc)
         else:
             return redirect("merge_job_detail", job_id=job.pk)
     return render(request, "merges/job_list.html", _list_context(form), status=400)

@@ -111,9 +111,11 @@ class AnalysisForm(forms.Form):
     """Choose the queries to analyse (all when none is ticked) and how layers are matched."""
 
     queries = forms.ModelMultipleChoiceField(
-        queryset=Query.objects.order_by("name"), required=False, widget=forms.CheckboxSelectMultiple
+        queryset=Query.objects.order_by("name"), required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every ready query.",
     )
     mode = forms.ChoiceField(
+        label="Layers match on",
         choices=[("shape", "shape: same weight shapes"), ("exact", "exact: same layer configuration")],
         initial="shape",
     )

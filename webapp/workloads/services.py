@@ -38,6 +38,7 @@ from gemel_engine.memory import model_param_bytes
 from gemel_engine.plan import check_match_mode, check_model_name
 from gemel_engine.queries import AccuracyTarget, Task
 from gemel_engine.workload import CameraSpec, QueryEntry, Workload, camera_frames, measure_unmerged, query_data
+from webapp.field_errors import about
 from webapp.names import clean_name
 from webapp.workloads.engine import (
     SAMPLING_KEYS,
@@ -119,10 +120,10 @@ def _check_camera_numbers(*, fps: float, width: int, height: int) -> None:
     try:
         check_fps(fps, "camera")
     except GemelError as exc:
-        raise ValidationError(str(exc)) from None
+        raise ValidationError({"fps": str(exc)}) from None
     for label, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int) or not _MIN_SIDE <= value <= _MAX_SIDE:
-            raise ValidationError(f"{label} must be an integer in [{_MIN_SIDE}, {_MAX_SIDE}], got {value!r}")
+            raise ValidationError({label: f"{label} must be an integer in [{_MIN_SIDE}, {_MAX_SIDE}], got {value!r}"})
 
 
 def _check_sampling(sampling: dict[str, Any] | None) -> dict[str, Any]:
@@ -149,7 +150,7 @@ def _unique_name(model: type[Camera | ModelEntry | Query], name: str, *, exclude
     if exclude is not None:
         clash = clash.exclude(pk=exclude)
     if clash.exists():
-        raise ValidationError(f"the name {name!r} is already taken")
+        raise ValidationError({"name": f"the name {name!r} is already taken"})
 
 
 def camera_register(
@@ -167,12 +168,15 @@ def camera_register(
         ValidationError: a taken or empty name, bad numbers, a refused source (see ``source_normalize``), or a
             source that does not deliver a frame (in time, for streams): "could not decode ...".
     """
-    name = clean_name(name, "camera")
+    with about("name"):
+        name = clean_name(name, "camera")
     _unique_name(Camera, name)
     _check_camera_numbers(fps=fps, width=width, height=height)
-    source = source_normalize(source)
+    with about("source"):
+        source = source_normalize(source)
     camera = Camera(name=name, source=source, fps=fps, width=width, height=height, sampling=_check_sampling(sampling))
-    image = first_frame(source, fps=fps)
+    with about("source"):
+        image = first_frame(source, fps=fps)
     _store_thumbnail(camera, image)
     try:
         with transaction.atomic():
@@ -200,7 +204,8 @@ def camera_update(
     Raises:
         ValidationError: as for ``camera_register``.
     """
-    new_name = camera.name if name is None else clean_name(name, "camera")
+    with about("name"):
+        new_name = camera.name if name is None else clean_name(name, "camera")
     fps = camera.fps if fps is None else fps
     width = camera.width if width is None else width
     height = camera.height if height is None else height
@@ -208,8 +213,9 @@ def camera_update(
     frames_change = (fps, width, height) != (camera.fps, camera.width, camera.height)
     image = None
     if source is not None and source != camera.source:
-        source = source_normalize(source)
-        image = first_frame(source, fps=fps)
+        with about("source"):
+            source = source_normalize(source)
+            image = first_frame(source, fps=fps)
         frames_change = frames_change or source != camera.source
     with transaction.atomic():
         _unique_name(Camera, new_name, exclude=camera.pk)
@@ -328,12 +334,13 @@ def _checked_param_bytes(*, arch: str, builder_args: dict[str, Any], spooled: Pa
     Raises:
         ValidationError: builder arguments the architecture refuses, or weights unsafe, corrupt or unfit.
     """
-    model = _build_meta(arch, builder_args)
+    with about("builder_args"):
+        model = _build_meta(arch, builder_args)
     try:
         state = zoo.read_state_dict(spooled, max_bytes=_max_weights_bytes())
         zoo.check_state_dict(model, state, source="weights")
     except GemelError as exc:
-        raise ValidationError(str(exc).replace(str(spooled), "weights")) from None
+        raise ValidationError({"weights": str(exc).replace(str(spooled), "weights")}) from None
     return model_param_bytes(model)
 
 
@@ -395,15 +402,20 @@ def model_register(
             it), an unsafe, corrupt or truncated file, or weights that do not fit (missing, unexpected and
             mis-shaped keys listed).
     """
-    name = clean_name(name, "model")
-    _check_arch(arch)
-    builder_args = _check_builder_args(builder_args)
-    suffix = _weights_suffix(weights.name)
-    if weights.size is not None and weights.size > _max_weights_bytes():
-        raise ValidationError(f"weights file is over the limit of {settings.MAX_WEIGHTS_UPLOAD_MB} MiB")
+    with about("name"):
+        name = clean_name(name, "model")
+    with about("arch"):
+        _check_arch(arch)
+    with about("builder_args"):
+        builder_args = _check_builder_args(builder_args)
+    with about("weights"):
+        suffix = _weights_suffix(weights.name)
+        if weights.size is not None and weights.size > _max_weights_bytes():
+            raise ValidationError(f"weights file is over the limit of {settings.MAX_WEIGHTS_UPLOAD_MB} MiB")
     spooled = _spool_path(suffix)
     try:
-        sha256 = _spool_upload(weights, spooled)
+        with about("weights"):
+            sha256 = _spool_upload(weights, spooled)
         return _register_spooled(name=name, arch=arch, builder_args=builder_args, spooled=spooled, sha256=sha256)
     finally:
         spooled.unlink(missing_ok=True)
@@ -435,7 +447,8 @@ def model_update(*, model: ModelEntry, name: str) -> ModelEntry:
     Raises:
         ValidationError: an empty or taken name.
     """
-    name = clean_name(name, "model")
+    with about("name"):
+        name = clean_name(name, "model")
     _unique_name(ModelEntry, name, exclude=model.pk)
     model.name = name
     model.save(update_fields=["name"])
@@ -462,17 +475,22 @@ def _check_query_fields(
     try:
         check_model_name(name)
     except GemelError:
-        raise ValidationError(
+        raise ValidationError({"name": (
             f"query name {name!r} must be 1-64 letters, digits, '_' or '-' (it names the model in merged bundles)"
-        ) from None
+        )}) from None
     try:
         engine_task = Task.from_json(task)
-        AccuracyTarget(relative=target_fraction)
     except GemelError as exc:
         raise ValidationError(str(exc)) from None
+    try:
+        AccuracyTarget(relative=target_fraction)
+    except GemelError as exc:
+        raise ValidationError({"target_fraction": str(exc)}) from None
     if (isinstance(slo_ms, bool) or not isinstance(slo_ms, int | float) or not math.isfinite(slo_ms)
             or not 0 < slo_ms <= _MAX_SLO_MS):
-        raise ValidationError(f"slo_ms must be a positive number of milliseconds up to {_MAX_SLO_MS:g}, got {slo_ms!r}")
+        raise ValidationError({"slo_ms": (
+            f"slo_ms must be a positive number of milliseconds up to {_MAX_SLO_MS:g}, got {slo_ms!r}"
+        )})
     spec = zoo.get_spec(model.arch)
     if engine_task.is_detection != (spec.task == "detection"):
         needed = "detection" if engine_task.is_detection else "classification"

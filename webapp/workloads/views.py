@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from webapp.accounts.permissions import operator_required
 from webapp.accounts.selectors import user_is_operator
+from webapp.field_errors import add_service_error
 from webapp.workloads import selectors, services
 from webapp.workloads.forms import (
     AnalysisForm,
@@ -60,13 +61,13 @@ def _form_page(
     request: HttpRequest, form: forms.Form, save: Callable[[], Any], *, title: str, submit: str, done: str,
     multipart: bool = False,
 ) -> HttpResponse:
-    """Run ``save`` for a valid POSTed form (service errors go back into the form) or render the form."""
+    """Run ``save`` for a valid POSTed form (a service's refusal goes back into the form, under the field it is
+    about) or render the form."""
     if request.method == "POST" and form.is_valid():
         try:
             save()
         except ValidationError as exc:
-            for message in exc.messages:
-                form.add_error(None, message)
+            add_service_error(form, exc)
         else:
             messages.success(request, done)
             return redirect("cameras")
@@ -217,8 +218,7 @@ def analysis(request: HttpRequest) -> HttpResponse:
             try:
                 services.workload_analyze(queries=chosen, mode=form.cleaned_data["mode"], user=request.user)
             except ValidationError as exc:
-                for message in exc.messages:
-                    form.add_error(None, message)
+                add_service_error(form, exc)
             else:
                 return redirect("analysis")
     latest = selectors.analysis_latest()
