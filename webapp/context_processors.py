@@ -9,7 +9,7 @@ from django.urls import NoReverseMatch, reverse
 
 from webapp.accounts.selectors import user_is_operator, user_role
 
-# (URL name, label) of the dashboard's main pages, in menu order.
+# (URL name, label) of the dashboard's main pages, then its API docs, in menu order.
 NAVIGATION = (
     ("overview", "Overview"),
     ("cameras", "Cameras & models"),
@@ -17,6 +17,7 @@ NAVIGATION = (
     ("merge_jobs", "Merge jobs"),
     ("deployments", "Deployments"),
     ("monitor", "Live monitor"),
+    ("api:openapi-view", "API docs"),
 )
 
 

@@ -11,6 +11,7 @@ from webapp.api import api
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("login/", sign_in, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     # Ahead of the admin's own routes: its sign-in is throttled like the dashboard's.

@@ -1,9 +1,10 @@
-"""Project-level views: health check and the overview page."""
+"""Project-level views: health check, favicon and the overview page."""
 
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
 from django.shortcuts import render
+from django.templatetags.static import static
 from django.views.decorators.http import require_GET
 
 import gemel_engine
@@ -18,6 +19,14 @@ from webapp.workloads import selectors as workload_selectors
 def healthz(request: HttpRequest) -> JsonResponse:
     """Report that the web process is up, with the engine version and the architectures it can build."""
     return JsonResponse({"status": "ok", "engine": gemel_engine.__version__, "architectures": zoo.list_models()})
+
+
+@login_not_required
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponsePermanentRedirect:
+    """Send browsers that ask for /favicon.ico (pages without a <link rel="icon">: the admin, the API docs) to the
+    dashboard's icon among the static files."""
+    return HttpResponsePermanentRedirect(static("favicon.svg"))
 
 
 @require_GET

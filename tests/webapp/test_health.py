@@ -74,6 +74,26 @@ def test_pages_carry_a_content_security_policy_without_inline_scripts(viewer_cli
     assert "Content-Security-Policy" in viewer_client.get("/login/").headers
 
 
+def test_favicon_ico_leads_every_visitor_to_the_icon_that_every_page_links(client, viewer):
+    from django.contrib.staticfiles import finders
+
+    response = client.get("/favicon.ico")  # not signed in: browsers ask before anyone signs in
+    assert response.status_code == 301 and response["Location"] == "/static/favicon.svg"
+    assert finders.find("favicon.svg")
+    pages = [client.get("/login/")]
+    client.force_login(viewer)
+    pages.append(client.get("/"))
+    for page in pages:
+        assert b'<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in page.content
+        assert "img-src 'self'" in page.headers["Content-Security-Policy"]
+
+
+def test_signed_in_users_find_the_api_docs_in_the_menu(client, viewer):
+    assert b"/api/docs" not in client.get("/login/").content
+    client.force_login(viewer)
+    assert b'<a href="/api/docs">API docs</a>' in client.get("/").content
+
+
 DEBUG_PAGE_MARKS = (b"URLconf", b"DEBUG = True", b"Traceback", b"healthz")
 
 
