@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{args.host}:{args.port}/"
     processes = [
         ManagedProcess("web (daphne)", daphne_command(args.host, args.port), env, logs / "daphne.log"),
-        ManagedProcess("worker (celery)", celery_worker_command(), env, logs / "worker.log"),
+        # Two workers: a demo build holds only its own, so merges and measurements go on meanwhile.
+        ManagedProcess("worker (merges, measurements)", celery_worker_command(
+            queues=(settings.QUEUE_MERGE, settings.QUEUE_MEASURE, "celery"), name="worker"), env, logs / "worker.log"),
+        ManagedProcess("worker (demo builds, measurements)", celery_worker_command(
+            queues=(settings.QUEUE_DEMO, settings.QUEUE_MEASURE), name="builder"), env, logs / "builder.log"),
     ]
     if not args.no_agent:
         token = _agent_token(Path(settings.DATA_DIR) / "agent" / "token")

@@ -278,7 +278,14 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_ROUTES = {"webapp.merges.tasks.*": {"queue": "merge"}, "webapp.workloads.tasks.*": {"queue": "merge"}}
+# One queue per kind of work, routed here and nowhere else: a measurement or a merge job never waits behind a
+# demo build (``make run`` gives the demo queue a worker of its own; see webapp/run.py).
+QUEUE_MERGE, QUEUE_MEASURE, QUEUE_DEMO = "merge", "measure", "demo"
+CELERY_TASK_ROUTES = {
+    "webapp.merges.tasks.*": {"queue": QUEUE_MERGE},
+    "webapp.workloads.tasks.query_measure_task": {"queue": QUEUE_MEASURE},
+    "webapp.workloads.tasks.demo_seed_task": {"queue": QUEUE_DEMO},
+}
 # Soft and hard time limits of a merge job, in seconds.
 MERGE_SOFT_TIME_LIMIT = env_int("GEMEL_MERGE_SOFT_LIMIT_S", 6 * 3600, minimum=60)
 MERGE_HARD_TIME_LIMIT = MERGE_SOFT_TIME_LIMIT + 300

@@ -62,8 +62,13 @@ def daphne_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "webapp.asgi:application"]
 
 
-def celery_worker_command(*, queues: Sequence[str] = ("merge", "celery"), name: str = "worker") -> list[str]:
-    """Return the command line of a Celery worker (one process, prefetch 1: merge jobs are long and heavy)."""
+# Every queue a task is routed to (settings.CELERY_TASK_ROUTES) and Celery's default one.
+ALL_QUEUES = ("merge", "measure", "demo", "celery")
+
+
+def celery_worker_command(*, queues: Sequence[str] = ALL_QUEUES, name: str = "worker") -> list[str]:
+    """Return the command line of a Celery worker taking ``queues`` (every queue by default; one process,
+    prefetch 1: merge jobs are long and heavy)."""
     return [
         sys.executable, "-m", "celery", "-A", "webapp", "worker", "--loglevel", "INFO",
         "--queues", ",".join(queues), "--concurrency", "1", "--pool", "prefork",

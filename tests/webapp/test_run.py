@@ -72,6 +72,8 @@ def test_it_starts_every_process_and_ctrl_c_stops_them_all_then_a_second_start_r
         commands = " ".join(children.values())
         for part in ("daphne", "celery", "gemel_engine agent", "redis-server"):
             assert part in commands, commands
+        # Two workers: demo builds on one of their own, so merges and measurements never wait behind them.
+        assert "--queues merge,measure,celery" in commands and "--queues demo,measure" in commands, commands
     finally:
         status = _stop(run)
     assert status == 0
