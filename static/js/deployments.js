@@ -31,7 +31,7 @@
     }
     setBadge(cell(row, "status"), d.status);
     cell(row, "detail").textContent = d.detail || "";
-    cell(row, "updated_at").textContent = d.updated_at || "";
+    cell(row, "updated_at").textContent = gemel.when(d.updated_at);
   }
 
   function updateNode(n) {

@@ -60,5 +60,27 @@ const gemel = (() => {
   const layout = (extra) => Object.assign({ margin: { t: 30, r: 20, b: 45, l: 60 }, font: { size: 12 },
     legend: { orientation: "h" }, paper_bgcolor: "#fff", plot_bgcolor: "#fff" }, extra || {});
 
-  return { api, live, mib, layout, cookie };
+  // A MiB axis: plain numbers from zero (Plotly's SI prefixes would write 0.000001 MiB as "1µ").
+  const mibAxis = (title) => ({ title: { text: title || "MiB" }, tickformat: ",.1f", rangemode: "tozero" });
+
+  // What an empty chart says until its first point arrives (in place of Plotly's bare -1…1 axes).
+  const noData = (text) => ({ annotations: [{ text: text || "no data yet", showarrow: false, xref: "paper",
+    yref: "paper", x: 0.5, y: 0.5, font: { size: 14, color: "#888" } }] });
+
+  // Remove the "no data yet" note once a chart has data.
+  function hasData(el) {
+    if (el.layout && el.layout.annotations && el.layout.annotations.length) Plotly.relayout(el, { annotations: [] });
+  }
+
+  // A timestamp as the reader's local date and time, to the second ("2026-12-02 01:55:09").
+  function when(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return String(iso);
+    const pad = (n) => String(n).padStart(2, "0");
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + pad(d.getHours()) + ":"
+      + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+
+  return { api, live, mib, layout, mibAxis, noData, hasData, when, cookie };
 })();

@@ -10,8 +10,10 @@
   const perModelChart = document.getElementById("per-model-chart");
   const queryCharts = {
     fps: { el: document.getElementById("fps-chart"), value: (q) => q.fps, title: "frames / s" },
-    drops: { el: document.getElementById("drops-chart"), value: (q) => q.drop_rate, title: "drop rate" },
-    accuracy: { el: document.getElementById("effective-accuracy-chart"), value: (q) => q.effective_accuracy, title: "accuracy" },
+    drops: { el: document.getElementById("drops-chart"), value: (q) => q.drop_rate, title: "frames dropped",
+      tickformat: ".0%", range: [0, 1] },
+    accuracy: { el: document.getElementById("effective-accuracy-chart"), value: (q) => q.effective_accuracy, title: "accuracy",
+      range: [0, 1] },
   };
   let lastId = 0;
   // Points kept per trace (about an hour of one-second samples); older ones scroll off.
@@ -28,25 +30,32 @@
     { name: "shared layers", stackgroup: "memory", y: (s) => s.shared_bytes / MIB },
     { name: "per-model layers", stackgroup: "memory", y: (s) => Math.max(0, s.resident_bytes - s.shared_bytes) / MIB },
     { name: "resident (total)", mode: "lines", line: { dash: "dot" }, y: (s) => s.resident_bytes / MIB },
-    { name: "GPU used (driver)", mode: "lines", y: (s) => (s.gpu_used_bytes == null ? null : s.gpu_used_bytes / MIB) },
-    { name: "budget", mode: "lines", line: { dash: "dash" }, y: (s) => (s.memory.budget_bytes == null ? null : s.memory.budget_bytes / MIB) },
+    // The budget is off until asked for (click its legend entry): far above what is resident, it would
+    // flatten a 50 MiB drop into a line.
+    { name: "budget", mode: "lines", line: { dash: "dash" }, visible: "legendonly",
+      y: (s) => (s.memory.budget_bytes == null ? null : s.memory.budget_bytes / MIB) },
   ];
+  // The driver's own figure exists on a GPU only.
+  if (node.device_kind === "cuda") {
+    memoryTraces.splice(3, 0, { name: "GPU used (driver)", mode: "lines",
+      y: (s) => (s.gpu_used_bytes == null ? null : s.gpu_used_bytes / MIB) });
+  }
   Plotly.newPlot(memoryChart, memoryTraces.map((t) => ({ x: [], y: [], name: t.name, type: "scatter",
-    mode: t.mode || "none", stackgroup: t.stackgroup, line: t.line })),
-  gemel.layout({ yaxis: { title: { text: "MiB" }, rangemode: "tozero" } }), { responsive: true, displaylogo: false });
+    mode: t.mode || "none", stackgroup: t.stackgroup, line: t.line, visible: t.visible })),
+  gemel.layout({ yaxis: gemel.mibAxis(), ...gemel.noData() }), { responsive: true, displaylogo: false });
   for (const chart of Object.values(queryCharts)) {
     chart.traces = new Map();
-    Plotly.newPlot(chart.el, [], gemel.layout({ yaxis: { title: { text: chart.title }, rangemode: "tozero" } }),
-      { responsive: true, displaylogo: false });
+    const axis = { title: { text: chart.title }, rangemode: "tozero", tickformat: chart.tickformat, range: chart.range };
+    Plotly.newPlot(chart.el, [], gemel.layout({ yaxis: axis, ...gemel.noData() }), { responsive: true, displaylogo: false });
   }
-  Plotly.newPlot(perModelChart, [], gemel.layout({ barmode: "stack", yaxis: { title: { text: "MiB" } } }),
+  Plotly.newPlot(perModelChart, [], gemel.layout({ barmode: "stack", yaxis: gemel.mibAxis(), ...gemel.noData() }),
     { responsive: true, displaylogo: false });
 
   function drawPerModel(sample) {
     const perModel = sample.memory.per_model_bytes || {};
     const traces = [{ type: "bar", name: "shared", x: ["now"], y: [sample.shared_bytes / MIB] }];
     for (const [name, bytes] of Object.entries(perModel)) traces.push({ type: "bar", name: label(name), x: ["now"], y: [bytes / MIB] });
-    Plotly.react(perModelChart, traces, perModelChart.layout);
+    Plotly.react(perModelChart, traces, { ...perModelChart.layout, annotations: [] });
   }
 
   function extendQueries(chart, samples) {
@@ -68,6 +77,7 @@
     const indices = [...updates.keys()];
     Plotly.extendTraces(chart.el, { x: indices.map((i) => updates.get(i).x), y: indices.map((i) => updates.get(i).y) }, indices,
       MAX_POINTS);
+    gemel.hasData(chart.el);
     countPoints(chart.el);
   }
 
@@ -79,6 +89,7 @@
       x: memoryTraces.map(() => fresh.map((s) => s.at)),
       y: memoryTraces.map((t) => fresh.map(t.y)),
     }, memoryTraces.map((_, i) => i), MAX_POINTS);
+    gemel.hasData(memoryChart);
     countPoints(memoryChart);
     for (const chart of Object.values(queryCharts)) extendQueries(chart, fresh);
     const newest = fresh[fresh.length - 1];

@@ -14,6 +14,6 @@
   for (const model of models) {
     traces.push({ type: "bar", name: label(model), x, y: nodes.map((n) => (n.per_model_bytes[model] || 0) / MIB) });
   }
-  Plotly.newPlot(chart, traces, gemel.layout({ barmode: "stack", yaxis: { title: { text: "MiB" } } }),
+  Plotly.newPlot(chart, traces, gemel.layout({ barmode: "stack", yaxis: gemel.mibAxis() }),
     { responsive: true, displaylogo: false });
 })();
