@@ -137,57 +137,68 @@ class DiskMover(Mover):
             self.path.unlink(missing_ok=True)
 
 
-def fit_bandwidth(samples: Sequence[tuple[int, float]]) -> BandwidthModel:
-    """Return the transfer model ``seconds = latency + bytes / bandwidth`` fitted by least squares to measured
-    ``(bytes, seconds)`` reads (latency clipped at 0).
+def fit_bandwidth(loads: Sequence[tuple[int, int, float]]) -> BandwidthModel:
+    """Return the transfer model ``seconds = units × latency + bytes / bandwidth`` fitted by least squares to
+    measured loads, each ``(units, bytes, seconds)``: a whole model's units read one after the other, as the
+    executor loads them, so the fit gets right what a schedule depends on (a model's load time), the many small
+    layers' fixed cost as well as the large ones' bandwidth. The latency is clipped at 0.
 
     Raises:
-        RuntimeConfigError: fewer than two distinct sizes, or the fit gives no positive bandwidth.
+        RuntimeConfigError: too few loads to fit, or the fit gives no positive bandwidth.
     """
-    sizes = np.array([float(n) for n, _ in samples])
-    seconds = np.array([float(s) for _, s in samples])
-    if len(set(sizes.tolist())) < 2:
-        raise RuntimeConfigError("fitting a transfer model needs reads of at least two different sizes")
-    slope, intercept = np.polyfit(sizes, seconds, 1)
-    if not slope > 0:
-        raise RuntimeConfigError(f"the measured reads give no positive bandwidth (slope {slope:.3g} s/byte)")
-    if intercept < 0:
-        slope = float(np.sum(sizes * seconds) / np.sum(sizes * sizes))  # refit through the origin
-        intercept = 0.0
-    return BandwidthModel(bytes_per_second=float(1 / slope), latency_seconds=float(intercept))
+    rows = np.array([[float(units), float(nbytes)] for units, nbytes, _ in loads])
+    seconds = np.array([float(s) for _, _, s in loads])
+    if len(loads) < 2 or np.linalg.matrix_rank(rows) < 2:
+        raise RuntimeConfigError("fitting a transfer model needs loads of at least two different shapes")
+    (latency, per_byte), *_ = np.linalg.lstsq(rows, seconds, rcond=None)
+    if latency < 0:  # refit on the bytes alone
+        latency, per_byte = 0.0, float(rows[:, 1] @ seconds / (rows[:, 1] @ rows[:, 1]))
+    if not per_byte > 0:
+        raise RuntimeConfigError(f"the measured loads give no positive bandwidth ({per_byte:.3g} s/byte)")
+    return BandwidthModel(bytes_per_second=float(1 / per_byte), latency_seconds=float(latency))
 
 
 def calibrate_disk_tier(
     units: Mapping[str, UnitInfo], tensors: Mapping[str, list[torch.Tensor]], *, repeats: int = 3,
     folder: Path | None = None,
 ) -> tuple[BandwidthModel, dict[str, float]]:
-    """Measure reads of every unit on a disk tier of its own (``repeats`` rounds, page cache dropped before each)
-    and fit the transfer model a simulator of that tier should use.
+    """Measure, on a disk tier of its own, the load of every model's units (``repeats`` rounds, page cache dropped
+    before each read) and fit the transfer model a simulator of that tier should use.
 
     The tensors are copied first, so the caller's models keep their weights.
 
     Returns:
-        The fitted model and a summary: reads, median seconds per MiB, and the fit's median relative error.
+        The fitted model and a summary: loads, unit reads, median seconds per MiB, and the fit's median relative
+        error on a model's load time.
 
     Raises:
-        RuntimeConfigError: bad ``repeats``, or the reads cannot be fitted.
+        RuntimeConfigError: bad ``repeats``, or the loads cannot be fitted.
     """
     if repeats < 1:
         raise RuntimeConfigError(f"repeats must be at least 1, got {repeats}")
+    by_model: dict[str, list[str]] = {}
+    for key, unit in units.items():
+        for model in sorted(unit.models):
+            by_model.setdefault(model, []).append(key)
     copies = {key: [t.detach().clone() for t in held] for key, held in tensors.items()}
     mover = DiskMover(units, copies, folder=folder)
+    loads: list[tuple[int, int, float]] = []
     try:
-        keys = [key for key in units if units[key].nbytes > 0]
         for _ in range(repeats):
-            mover.load(keys)
-            mover.evict(keys)
-        samples = list(mover.reads)
+            for keys in by_model.values():
+                seconds = sum(mover.load(keys))
+                mover.evict(keys)
+                loads.append((len(keys), sum(units[key].nbytes for key in keys), seconds))
+        reads = list(mover.reads)
     finally:
         mover.close()
-    model = fit_bandwidth(samples)
-    errors = [abs(model.seconds(n) - s) / s for n, s in samples if s > 0]
+    # The unit reads join the fit: models of one architecture alone would leave units and bytes proportional.
+    model = fit_bandwidth([*loads, *((1, nbytes, seconds) for nbytes, seconds in reads)])
+    errors = [abs(count * model.latency_seconds + nbytes / model.bytes_per_second - s) / s
+              for count, nbytes, s in loads if s > 0]
     return model, {
-        "reads": len(samples),
-        "median_seconds_per_mib": statistics.median(s / n * (1 << 20) for n, s in samples if n > 0),
+        "loads": len(loads),
+        "reads": len(reads),
+        "median_seconds_per_mib": statistics.median(s / n * (1 << 20) for n, s in reads if n > 0),
         "fit_median_relative_error": statistics.median(errors) if errors else 0.0,
     }

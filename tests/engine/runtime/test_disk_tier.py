@@ -80,20 +80,23 @@ def test_the_disk_tier_is_refused_on_a_gpu_and_unknown_tiers_are_refused(small_b
             Executor(models, budget=MemoryBudget(10**9), device="cuda", tier="disk")
 
 
-def test_a_transfer_model_is_fitted_to_measured_reads(small_bundle: Path):
+def test_a_transfer_model_is_fitted_to_measured_model_loads(small_bundle: Path):
     line = BandwidthModel(2e9, 50e-6)
-    fitted = fit_bandwidth([(n, line.seconds(n)) for n in (10_000, 1_000_000, 8_000_000)])
+    loads = [(units, nbytes, units * line.latency_seconds + nbytes / line.bytes_per_second)
+             for units, nbytes in ((40, 10_000_000), (120, 5_000_000), (10, 80_000_000), (60, 1_000_000))]
+    fitted = fit_bandwidth(loads)
     assert fitted.bytes_per_second == pytest.approx(2e9) and fitted.latency_seconds == pytest.approx(50e-6)
-    with pytest.raises(RuntimeConfigError, match="two different sizes"):
-        fit_bandwidth([(1000, 0.1), (1000, 0.2)])
+    with pytest.raises(RuntimeConfigError, match="two different shapes"):
+        fit_bandwidth([(10, 1000, 0.1), (20, 2000, 0.2)])  # proportional: units and bytes cannot be told apart
     with pytest.raises(RuntimeConfigError, match="no positive bandwidth"):
-        fit_bandwidth([(1000, 0.2), (2000, 0.1)])
+        fit_bandwidth([(1, 1000, 0.2), (1, 2000, 0.1), (2, 1000, 0.3)])
 
     executor = Executor(untie(load_bundle(small_bundle).models), budget=MemoryBudget(10**9), device="cpu")
     tensors = {key: unit_tensors(executor._module(unit)) for key, unit in executor.units.items()}
     before = {key: [t.clone() for t in held] for key, held in tensors.items()}
     model, summary = calibrate_disk_tier(executor.units, tensors, repeats=2)
-    assert model.bytes_per_second > 0 and summary["reads"] == 2 * len(tensors)
+    assert model.bytes_per_second > 0 and model.latency_seconds >= 0
+    assert summary["loads"] == 2 * len(executor.models) and summary["reads"] == 2 * len(tensors)
     # The caller's weights are untouched: calibration reads copies.
     assert all(torch.equal(a, b) for key in tensors for a, b in zip(tensors[key], before[key], strict=True))
 
