@@ -176,6 +176,9 @@ def search_outcome(
     saving = f"{saved_bytes / 2**20:.1f} MiB saved" if saved_bytes > 0 else "nothing saved"
     ended = {"finished": "every trial was tried", "cancelled": "cancelled", "budget": "the budget ended"}.get(
         status, status)
+    if unfinished is None and rounds == 0 and status == "budget":
+        return (f"{ended} before round 1 could start: loading the frames and measuring the unmerged models took "
+                f"the whole {seconds / 60:.1f} min, so {saving}; give it well over that")
     if unfinished is None:
         return f"{ended} after {rounds} round(s) in {seconds / 60:.1f} min: {saving}"
     steps, most = int(unfinished["steps"]), int(unfinished["max_steps"])

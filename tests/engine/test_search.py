@@ -338,6 +338,9 @@ def test_the_outcome_of_a_search_cut_by_its_budget_says_what_budget_the_round_ne
     assert search_outcome("finished", 4, 2**20, 120.0, None) == "every trial was tried after 4 round(s) in 2.0 min: " \
                                                                "1.0 MiB saved"
     assert "before its first step" in search_outcome("budget", 0, 0, 10.0, {**cut, "steps": 0})
+    assert search_outcome("budget", 0, 0, 378.0, None) == (
+        "the budget ended before round 1 could start: loading the frames and measuring the unmerged models took "
+        "the whole 6.3 min, so nothing saved; give it well over that")
 
 
 def test_a_round_past_its_deadline_runs_no_further_check(tiny_workload):
