@@ -265,6 +265,7 @@ def main(argv: Sequence[str]) -> int:
     if rows:
         print(f"resuming: {len(rows)} rows of an earlier run with the same settings are kept from {args.out}")
     calibration: dict[str, Any] | None = None
+    disk_model: BandwidthModel | None = None
     if tier == "disk":
         tensors = {key: unit_tensors(unmerged[unit.members[0][0]].get_submodule(unit.members[0][1]))
                    for key, unit in units.items()}
@@ -294,8 +295,7 @@ def main(argv: Sequence[str]) -> int:
         predictions: dict[str, Any] = {}
         size = (int(frames[0].image.shape[1]), int(frames[0].image.shape[0]))
         for link in links:
-            bandwidth = BandwidthModel(**calibration_model(calibration)) if link == "disk" else BandwidthModel(
-                float(link) * 1e9)
+            bandwidth = disk_model if link == "disk" and disk_model is not None else BandwidthModel(float(link) * 1e9)
             profiles = {
                 name: profile_recipe(recipe, input_size=size, device=device, bandwidth=bandwidth)
                 for name, recipe in recipes.items()
@@ -396,10 +396,3 @@ def main(argv: Sequence[str]) -> int:
         print(f"wrote {plot}")
     print(f"wrote {args.out}")
     return 0
-
-
-def calibration_model(calibration: dict[str, Any] | None) -> dict[str, float]:
-    """Return the fitted transfer model's arguments from the disk tier's calibration record."""
-    if calibration is None:
-        raise UsageError("the disk tier has not been calibrated")
-    return {"bytes_per_second": calibration["bytes_per_second"], "latency_seconds": calibration["latency_seconds"]}
