@@ -239,13 +239,14 @@ class Executor:
         steps = self._layer_steps(name, dict(zip(plan.load, transfer, strict=True)), compute)
         return pipelined_seconds(steps, overlap=self.swap.mover.overlaps_compute)
 
-    def estimate(self, name: str, batch: int) -> float:
-        """Return the predicted seconds of running ``batch`` frames on model ``name`` now (loads included).
+    def estimate(self, name: str, batch: int, *, loads: bool = True) -> float:
+        """Return the predicted seconds of running ``batch`` frames on model ``name`` now, with the loads of what it
+        lacks (``loads=False``: as if it were all resident).
 
         Uses the layer profile when there is one, else the fastest of the recent measured passes (per frame)
         times the batch size: optimistic, so one slow pass cannot make a query look infeasible for good.
         """
-        missing = self.swap.missing(self.order[name])
+        missing = self.swap.missing(self.order[name]) if loads else []
         loads = {key: self.bandwidth.seconds(self.units[key].nbytes) for key in missing}
         profile = self.profiles.get(name)
         if profile is not None:
@@ -253,6 +254,22 @@ class Executor:
             return pipelined_seconds(steps, overlap=self.swap.mover.overlaps_compute)
         recent = self._measured.get(name)
         return sum(loads.values()) + (min(recent) if recent else 0.0) * batch
+
+    def load(self, name: str) -> int:
+        """Load what model ``name`` lacks (evicting by the policy) without running it; charge the clock for the
+        transfers like ``infer`` does. Return the bytes loaded.
+
+        Raises:
+            KeyError: no such model.
+            RuntimeBudgetError: the model cannot fit beside the pinned units.
+        """
+        started = time.perf_counter()
+        plan, transfer = self._swap_in(name)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - started
+        self.clock.account(elapsed if self.wall_timed else sum(transfer), elapsed)
+        return plan.load_bytes
 
     def _swap_in(self, name: str) -> tuple[SwapPlan, list[float]]:
         needed = self.order[name]

@@ -3,9 +3,11 @@
 Each camera delivers frames at its fps; every query on the camera gets each frame with a deadline of
 arrival + SLO. The loop runs one batch at a time on the one device:
 
-1. frames that cannot finish before their deadline even alone, with what must be loaded, are dropped
-   (stale frames are skipped rather than run late);
-2. the scheduler picks a query among those with frames waiting;
+1. frames that cannot finish before their deadline even alone on a resident model are dropped (stale frames
+   are skipped rather than run late);
+2. the scheduler picks a query among those with frames waiting; when loading what its model lacks would make
+   even its oldest frame late, the loop only loads the model (charged to the clock) and goes round again, so a
+   query whose cold load is longer than its SLO still gets its model resident instead of starving;
 3. the batch is the query's oldest waiting frames, as many (up to its ``max_batch``) as can all finish
    before the oldest one's deadline;
 4. the executor runs it (loading what is missing, evicting by its policy); a result ready after its
@@ -235,6 +237,8 @@ class ScheduleLoop:
         self._waiting: dict[str, deque[_Waiting]] = {name: deque() for name in self.queries}
         self._lock = threading.Lock()
         self.batches = 0
+        # Times the loop loaded a model without running it (its oldest frame would have been late anyway).
+        self.loads_only = 0
 
     @property
     def clock(self) -> Any:
@@ -259,7 +263,7 @@ class ScheduleLoop:
         for name, waiting in self._waiting.items():
             if not waiting:
                 continue
-            alone = self.executor.estimate(self.queries[name].model, 1)
+            alone = self.executor.estimate(self.queries[name].model, 1, loads=False)
             while waiting and now + alone > waiting[0].deadline:
                 self.metrics[name].dropped(waiting.popleft().target)
                 dropped = True
@@ -281,7 +285,12 @@ class ScheduleLoop:
             if not candidates:
                 return dropped
             query = self.scheduler.pick(candidates, self.executor)
-            batch = self._batch(query, now)
+            loads_first = now + self.executor.estimate(query.model, 1) > self._waiting[query.name][0].deadline
+            batch = [] if loads_first else self._batch(query, now)
+        if loads_first:
+            self.executor.load(query.model)
+            self.loads_only += 1
+            return True
         predictions = self.executor.run(query.model, [item.frame for item in batch], query.task)
         done = self.clock.now()
         self.batches += 1

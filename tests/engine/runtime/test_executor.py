@@ -151,24 +151,48 @@ def _tiny_profile(seconds: float) -> ModelProfile:
     )
 
 
+def _serve_one_tiny_query(
+    model: TinyNet, bandwidth: BandwidthModel, slo: float
+) -> tuple[Executor, ScheduleLoop, QueryMetrics, float]:
+    """Serve 8 frames at 8 fps to one time-shared query whose pass costs 0.1875 s (profiled), on a virtual clock;
+    return the executor, the loop, the query's metrics and when the last frame settled."""
+    executor = Executor(
+        {"tiny": model}, budget=MemoryBudget(10_000_000), device="cpu", clock=VirtualClock(),
+        bandwidth=bandwidth, profiles={"tiny": _tiny_profile(0.1875)}, timing="profiled",
+    )
+    query = RuntimeQuery("q", "tiny", Task("count", ("car",), count_edges=(1, 2)), "cam", slo, max_batch=1)
+    frames = [CameraFrame("cam", i, i / 8, np.zeros((16, 16, 3), np.uint8), ()) for i in range(8)]
+    metrics = RuntimeMetrics({"q": query.task}, memory=executor.memory, now=executor.clock.now, simulated=True)
+    loop = ScheduleLoop(executor, [query], "time-sharing", metrics)
+    end = run_frames(loop, frames)
+    return executor, loop, metrics["q"], end
+
+
 def test_drops_follow_a_hand_checked_schedule():
     # One query at 8 fps, SLO 0.28125 s, every frame costs 0.1875 s (profiled), loads are (almost) free:
     # frames 0, 1, 3, 4, 6, 7 finish at 0.1875, 0.375, 0.5625, 0.75, 0.9375, 1.125; frames 2 and 5 cannot.
     torch.manual_seed(0)
-    executor = Executor(
-        {"tiny": TinyNet()}, budget=MemoryBudget(10_000_000), device="cpu", clock=VirtualClock(),
-        bandwidth=BandwidthModel(1e18, 0.0), profiles={"tiny": _tiny_profile(0.1875)}, timing="profiled",
-    )
-    query = RuntimeQuery("q", "tiny", Task("count", ("car",), count_edges=(1, 2)), "cam", 0.28125, max_batch=1)
-    frames = [CameraFrame("cam", i, i / 8, np.zeros((16, 16, 3), np.uint8), ()) for i in range(8)]
-    metrics = RuntimeMetrics({"q": query.task}, memory=executor.memory, now=executor.clock.now, simulated=True)
-    loop = ScheduleLoop(executor, [query], "time-sharing", metrics)
-    assert run_frames(loop, frames) == pytest.approx(1.125)
-    q = metrics["q"]
+    _, loop, q, end = _serve_one_tiny_query(TinyNet(), BandwidthModel(1e18, 0.0), 0.28125)
+    assert end == pytest.approx(1.125)
     assert (q.frames_total, q.processed_total, q.dropped_total) == (8, 6, 2)
     assert sorted(q.latencies) == pytest.approx([0.1875] * 3 + [0.25] * 3)
     assert q.latency_quantile(0.5) == pytest.approx(0.21875)
     assert loop.batches == 6
+
+
+def test_a_query_whose_cold_load_outlasts_its_slo_gets_its_model_loaded_instead_of_starving():
+    # As above with an SLO of 0.3 s and loading the whole model taking 0.5 s: no frame can be served cold, so the
+    # loop loads the model first (the clock reaches 0.5). Frames 0-3 are stale by then; frame 4 runs 0.5-0.6875,
+    # frame 5 0.6875-0.875; frame 6 (due 1.05) cannot finish and is dropped; frame 7 runs 0.875-1.0625. Before,
+    # every frame was dropped because its load made it late, and the model never loaded.
+    torch.manual_seed(0)
+    model = TinyNet()
+    nbytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    executor, loop, q, end = _serve_one_tiny_query(model, BandwidthModel(nbytes / 0.5, 0.0), 0.3)
+    assert end == pytest.approx(1.0625)
+    assert (q.frames_total, q.processed_total, q.dropped_total) == (8, 3, 5)
+    assert (loop.loads_only, loop.batches) == (1, 3)
+    assert executor.missing_bytes("tiny") == 0
 
 
 def test_a_dropped_frame_reuses_the_last_result_for_accuracy():
