@@ -13,8 +13,9 @@ search resumes from a checkpointed queue.
   without the failing models' layers), otherwise halve the trial, else move on.
 - ``gemel+``: ours: shape-mode matching (more shareable layers), mean warm start, distillation from the
   unmerged models, and optimistic trial sizing: the paper's groups merged into trials of 1, 2, 4, 8...
-  groups, each split in halves on failure, so savings come as early as with ``gemel`` and easy workloads
-  merge fully in a few rounds.
+  groups, so savings come as early as with ``gemel`` and easy workloads merge fully in a few rounds. On
+  failure, like ``gemel``, the models that met their targets keep the trial; when none did, both halves are
+  tried (``gemel`` tries only the first).
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ def _without_models(trial: Trial, models: frozenset[str]) -> Trial:
         if len(members) >= 2:
             reduced.append(MergeInstance(members, instance.signature))
     return reduced
+
+
+def _kept_for_passing_models(trial: Trial, outcome: RetrainOutcome) -> Trial:
+    """Return the trial without the models that missed their targets when some models met theirs, else []."""
+    models = {m.model for instance in trial for m in instance.members}
+    failing = outcome.failing & models
+    return _without_models(trial, failing) if failing and failing != models else []
 
 
 def _halves(trial: Trial) -> list[Trial]:
@@ -134,12 +142,9 @@ class Gemel(Strategy):
 
     def after_failure(self, trial: Trial, outcome: RetrainOutcome) -> list[Trial]:
         """Keep the trial for the models that met their targets; otherwise halve it."""
-        models = {m.model for instance in trial for m in instance.members}
-        failing = outcome.failing & models
-        if failing and failing != models:
-            reduced = _without_models(trial, failing)
-            if reduced:
-                return [reduced]
+        kept = _kept_for_passing_models(trial, outcome)
+        if kept:
+            return [kept]
         return [trial[: len(trial) // 2]] if len(trial) > 1 else []
 
 
@@ -166,11 +171,13 @@ class GemelPlus(Strategy):
         return trials
 
     def after_failure(self, trial: Trial, outcome: RetrainOutcome) -> list[Trial]:
-        """Split the trial in halves (larger savings first); a single instance drops the failing models."""
-        if len(trial) > 1:
-            return _halves(trial)
-        reduced = _without_models(trial, outcome.failing)
-        return [reduced] if reduced and reduced != trial else []
+        """Keep the trial for the models that met their targets when some did (one query that cannot share, a
+        detector among classifiers, must not hold back the rest); otherwise split it in halves, larger savings
+        first, and try both."""
+        kept = _kept_for_passing_models(trial, outcome)
+        if kept:
+            return [kept]
+        return _halves(trial) if len(trial) > 1 else []
 
 
 _STRATEGIES: dict[str, Callable[[], Strategy]] = {}

@@ -57,7 +57,7 @@ def test_gemel_keeps_the_trial_for_models_that_met_their_targets_then_halves():
     assert Gemel().after_failure(halved[:1], _outcome({"a", "b"}, {"a", "b"})) == []
 
 
-def test_gemel_plus_doubles_its_trials_and_splits_a_failed_one_in_halves():
+def test_gemel_plus_doubles_its_trials_and_splits_a_failed_one_in_halves_when_every_model_failed():
     models = [("a", "b"), ("a", "c"), ("a", "b"), ("b", "c"), ("a", "b"), ("a", "c"), ("a", "b"), ("b", "c")]
     candidates = [_candidate(f"l{i}", *pair) for i, pair in enumerate(models)]
     queue = GemelPlus().initial_queue(candidates, {})
@@ -66,6 +66,15 @@ def test_gemel_plus_doubles_its_trials_and_splits_a_failed_one_in_halves():
     first, second = GemelPlus().after_failure(everything, _outcome({"a"}, {"a", "b"}))
     assert (_layers(first), _layers(second)) == (["l0", "l1", "l2"], ["l3", "l4"])
     assert GemelPlus.options.mode == "shape" and GemelPlus.options.distill > 0
+
+
+def test_gemel_plus_keeps_a_failed_trial_for_the_models_that_met_their_targets():
+    # A detector sharing a classifier pair's layers misses its target: the classifiers keep every layer of the
+    # trial between them rather than waiting for halves the detector would fail again.
+    trial = [_candidate(f"l{i}", "a", "b", "detector").to_instance() for i in range(4)]
+    [reduced] = GemelPlus().after_failure(trial, _outcome({"detector"}, {"a", "b", "detector"}))
+    assert _layers(reduced) == ["l0", "l1", "l2", "l3"]
+    assert all({m.model for m in i.members} == {"a", "b"} for i in reduced)
 
 
 def test_stem_shares_a_prefix_of_same_architecture_models_in_module_order():
