@@ -226,6 +226,9 @@ class MergeSearch:
         self._measured: dict[str, tuple[Measurement, Measurement]] = {}
         # The round this session's budget or a cancellation cut short, if any.
         self._unfinished: dict[str, Any] | None = None
+        # The longest a round's closing work took this session (the final validation of a round, then measuring
+        # and saving an accepted configuration): rounds end this long before the budget, so the search keeps it.
+        self._closing_seconds = 0.0
 
     # -- set-up -----------------------------------------------------------------------------------
 
@@ -324,7 +327,9 @@ class MergeSearch:
             data = self._query_data(models)
         if state is None:
             state = self._fresh_state(models)
+            saving_started = time.monotonic()
             self._save_config(models, state, data)
+            self._closing_seconds = time.monotonic() - saving_started
             self._save_state(state)
         base = state.elapsed
         deadline = None
@@ -343,10 +348,11 @@ class MergeSearch:
                 if self.cancel.cancelled:
                     status = "cancelled"
                     break
-                if deadline is not None and time.monotonic() >= deadline:
+                rounds_end = None if deadline is None else deadline - self._closing_seconds
+                if rounds_end is not None and time.monotonic() >= rounds_end:
                     status = "budget"
                     break
-                finished = self._round(models, state, data, elapsed, deadline)
+                finished = self._round(models, state, data, elapsed, rounds_end)
                 if finished is None:
                     status = "cancelled" if self.cancel.cancelled else "budget"
                     break
@@ -387,6 +393,7 @@ class MergeSearch:
             candidate, affected, data, self.round_budget, seed=self.config.seed + round_index, cancel=self.cancel,
             deadline=deadline, on_check=checked,
         )
+        closing_started = time.monotonic() - outcome.closing_seconds
         if outcome.stopped in ("cancelled", "deadline"):
             self._unfinished = {
                 "round": round_index, "trial_layers": len(trial), "affected": affected, "steps": outcome.steps,
@@ -410,6 +417,7 @@ class MergeSearch:
         else:
             state.queue = self.strategy.after_failure(trial, outcome) + state.queue[1:]
         self._save_state(state)
+        self._closing_seconds = max(self._closing_seconds, time.monotonic() - closing_started)
         emit(
             self.progress, "round.finished", round=round_index, trial_layers=len(trial), accepted=accepted,
             accepted_layers=len(state.accepted.instances), accuracy=outcome.accuracies,

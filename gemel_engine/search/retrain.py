@@ -146,6 +146,8 @@ class RetrainOutcome:
     initial_accuracies: dict[str, float] = field(default_factory=dict)
     # The last in-round check's accuracies (on the check frames).
     check_accuracies: dict[str, float] = field(default_factory=dict)
+    # Seconds of the final measurement on the whole validation set (0 when the last check was final).
+    closing_seconds: float = 0.0
 
     @property
     def all_met(self) -> bool:
@@ -284,12 +286,16 @@ def joint_retrain(
     unique.eval()
     checked = accuracies
     checks_were_final = checked_at == steps and all(data[n].check is None for n in affected)
+    closing_started = time.perf_counter()
     if stopped in ("cancelled", "deadline") or checks_were_final:
         final = checked
     else:
         final = _evaluate(models, affected, data, final=True)
     met = {n: final[n] >= data[n].required for n in affected}
-    return RetrainOutcome(final, met, steps, stopped, time.perf_counter() - started, initial, dict(checked))
+    ended = time.perf_counter()
+    return RetrainOutcome(
+        final, met, steps, stopped, ended - started, initial, dict(checked), closing_seconds=ended - closing_started
+    )
 
 
 __all__ = ["QueryData", "RetrainBudget", "RetrainOutcome", "check_subset", "joint_retrain", "teacher_logits"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from gemel_engine.layers import InstanceCandidate, LayerSignature
 from gemel_engine.plan import LayerRef, MergeInstance, MergePlan
 from gemel_engine.queries import evaluate
 from gemel_engine.search import RetrainBudget, SearchConfig, SearchError, get_strategy, register_strategy, run_search
+from gemel_engine.search import engine as search_engine
 from gemel_engine.search.engine import _affected
 from gemel_engine.search.retrain import RetrainOutcome
 from gemel_engine.search.strategies import Gemel, GemelPlus, SharedStem
@@ -152,6 +154,38 @@ def test_a_cancelled_search_resumes_after_its_last_finished_round(tiny_workload,
     assert events[0]["resumed"] is True and events[0]["rounds"] == 2
     assert next(e["round"] for e in events if e["type"] == "round.started") == 3
     assert second.rounds > 2
+
+
+class _SteppedClock:
+    """A monotonic clock for the search module that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_search_keeps_time_for_measuring_and_saving_so_it_ends_within_its_budget(
+    tiny_workload, tmp_path: Path, monkeypatch
+):
+    # Measuring and saving the starting configuration "takes" 50 s of a 90 s budget: a round accepted at its
+    # deadline would need about as long again, so no round may start once less than that is left.
+    clock = _SteppedClock()
+    monkeypatch.setattr(search_engine, "time", clock)
+    save_config = search_engine.MergeSearch._save_config
+
+    def slow_save_config(self, *args, **kwargs):
+        clock.now += 50.0
+        return save_config(self, *args, **kwargs)
+
+    monkeypatch.setattr(search_engine.MergeSearch, "_save_config", slow_save_config)
+    events: list[dict] = []
+    config = dataclasses.replace(HARD, budget_minutes=1.5)
+    result = run_search(tiny_workload, tmp_path / "job", config, progress=events.append)
+    assert (result.status, result.rounds) == ("budget", 0)
+    assert not [e for e in events if e["type"] == "round.started"]
+    assert clock.now - 1000.0 <= 90.0
 
 
 def test_resuming_with_another_strategy_is_refused(tiny_workload, tmp_path: Path):
