@@ -5,7 +5,8 @@ arrival + SLO. The loop runs one batch at a time on the one device:
 
 1. frames that cannot finish before their deadline even alone on a resident model are dropped (stale frames
    are skipped rather than run late);
-2. the scheduler picks a query among those with frames waiting; when loading what its model lacks would make
+2. the scheduler picks a query among those with frames waiting (on equal deadlines, as when cameras deliver at
+   the same instants, the one served least recently); when loading what its model lacks would make
    even its oldest frame late, the loop only loads the model (charged to the clock) and goes round again, so a
    query whose cold load is longer than its SLO still gets its model resident instead of starving;
 3. the batch is the query's oldest waiting frames, as many (up to its ``max_batch``) as can all finish
@@ -109,7 +110,8 @@ class Scheduler(ABC):
 
     @abstractmethod
     def pick(self, candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:
-        """Return the query to run next among ``(query, oldest waiting deadline)`` pairs."""
+        """Return the query to run next among ``(query, oldest waiting deadline)`` pairs, listed least recently
+        served first (so a policy that keeps the first of equals never starves a query on ties)."""
 
 
 SCHEDULERS: Registry[Scheduler] = Registry("scheduler")
@@ -131,8 +133,9 @@ def list_schedulers() -> list[str]:
 
 
 def pick_earliest_deadline(candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:
-    """Return the query whose oldest frame is due first."""
-    return min(candidates, key=lambda item: (item[1], item[0].name))[0]
+    """Return the query whose oldest frame is due first (on a tie, the earliest candidate: the loop lists them
+    least recently served first)."""
+    return min(candidates, key=lambda item: item[1])[0]
 
 
 @register_scheduler
@@ -169,11 +172,12 @@ class SpaceSharing(TimeSharing):
 
 
 def pick_load_aware(candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:
-    """Return the query with the earliest deadline once the time to load what it lacks is added to it."""
+    """Return the query with the earliest deadline once the time to load what it lacks is added to it (on a tie,
+    the earliest candidate: the loop lists them least recently served first)."""
 
-    def key(item: tuple[RuntimeQuery, float]) -> tuple[float, str]:
+    def key(item: tuple[RuntimeQuery, float]) -> float:
         query, deadline = item
-        return deadline + executor.bandwidth.seconds(executor.missing_bytes(query.model)), query.name
+        return deadline + executor.bandwidth.seconds(executor.missing_bytes(query.model))
 
     return min(candidates, key=key)[0]
 
@@ -239,6 +243,9 @@ class ScheduleLoop:
         self.batches = 0
         # Times the loop loaded a model without running it (its oldest frame would have been late anyway).
         self.loads_only = 0
+        # The batch count when each query last ran: cameras often deliver at the same instants, and ties in
+        # deadline go to the query served least recently, not always to the same one.
+        self._last_served: dict[str, int] = {}
 
     @property
     def clock(self) -> Any:
@@ -257,6 +264,9 @@ class ScheduleLoop:
         """Return whether any frame waits."""
         with self._lock:
             return any(self._waiting.values())
+
+    def _served_order(self, name: str) -> tuple[int, str]:
+        return self._last_served.get(name, 0), name
 
     def _drop_infeasible(self, now: float) -> bool:
         dropped = False
@@ -281,7 +291,8 @@ class ScheduleLoop:
         now = self.clock.now()
         with self._lock:
             dropped = self._drop_infeasible(now)
-            candidates = [(self.queries[name], w[0].deadline) for name, w in self._waiting.items() if w]
+            waiting = sorted((name for name, w in self._waiting.items() if w), key=self._served_order)
+            candidates = [(self.queries[name], self._waiting[name][0].deadline) for name in waiting]
             if not candidates:
                 return dropped
             query = self.scheduler.pick(candidates, self.executor)
@@ -294,6 +305,7 @@ class ScheduleLoop:
         predictions = self.executor.run(query.model, [item.frame for item in batch], query.task)
         done = self.clock.now()
         self.batches += 1
+        self._last_served[query.name] = self.batches
         for item, prediction in zip(batch, predictions, strict=True):
             if done <= item.deadline:
                 self.metrics[query.name].processed(

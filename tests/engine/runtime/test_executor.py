@@ -195,6 +195,26 @@ def test_a_query_whose_cold_load_outlasts_its_slo_gets_its_model_loaded_instead_
     assert executor.missing_bytes("tiny") == 0
 
 
+@pytest.mark.parametrize("scheduler", ["time-sharing", "time-sharing-load-aware"])
+def test_queries_tied_on_deadline_take_turns_instead_of_one_starving(scheduler: str):
+    # Two queries on one 4 fps camera, SLO 0.3 s, each pass 0.2 s (profiled), both models resident: only one of
+    # each pair of frames can run in time. Ties go to the query served least recently, so they alternate; before,
+    # the first name won every tie and the other query never ran.
+    torch.manual_seed(0)
+    profile = _tiny_profile(0.2)
+    executor = Executor(
+        {"a": TinyNet(), "b": TinyNet()}, budget=MemoryBudget(10_000_000), device="cpu", clock=VirtualClock(),
+        bandwidth=BandwidthModel(1e18, 0.0), profiles={"a": profile, "b": profile}, timing="profiled",
+    )
+    executor.preload()
+    task = Task("count", ("car",), count_edges=(1, 2))
+    queries = [RuntimeQuery(name, name, task, "cam", 0.3, max_batch=1) for name in ("a", "b")]
+    frames = [CameraFrame("cam", i, i / 4, np.zeros((16, 16, 3), np.uint8), ()) for i in range(8)]
+    metrics = RuntimeMetrics({"a": task, "b": task}, memory=executor.memory, now=executor.clock.now, simulated=True)
+    run_frames(ScheduleLoop(executor, queries, scheduler, metrics), frames)
+    assert [(metrics[n].processed_total, metrics[n].dropped_total) for n in ("a", "b")] == [(4, 4), (4, 4)]
+
+
 def test_a_dropped_frame_reuses_the_last_result_for_accuracy():
     query = QueryMetrics("q", PRESENCE)
     query.dropped(1)  # before any result: counted wrong
