@@ -12,7 +12,6 @@ and that the plan's members point at one stored tensor, then ties them again (st
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from gemel_engine import zoo
+from gemel_engine.digest import file_sha256
 from gemel_engine.errors import BundleError, GemelError, PlanError
 from gemel_engine.modelset import ModelSet
 from gemel_engine.plan import MergePlan, check_model_name
@@ -37,7 +37,6 @@ BUNDLE_FORMAT = "gemel-bundle"
 BUNDLE_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TENSORS_NAME = "tensors.safetensors"
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -61,14 +60,6 @@ class ModelRecipe:
             ValueError, TypeError: the builder rejects the arguments.
         """
         return zoo.get_model(self.arch, device=device, **self.builder_args)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _tensor_identity(tensor: torch.Tensor) -> tuple[Any, ...]:
@@ -149,7 +140,7 @@ def save_bundle(
             "format_version": BUNDLE_VERSION,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "tensor_file": TENSORS_NAME,
-            "tensor_sha256": _sha256(tensors_path),
+            "tensor_sha256": file_sha256(tensors_path),
             "tensor_file_bytes": tensors_path.stat().st_size,
             "models": [
                 {
@@ -309,7 +300,7 @@ def load_bundle(
     tensors_path = bundle_dir / TENSORS_NAME
     if not tensors_path.is_file():
         raise BundleError(f"{bundle_dir}: tensor file {TENSORS_NAME} is missing")
-    if verify_checksum and _sha256(tensors_path) != manifest["tensor_sha256"]:
+    if verify_checksum and file_sha256(tensors_path) != manifest["tensor_sha256"]:
         raise BundleError(f"{tensors_path}: sha256 differs from the manifest (corrupted or tampered)")
     tensors = _load_tensors(tensors_path)
     _check_members_share_storage(manifest, plan, bundle_dir)
@@ -389,7 +380,7 @@ def bundle_file_digests(bundle_dir: str | Path) -> dict[str, dict[str, Any]]:
         raise BundleError(f"{bundle_dir}: {TENSORS_NAME} is missing")
     manifest_path = bundle_dir / MANIFEST_NAME
     return {
-        MANIFEST_NAME: {"sha256": _sha256(manifest_path), "size_bytes": manifest_path.stat().st_size},
+        MANIFEST_NAME: {"sha256": file_sha256(manifest_path), "size_bytes": manifest_path.stat().st_size},
         TENSORS_NAME: {"sha256": manifest["tensor_sha256"], "size_bytes": tensors.stat().st_size},
     }
 

@@ -12,7 +12,6 @@ Plain HTTP with ``requests``; no web framework here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import requests
 from prometheus_client import start_http_server
 
 import gemel_engine
+from gemel_engine.digest import file_sha256
 from gemel_engine.errors import DeploymentError, GemelError
 from gemel_engine.jsonfile import write_json_atomically
 from gemel_engine.runtime.protocol import PROTOCOL_VERSION
@@ -160,11 +160,6 @@ def _detail(response: requests.Response) -> str:
     except (ValueError, AttributeError):
         detail = None
     return str(detail) if detail else (response.text[:200] or response.reason)
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _now_iso() -> str:
@@ -419,7 +414,7 @@ class Agent:
                     raise DeploymentError(
                         f"checksum mismatch: {name} has {size} bytes, the server announced {item.get('size_bytes')}"
                     )
-                if _sha256(dest) != item.get("sha256"):
+                if file_sha256(dest) != item.get("sha256"):
                     raise DeploymentError(f"checksum mismatch: sha256 of {name} differs from the server's")
             final = self.state_dir / "bundles" / str(deployment)
             final.parent.mkdir(parents=True, exist_ok=True)
