@@ -264,15 +264,14 @@ def _print_unmerged(workload: Workload) -> None:
 
 def cmd_measure(args: argparse.Namespace) -> int:
     """Measure every query's unmerged model on its validation and test frames and rewrite workload.json."""
-    from gemel_engine.workload import Workload, camera_frames, measure_unmerged, query_data
+    from gemel_engine.workload import Workload, camera_frames, measure_query
 
     workload = Workload.load(args.workload, upgrade=True)
     frames = {camera.name: camera_frames(workload, camera) for camera in workload.cameras}
     measured = []
     for entry in workload.queries:
         print(f"measuring {entry.name}...", file=sys.stderr, flush=True)
-        labelled = query_data(workload, entry, frames[entry.query.camera])
-        measured.append(measure_unmerged(entry, workload.load_model(entry), labelled))
+        measured.append(measure_query(workload, entry, frames[entry.query.camera])[0])
     workload = workload.with_queries(tuple(measured))
     workload.save(args.workload)
     _print_unmerged(workload)

@@ -441,3 +441,20 @@ def measure_unmerged(entry: QueryEntry, model: nn.Module, frames: QueryFrames) -
         unmerged_test=Measurement.from_json(test.to_json()),
         chance_accuracy=chance_accuracy(list(frames.val.targets)),
     )
+
+
+def measure_query(workload: Workload, entry: QueryEntry, frames: CameraFrames) -> tuple[QueryEntry, int, int]:
+    """Measure a query's unmerged model, loaded from the workload's weights, on its camera's frames (labelled as
+    ``query_data`` labels them; see ``measure_unmerged``).
+
+    Returns:
+        The measured entry, how many validation frames it was measured on, and the source index of the camera's
+        first held-out test frame (where serving on test frames starts).
+
+    Raises:
+        GemelError: the weights cannot be loaded or the frames cannot be labelled.
+        QueryError: a frame set is empty.
+    """
+    labelled = query_data(workload, entry, frames)
+    measured = measure_unmerged(entry, workload.load_model(entry), labelled)
+    return measured, len(labelled.val), int(frames.test.indices.min())
