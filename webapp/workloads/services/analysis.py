@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,8 +14,6 @@ from gemel_engine.layers import analyze_models
 from gemel_engine.plan import check_match_mode
 from webapp.workloads.models import Query, WorkloadAnalysis
 from webapp.workloads.services.model_entries import build_meta
-
-logger = logging.getLogger(__name__)
 
 
 def workload_analyze(*, queries: Iterable[Query], mode: str = "shape", user: Any = None) -> WorkloadAnalysis:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Any
 
@@ -14,16 +13,11 @@ from gemel_engine.data.frames import check_fps
 from gemel_engine.errors import GemelError
 from webapp.field_errors import about
 from webapp.names import clean_name
-from webapp.workloads.engine import (
-    SAMPLING_KEYS,
-)
+from webapp.workloads.engine import SAMPLING_KEYS
 from webapp.workloads.models import Camera
 from webapp.workloads.services.common import check_unique_name, delete_media_on_commit, delete_unused
 from webapp.workloads.services.queries import query_remeasure
 from webapp.workloads.sources import first_frame, source_normalize, thumbnail_png
-
-logger = logging.getLogger(__name__)
-
 
 _MIN_SIDE, _MAX_SIDE = 16, 2048
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -11,18 +10,21 @@ from django.db import transaction
 
 from webapp.workloads.models import Camera, ModelEntry, Query
 
-logger = logging.getLogger(__name__)
-
-
 # Longest latency bound a query may have: an hour.
 MAX_SLO_MS = 3_600_000.0
 
 
 def delete_media_on_commit(name: str) -> None:
+    """Delete the stored media file ``name`` once the current transaction commits (never on a rollback)."""
     transaction.on_commit(lambda: default_storage.delete(name) if default_storage.exists(name) else None)
 
 
 def check_unique_name(model: type[Camera | ModelEntry | Query], name: str, *, exclude: int | None = None) -> None:
+    """Refuse a ``name`` another row of ``model`` (other than ``exclude``) already has.
+
+    Raises:
+        ValidationError: on the ``name`` field.
+    """
     clash = model.objects.filter(name=name)
     if exclude is not None:
         clash = clash.exclude(pk=exclude)

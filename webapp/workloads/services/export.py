@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from collections.abc import Iterable
@@ -18,8 +17,6 @@ from webapp.workloads.engine import (
     weights_file,
 )
 from webapp.workloads.models import Query
-
-logger = logging.getLogger(__name__)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import uuid
@@ -24,9 +23,6 @@ from webapp.field_errors import about
 from webapp.names import clean_name
 from webapp.workloads.models import ModelEntry
 from webapp.workloads.services.common import check_unique_name, delete_unused
-
-logger = logging.getLogger(__name__)
-
 
 _FORBIDDEN_BUILDER_ARGS = frozenset({"weights", "weights_backbone", "progress"})
 # Largest magnitude of a numeric builder argument: room for class counts, image sides and proposal counts,
@@ -69,6 +65,11 @@ def _check_builder_args(builder_args: Any) -> dict[str, Any]:
 
 
 def build_meta(arch: str, builder_args: dict[str, Any]) -> nn.Module:
+    """Return the architecture built on the meta device (no memory) with ``builder_args``.
+
+    Raises:
+        ValidationError: the architecture's builder refuses the arguments.
+    """
     # Whatever the builder raises for arguments it cannot take is the operator's input, never a server error.
     try:
         return zoo.get_model(arch, device="meta", **builder_args)

@@ -81,6 +81,7 @@ def _enqueue_measure(query: Query) -> None:
 
 
 def query_remeasure(query: Query) -> None:
+    """Mark ``query`` pending with its measured figures cleared and queue its measurement after the commit."""
     query.status, query.status_detail = Query.Status.PENDING, "waiting to measure the unmerged accuracy"
     query.unmerged_accuracy = query.chance_accuracy = query.unmerged_test = None
     query.save(update_fields=[
