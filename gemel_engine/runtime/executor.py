@@ -216,11 +216,16 @@ class Executor:
             keys = [key for key in keys if self.units[key].shared]
         started = time.perf_counter()
         loaded, seconds = self.swap.preload(list(dict.fromkeys(keys)), pin=pin)
+        self._charge_transfers(started, seconds)
+        return sum(self.units[key].nbytes for key in loaded)
+
+    def _charge_transfers(self, started: float, seconds: Sequence[float]) -> None:
+        """Charge the clock for loads begun at ``started`` (``time.perf_counter``) without compute: their measured
+        wall time where transfers are real (after the GPU finishes them), else their modelled ``seconds``."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started
         self.clock.account(elapsed if self.wall_timed else sum(seconds), elapsed)
-        return sum(self.units[key].nbytes for key in loaded)
 
     def _layer_steps(
         self, name: str, loads: Mapping[str, float], compute: Mapping[str, float]
@@ -265,10 +270,7 @@ class Executor:
         """
         started = time.perf_counter()
         plan, transfer = self._swap_in(name)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - started
-        self.clock.account(elapsed if self.wall_timed else sum(transfer), elapsed)
+        self._charge_transfers(started, transfer)
         return plan.load_bytes
 
     def _swap_in(self, name: str) -> tuple[SwapPlan, list[float]]:
