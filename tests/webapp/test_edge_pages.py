@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -223,11 +225,23 @@ def test_the_monitor_says_whether_memory_or_compute_limits_a_node(operator_clien
 
 def test_every_page_that_shows_figures_explains_its_terms(operator_client):
     make_node()
-    for name in ("overview", "deployments", "monitor", "cameras"):
+    make_bundle()  # a query and a bundle, so the tables with those columns are drawn
+    for name in ("overview", "deployments", "monitor", "cameras", "analysis", "merge_jobs"):
         page = operator_client.get(reverse(name)).content.decode()
         assert 'id="glossary"' in page, name
         for term in ("Effective accuracy", "Drop rate", "Shared vs per model", "Simulated", "Chance", "held-out test"):
             assert term in page, (name, term)
+        # The search's time budget is told apart from the runtime's memory budget.
+        assert '<dt id="term-time-budget">Time budget</dt>' in page and "minutes a merge search may run" in page
+        assert '<dt id="term-memory-budget">Memory budget</dt>' in page
+    headers = {
+        "overview": ("Drop rate", "Effective accuracy"), "cameras": ("Chance", "Target"), "deployments": ("Saved",),
+        "merge_jobs": ("Saved",),
+    }
+    for name, terms in headers.items():
+        page = operator_client.get(reverse(name)).content.decode()
+        for term in terms:  # a column named by a glossary term says what it means on hover
+            assert re.search(rf'<th title="[^"]*glossary[^"]*">{term}</th>', page), (name, term)
 
 
 def test_pages_show_bytes_in_mib_and_shares_in_percent():

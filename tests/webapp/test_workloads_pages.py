@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from tests.webapp.test_workloads_factories import make_camera, make_model, make_query, synthetic_source, write_weights
-from webapp.workloads.models import Camera, ModelEntry, Query
+from webapp.workloads.models import Camera, ModelEntry, Query, WorkloadAnalysis
 from webapp.workloads.services import workload_analyze
 
 pytestmark = pytest.mark.django_db
@@ -128,6 +128,8 @@ def test_an_operator_runs_an_analysis_over_every_ready_query_by_default(operator
     body = operator_client.get(reverse("analysis")).content.decode()
     assert 'id="bytes-chart"' in body and 'id="analysis-data"' in body and "a ↔ b" in body
     assert "c_pending" not in body[body.index('id="analysis-summary"'):]
+    fraction = WorkloadAnalysis.objects.get().result["max_savings_fraction"]
+    assert f"saved ({100 * fraction:.1f}% of the total)" in body  # a percentage, not a bare ratio like 0.329
 
 
 def test_analysing_with_no_ready_query_says_so(operator_client):

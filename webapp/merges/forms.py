@@ -21,7 +21,8 @@ class MergeJobStartForm(forms.Form):
                                              widget=forms.CheckboxSelectMultiple)
     strategy = forms.ChoiceField(choices=())
     budget_minutes = forms.FloatField(
-        required=False, min_value=0.01, label="Budget (minutes)", help_text="Leave empty to search until done."
+        required=False, min_value=0.01, label="Time budget (minutes)",
+        help_text="Minutes the search may run (not memory). Leave empty to search until done."
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
