@@ -44,6 +44,11 @@
     online.textContent = n.online ? "online" : "offline";
     online.className = "badge " + (n.online ? "ok" : "offline");
     cell(row, "active_deployment").textContent = n.active_deployment ? "#" + n.active_deployment : "—";
+    // The page named the bundle a rollback goes back to when it loaded; once the node switches, ask generically.
+    const rollback = document.getElementById("rollback-" + n.id);
+    if (rollback && rollback.dataset.active !== undefined && rollback.dataset.active !== String(n.active_deployment || "")) {
+      delete rollback.dataset.confirm;
+    }
   }
 
   async function catchUp() {
@@ -70,6 +75,9 @@
       } else if (button.dataset.rollback) {
         const nodeError = document.getElementById("rollback-error-" + button.dataset.rollback);
         nodeError.textContent = "";
+        // Ask as deploy does: a rollback switches what the node serves.
+        if (!window.confirm(button.dataset.confirm || ("Roll " + (button.dataset.nodeName || "this node")
+          + " back to the bundle it served before? It switches once that bundle is loaded and warmed up."))) return;
         try {
           upsertDeployment(await gemel.api("POST", "/api/nodes/" + button.dataset.rollback + "/rollback"));
         } catch (err) {

@@ -99,6 +99,15 @@
       return row;
     });
     bundleRows.replaceChildren(...rows);
+    // The configuration to deploy: the most saved among the deployable ones (as the page's server side picks).
+    const best = [...bundles.values()].filter((b) => b.deployable && b.saved_param_bytes > 0)
+      .sort((a, b) => b.saved_param_bytes - a.saved_param_bytes || b.index - a.index)[0];
+    const bestLine = document.getElementById("best-bundle");
+    bestLine.hidden = !best;
+    if (best) {
+      document.getElementById("best-bundle-link").href = urls.deployments + "#bundle-" + best.id;
+      document.getElementById("best-bundle-label").textContent = "config " + best.index + ", " + gemel.mib(best.saved_param_bytes) + " saved";
+    }
   }
 
   function addBundles(list) {

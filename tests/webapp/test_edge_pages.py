@@ -292,3 +292,28 @@ def test_deploy_buttons_skip_offline_nodes_mark_what_is_served_and_rollback_need
     rollback = _button(page, f"rollback-{online.pk}")
     assert "disabled" not in rollback and "back to the bundle of deployment" in rollback
     assert f'id="rollback-error-{online.pk}"' in page  # its errors appear beside it
+    # Like deploy, rollback asks first, naming what the node goes back to.
+    previous = Deployment.objects.order_by("id").first()
+    assert (f'data-confirm="Roll edge-1 back to the bundle of deployment #{previous.pk} '
+            f'(job {first.job_id} config {first.index})?') in rollback
+    assert 'data-node-name="edge-1"' in rollback
+    assert f'<tr id="bundle-{first.pk}">' in page and f'<tr id="bundle-{second.pk}">' in page  # job pages link here
+
+
+def test_a_job_page_links_to_its_best_configuration_on_the_deployments_page(operator_client):
+    from webapp.merges.models import MergeBundle
+
+    best = make_bundle()
+    job = best.job
+    below = make_bundle(job=job, meets=False)  # the newest, but below target: not the one to deploy
+    MergeBundle.objects.filter(pk=below.pk).update(saved_param_bytes=2 << 20)
+    page = operator_client.get(reverse("merge_job_detail", args=[job.pk])).content.decode()
+    link = page[page.rindex("<", 0, page.index('id="best-bundle-link"')):]
+    assert f'href="{reverse("deployments")}#bundle-{best.pk}"' in link.split(">", 1)[0]
+    assert f"config {best.index}, 1.0 MiB saved" in page
+    deployments = operator_client.get(reverse("deployments")).content.decode()
+    assert f'<tr id="bundle-{best.pk}">' in deployments  # the anchor it points at
+
+    nothing = make_bundle(meets=False)
+    page = operator_client.get(reverse("merge_job_detail", args=[nothing.job_id])).content.decode()
+    assert '<p id="best-bundle" hidden>' in page

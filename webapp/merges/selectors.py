@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
+from django.urls import reverse
 from django.utils import timezone
 
 from gemel_engine.bundle import BUNDLE_FILE_NAMES
@@ -253,6 +254,13 @@ def merge_bundle_data(bundle: MergeBundle) -> dict[str, Any]:
     }
 
 
+def merge_job_best_bundle(bundles: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Return the configuration (``merge_bundle_data``) to deploy from a job's: the one that saves the most among
+    those that save memory and may be deployed (the newest on a tie), or None when there is none."""
+    candidates = [b for b in bundles if b["deployable"] and b["saved_param_bytes"] > 0]
+    return max(candidates, key=lambda b: (b["saved_param_bytes"], b["index"]), default=None)
+
+
 def merge_job_page_data(job: MergeJob) -> dict[str, Any]:
     """Return what the job page's script starts from: the job, its queries' targets, events and bundles."""
     return {
@@ -269,5 +277,6 @@ def merge_job_page_data(job: MergeJob) -> dict[str, Any]:
             "bundles": f"/api/merge-jobs/{job.pk}/bundles",
             "cancel": f"/api/merge-jobs/{job.pk}/cancel",
             "live": f"/ws/merge-jobs/{job.pk}/",
+            "deployments": reverse("deployments"),
         },
     }

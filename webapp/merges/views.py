@@ -58,8 +58,9 @@ def _start(request: HttpRequest) -> HttpResponse:
 def merge_job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     """Show a job live: savings over time, accuracy per query against its target, bundles and events."""
     job = _job_or_404(job_id)
+    page_data = selectors.merge_job_page_data(job)
     context = {
-        "job": job, "page_data": selectors.merge_job_page_data(job),
+        "job": job, "page_data": page_data, "best_bundle": selectors.merge_job_best_bundle(page_data["bundles"]),
         "bundles": selectors.merge_job_bundles(job), "queries": job.queries.all(),
     }
     return render(request, "merges/job_detail.html", context)
