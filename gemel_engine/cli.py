@@ -304,18 +304,23 @@ class _MergeReporter:
                 f"{name} {value:.3f}/{event['required'][name]:.3f}" for name, value in sorted(event["accuracy"].items())
             )
             left = "" if event["budget_left"] is None else f", {event['budget_left'] / 60:.1f} min of budget left"
-            line = f"round {event['round']}: step {event['steps']} of {event['max_steps']}; {accuracies}{left}"
+            eta = event.get("round_seconds_left")
+            ends = "" if eta is None else f", round done in at most ~{eta / 60:.1f} min"
+            line = f"round {event['round']}: step {event['steps']} of {event['max_steps']}; {accuracies}{ends}{left}"
         elif kind == "round.cut":
             line = (f"round {event['round']}: cut ({event['stopped']}) after {event['steps']} of "
                     f"{event['max_steps']} steps")
+        elif kind == "search.preparing":
+            counted = "" if event.get("total") is None else f" ({event['done']} of {event['total']})"
+            line = f"preparing: {event['stage']}{counted}"
         elif kind == "search.started":
             start = "resuming" if event["resumed"] else "starting"
             line = f"search ({event['strategy']}): {start}, {event['queued_trials']} trials queued"
         else:
             return
         if self.live:
-            print(f"\r\033[K{line}", end="" if kind in ("round.started", "round.progress") else "\n",
-                  file=sys.stderr, flush=True)
+            same_line = kind in ("search.preparing", "round.started", "round.progress")
+            print(f"\r\033[K{line}", end="" if same_line else "\n", file=sys.stderr, flush=True)
         else:
             print(line, file=sys.stderr, flush=True)
 

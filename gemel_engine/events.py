@@ -15,6 +15,9 @@ Event = dict[str, Any]
 Progress = Callable[[Event], None]
 
 EVENT_TYPES = (
+    # Before the first round: loading the models, reading and labelling frames, measuring the unmerged models
+    # (``stage``: what is being done; ``done`` of ``total`` when it is counted, else None).
+    "search.preparing",
     "search.started",
     "round.started",
     "round.progress",

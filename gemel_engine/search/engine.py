@@ -194,6 +194,19 @@ def search_outcome(
             f"run all {most} steps")
 
 
+def round_seconds_left(seconds: float, steps: int, max_steps: int) -> float | None:
+    """Return about how many seconds a round needs to run its last steps (up to ``max_steps``), at the pace of
+    its first ``steps`` (which took ``seconds``, checks included), rounded to a tenth; 0.0 at or past the cap.
+    A round ends sooner when its targets are met or it looks hopeless, so this is an upper estimate.
+
+    Returns:
+        The estimate, or None before the first step (no pace yet).
+    """
+    if steps <= 0:
+        return None
+    return round(max(0, max_steps - steps) * seconds / steps, 1)
+
+
 class MergeSearch:
     """One search job over a workload, in a job directory."""
 
@@ -232,14 +245,25 @@ class MergeSearch:
 
     # -- set-up -----------------------------------------------------------------------------------
 
+    def _preparing(self, stage: str, done: int | None = None, total: int | None = None) -> None:
+        """Report a set-up stage (``search.preparing``) so the time before the first round is not silent."""
+        emit(self.progress, "search.preparing", stage=stage, done=done, total=total)
+
     def _unmerged(self) -> ModelSet:
+        self._preparing(f"loading the {len(self.workload.queries)} unmerged models")
         return ModelSet({e.name: self.workload.load_model(e) for e in self.workload.queries}).to(self.device)
 
     def _query_data(self, unmerged: ModelSet | None) -> dict[str, QueryData]:
-        frames = {c.name: camera_frames(self.workload, c) for c in self.workload.cameras}
+        frames = {}
+        cameras = self.workload.cameras
+        for index, camera in enumerate(cameras, 1):
+            self._preparing(f"reading the frames of camera {camera.name}", index, len(cameras))
+            frames[camera.name] = camera_frames(self.workload, camera)
         data = {}
         most = self.round_budget.check_frames
-        for entry in self.workload.queries:
+        queries = self.workload.queries
+        for index, entry in enumerate(queries, 1):
+            self._preparing(f"labelling the frames of {entry.name}", index, len(queries))
             labelled = query_data(self.workload, entry, frames[entry.query.camera])
             logits = None
             if self.strategy.options.distill > 0 and not entry.query.task.is_detection:
@@ -278,11 +302,13 @@ class MergeSearch:
     def _save_state(self, state: _State) -> None:
         write_json_atomically(self.out_dir / STATE_NAME, state.to_json())
 
-    def _save_config(self, models: ModelSet, state: _State, data: dict[str, QueryData]) -> dict[str, Any]:
+    def _save_config(
+        self, models: ModelSet, state: _State, data: dict[str, QueryData], *, announce: bool = False
+    ) -> dict[str, Any]:
         index = len(state.bundles)
         path = self.out_dir / "bundles" / f"config-{index:03d}"
         saved = footprint(models).saved_param_bytes
-        measured = self._measure_all(models, data)
+        measured = self._measure_all(models, data, announce=announce)
         save_bundle(
             models, state.accepted, path, recipes=self.recipes, overwrite=True,
             metadata={
@@ -320,6 +346,7 @@ class MergeSearch:
         state = self._load_state()
         resumed = state is not None
         if state is not None and state.bundles:
+            self._preparing(f"loading the configuration saved after round {state.rounds}")
             models = load_bundle(state.bundles[-1]["path"], device=self.device).models
             data = self._query_data(None)
         else:
@@ -328,7 +355,7 @@ class MergeSearch:
         if state is None:
             state = self._fresh_state(models)
             saving_started = time.monotonic()
-            self._save_config(models, state, data)
+            self._save_config(models, state, data, announce=True)
             self._closing_seconds = time.monotonic() - saving_started
             self._save_state(state)
         base = state.elapsed
@@ -382,12 +409,15 @@ class MergeSearch:
         candidate = copy.deepcopy(models)
         apply_plan(candidate, MergePlan(tuple(trial), state.accepted.mode), warm_start=self.strategy.options.warm_start)
         round_started = elapsed()
+        round_clock = time.monotonic()
         required = {n: data[n].required for n in affected}
 
         def checked(steps: int, accuracies: dict[str, float]) -> None:
+            now = time.monotonic()
             emit(self.progress, "round.progress", round=round_index, steps=steps,
                  max_steps=self.round_budget.max_steps, accuracy=accuracies, required=required, elapsed=elapsed(),
-                 budget_left=None if deadline is None else max(0.0, deadline - time.monotonic()))
+                 budget_left=None if deadline is None else max(0.0, deadline - now),
+                 round_seconds_left=round_seconds_left(now - round_clock, steps, self.round_budget.max_steps))
 
         outcome = joint_retrain(
             candidate, affected, data, self.round_budget, seed=self.config.seed + round_index, cancel=self.cancel,
@@ -430,11 +460,16 @@ class MergeSearch:
                  bytes_saved=state.bundles[-1]["saved_param_bytes"], elapsed=state.elapsed)
         return models
 
-    def _measure_all(self, models: ModelSet, data: dict[str, QueryData]) -> dict[str, tuple[Measurement, Measurement]]:
+    def _measure_all(
+        self, models: ModelSet, data: dict[str, QueryData], *, announce: bool = False
+    ) -> dict[str, tuple[Measurement, Measurement]]:
         """Return each query's (validation, test) measurement of its current weights, measuring only the queries
-        whose weights changed since they were last measured."""
-        for name, query in data.items():
+        whose weights changed since they were last measured (each reported as a set-up stage with ``announce``:
+        the start configuration's unmerged models)."""
+        for index, (name, query) in enumerate(data.items(), 1):
             if name not in self._measured:
+                if announce:
+                    self._preparing(f"measuring the unmerged model {name}", index, len(data))
                 val, test = measure_sets(
                     models[name], (query.val, self._test_frames[name]), query.task, calibration=query.train
                 )

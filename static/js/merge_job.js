@@ -14,6 +14,7 @@
   const cancelForm = document.getElementById("cancel-form");
   const cancelButton = document.getElementById("cancel-job");
   const cancelMessage = document.getElementById("cancel-message");
+  const progressLine = document.getElementById("job-progress");
 
   let lastSeq = 0;
   let points = 0;
@@ -22,6 +23,7 @@
   // Plotly reads a small HTML subset in labels; escaping keeps a query name literal text.
   const plotlyText = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
   const mib = (bytes) => bytes / 1048576;
+  const minutes = (seconds) => (seconds < 90 ? Math.round(seconds) + " s" : (seconds / 60).toFixed(1) + " min");
 
   function el(tag, text, className) {
     const node = document.createElement(tag);
@@ -119,11 +121,14 @@
   function describe(event) {
     const p = event.payload || {};
     switch (event.type) {
+      case "search.preparing": return "preparing: " + p.stage + (p.total ? " (" + p.done + " of " + p.total + ")" : "");
       case "search.started": return (p.resumed ? "resumed after round " + p.rounds : "started") + ", " + p.queued_trials + " trials queued";
       case "round.started": return "round " + p.round + ": trying " + p.trial_layers + " shared layers";
       case "round.progress": return "round " + p.round + ": step " + p.steps + " of " + p.max_steps + "; "
         + Object.keys(p.accuracy || {}).sort().map((name) => name + " " + p.accuracy[name].toFixed(3) + " (target "
           + p.required[name].toFixed(3) + ")").join(", ")
+        + (p.round_seconds_left === null || p.round_seconds_left === undefined ? ""
+          : "; round done in at most ~" + minutes(p.round_seconds_left))
         + (p.budget_left === null || p.budget_left === undefined ? "" : "; " + (p.budget_left / 60).toFixed(1) + " min of budget left");
       case "round.cut": return "round " + p.round + " cut (" + (p.stopped === "deadline" ? "budget" : p.stopped) + ") after "
         + p.steps + " of " + p.max_steps + " steps";
@@ -140,10 +145,22 @@
     }
   }
 
+  // What the job is doing now, from its newest event: a set-up stage, or the running round with its estimate.
+  const progressTypes = new Set(["search.preparing", "search.started", "round.started", "round.progress", "round.cut",
+    "round.finished", "search.finished", "search.cancelled", "search.failed"]);
+  function showProgress(event) {
+    if (!progressTypes.has(event.type)) return;
+    const ended = ["search.finished", "search.cancelled", "search.failed"].includes(event.type);
+    progressLine.textContent = ended ? "" : describe(event);
+    progressLine.hidden = ended;
+    progressLine.dataset.type = event.type;
+  }
+
   function addEvent(event) {
     if (event.seq <= lastSeq) return;
     lastSeq = event.seq;
     const p = event.payload || {};
+    showProgress(event);
     if (event.type === "search.started" && !p.resumed) addPoint(0, 0);
     if (event.type === "round.finished") addPoint(p.elapsed, p.bytes_saved);
     const item = el("li");

@@ -112,7 +112,7 @@ def test_gemel_merges_the_tiny_workload_and_every_query_keeps_its_target(tiny_wo
 
     result = run_search(tiny_workload, tmp_path / "job", SearchConfig(strategy="gemel"), progress=record)
     types = [e["type"] for e in events]
-    assert types[0] == "search.started" and types[-1] == "search.finished"
+    assert types[0] == "search.preparing" and types[-1] == "search.finished"
     assert "config.accepted" in types and "round.finished" in types
     assert result.savings_fraction > 0.3
     assert all(q["meets_target"] for q in result.queries)
@@ -365,6 +365,87 @@ def test_a_round_reports_its_progress_and_a_cut_round_is_reported_with_its_steps
     assert unfinished["accuracy"] == progress["accuracy"] and unfinished["stopped"] == "cancelled"
     assert result.outcome == result.to_json()["outcome"]
     assert "inside round 1 after 2 of 6 steps" in result.outcome and "nothing saved" in result.outcome
+
+
+@pytest.fixture
+def micro_workload(monkeypatch, tmp_path: Path):
+    """A real demo workload small enough to build in seconds: one short camera, two MobileNet-v3 presence queries
+    trained two steps each (the session's tiny workload takes minutes on a busy CPU)."""
+    from gemel_engine.data.sampling import SamplingSpec
+    from gemel_engine.demo import SCALES, DemoScale, build_demo
+    from gemel_engine.queries import Query as EngineQuery
+    from gemel_engine.queries import Task
+    from gemel_engine.train import TrainArgs
+    from gemel_engine.workload import CameraSpec, QueryEntry
+
+    camera = CameraSpec("micro_cam", "synthetic://micro_cam?seed=3&width=64&height=48&fps=5&frames=40",
+                        SamplingSpec(size=(32, 32)), val_fraction=0.3, test_fraction=0.2, gap_seconds=0.0)
+    task = Task("presence", ("car", "bus", "truck"))
+    monkeypatch.setitem(SCALES, "micro", DemoScale(
+        name="micro", cameras=(camera,),
+        queries=tuple(QueryEntry(EngineQuery(n, "micro_cam", "mobilenet_v3_small", task)) for n in ("m_a", "m_b")),
+        train={"mobilenet_v3_small": TrainArgs(steps=2, batch_size=8, device="cpu")},
+    ))
+    return build_demo("micro", tmp_path / "micro")
+
+
+def test_the_set_up_before_the_first_round_is_reported_stage_by_stage(micro_workload, tmp_path: Path):
+    events: list[dict] = []
+    run_search(micro_workload, tmp_path / "job", SearchConfig(strategy="none"), progress=events.append)
+    types = [e["type"] for e in events]
+    started = types.index("search.started")
+    assert started > 0 and set(types[:started]) == {"search.preparing"}  # no silence before search.started
+    stages = [(e["stage"], e["done"], e["total"]) for e in events[:started]]
+    assert stages == [
+        ("loading the 2 unmerged models", None, None),
+        ("reading the frames of camera micro_cam", 1, 1),
+        ("labelling the frames of m_a", 1, 2),
+        ("labelling the frames of m_b", 2, 2),
+        ("measuring the unmerged model m_a", 1, 2),
+        ("measuring the unmerged model m_b", 2, 2),
+    ]
+
+
+def test_a_rounds_progress_estimates_the_time_the_round_has_left(micro_workload, tmp_path: Path, monkeypatch):
+    import time
+
+    def two_slow_steps_then_cancelled(models, affected, data, budget, *, on_check, **_kwargs):
+        time.sleep(0.2)  # two steps of 0.1 s
+        on_check(2, dict.fromkeys(affected, 0.5))
+        return RetrainOutcome(dict.fromkeys(affected, 0.5), dict.fromkeys(affected, False), 2, "cancelled", 0.2)
+
+    monkeypatch.setattr(search_engine, "joint_retrain", two_slow_steps_then_cancelled)
+    events: list[dict] = []
+    config = SearchConfig(strategy="all", round_budget=RetrainBudget(max_steps=6))
+    run_search(micro_workload, tmp_path / "job", config, progress=events.append)
+    [progress] = [e for e in events if e["type"] == "round.progress"]
+    # 4 steps left at the 0.1 s pace of the first 2: about 0.4 s.
+    assert progress["steps"] == 2 and 0.35 <= progress["round_seconds_left"] <= 1.0
+
+
+def test_a_round_estimates_its_time_left_from_the_pace_of_its_steps_so_far():
+    from gemel_engine.search.engine import round_seconds_left
+
+    assert round_seconds_left(60.0, 20, 120) == 300.0  # 3 s a step, 100 steps to go
+    assert round_seconds_left(60.0, 120, 120) == 0.0
+    assert round_seconds_left(0.0, 0, 120) is None  # no pace before the first step
+
+
+def test_the_merge_progress_printer_shows_set_up_stages_and_the_round_estimate(capsys):
+    from gemel_engine.cli import _MergeReporter
+
+    reporter = _MergeReporter(quiet=False)
+    reporter.live = False
+    reporter({"type": "search.preparing", "stage": "measuring the unmerged model q1", "done": 2, "total": 6})
+    reporter({"type": "search.preparing", "stage": "loading the 6 unmerged models", "done": None, "total": None})
+    reporter({"type": "round.progress", "round": 1, "steps": 20, "max_steps": 120, "accuracy": {"q": 0.5},
+              "required": {"q": 0.6}, "budget_left": 600.0, "round_seconds_left": 300.0})
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "preparing: measuring the unmerged model q1 (2 of 6)",
+        "preparing: loading the 6 unmerged models",
+        "round 1: step 20 of 120; q 0.500/0.600, round done in at most ~5.0 min, 10.0 min of budget left",
+    ]
 
 
 def test_the_outcome_of_a_search_cut_by_its_budget_says_what_budget_the_round_needed():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from django.test import Client
 from django.urls import reverse
@@ -101,6 +102,26 @@ def test_it_renders_hostile_query_names_as_text(operator_client, db):
     assert data["queries"][0]["name"] == HOSTILE and HOSTILE in data["bundles"][0]["accuracies"]
     assert 'id="savings-chart"' in html and 'data-points="0"' in html and 'id="accuracy-chart"' in html
     assert 'id="cancel-job"' in html and 'id="job-status"' in html
+
+
+def test_the_job_page_shows_the_set_up_stage_and_the_rounds_time_left_as_they_arrive(operator_client, db):
+    from django.contrib.staticfiles import finders
+
+    from webapp.merges.services import ProgressRecorder
+
+    job = make_job(queries=make_ready_queries(), status=Status.RUNNING, attempts=1)
+    record = ProgressRecorder(job.pk, 1)
+    record({"type": "search.preparing", "stage": "measuring the unmerged model q0", "done": 1, "total": 3, "at": 0})
+    record({"type": "round.progress", "round": 1, "steps": 20, "max_steps": 120, "accuracy": {}, "required": {},
+            "elapsed": 70.0, "budget_left": 500.0, "round_seconds_left": 300.0, "at": 0})
+    html = operator_client.get(reverse("merge_job_detail", args=[job.pk])).content.decode()
+    assert '<p id="job-progress"' in html  # the line the script fills from the newest event
+    data = json.loads(html[html.index('id="merge-job-data"'):].split(">", 1)[1].split("</script>", 1)[0])
+    events = {e["type"]: e["payload"] for e in data["events"]}
+    assert events["search.preparing"]["stage"] == "measuring the unmerged model q0"
+    assert events["round.progress"]["round_seconds_left"] == 300.0
+    script = Path(finders.find("js/merge_job.js")).read_text()
+    assert 'case "search.preparing"' in script and "p.round_seconds_left" in script
 
 
 def test_the_job_page_has_no_cancel_button_for_viewers(viewer_client, db):

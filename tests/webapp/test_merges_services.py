@@ -148,7 +148,9 @@ def test_it_runs_a_job_recording_every_event_and_saved_configuration(operator, t
     job = merge_job_run(job=MergeJob.objects.get(pk=job.pk))
     assert job.status == Status.SUCCEEDED, job.error
     types = list(job.events.values_list("type", flat=True))
-    assert types[:2] == ["job.claimed", "search.started"] and types[-1] == "search.finished"
+    assert types[0] == "job.claimed" and types[-1] == "search.finished"
+    started = types.index("search.started")  # the set-up before it is reported stage by stage, not silent
+    assert started > 1 and set(types[1:started]) == {"search.preparing"}
     assert list(job.events.values_list("seq", flat=True)) == list(range(1, len(types) + 1))
     bundles = list(job.bundles.order_by("index"))
     assert len(bundles) == types.count("config.accepted") + 1  # the unmerged start, then each accepted one
