@@ -306,6 +306,8 @@ def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = N
             progress({
                 "type": "demo.trained", "query": entry.name, "arch": entry.query.arch,
                 "accuracy": done.unmerged_accuracy, "chance": done.chance_accuracy, "seconds": result.seconds,
+                # What one training frame cost here (forward and backward): the pace a merge retrains it at.
+                "train_frame_seconds": result.seconds / (args.steps * args.batch_size),
                 "test": done.unmerged_test.to_json() if done.unmerged_test else None,
                 "train_frames": len(labelled.train), "val_frames": len(labelled.val), "test_frames": len(labelled.test),
             })

@@ -10,7 +10,13 @@ from gemel_engine.search.engine import (
     run_search,
     saved_configs,
 )
-from gemel_engine.search.retrain import QueryData, RetrainBudget, RetrainOutcome, joint_retrain
+from gemel_engine.search.retrain import (
+    QueryData,
+    RetrainBudget,
+    RetrainOutcome,
+    estimate_round_seconds,
+    joint_retrain,
+)
 from gemel_engine.search.strategies import (
     Strategy,
     describe_strategies,
@@ -31,6 +37,7 @@ __all__ = [
     "bundle_evaluation",
     "bundle_test_report",
     "describe_strategies",
+    "estimate_round_seconds",
     "get_strategy",
     "joint_retrain",
     "list_strategies",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -86,6 +86,30 @@ class RetrainBudget:
         """Return the steps until the next validation, given each lagging query's shortfall below target."""
         near = shortfalls and max(shortfalls) <= self.near_margin
         return min(self.eval_every, self.eval_every_near) if near else self.eval_every
+
+
+def estimate_round_seconds(
+    frame_seconds: Mapping[str, float], detection: Collection[str] = (), budget: RetrainBudget | None = None
+) -> float:
+    """Return about how long a round of joint retraining of these queries takes when it runs all its steps:
+    ``budget.max_steps`` steps, each training every query on one batch (``batch_size`` frames, or
+    ``detection_batch_size`` for the queries named in ``detection``) at its measured seconds per training frame
+    (``frame_seconds``: what training its unmerged model took on this machine, per frame). In-round checks and
+    the round's final measurement are not counted, so a real round takes somewhat longer.
+
+    Returns:
+        Seconds (0.0 for no queries).
+
+    Raises:
+        TrainingError: a per-frame time that is negative or not finite.
+    """
+    budget = budget or RetrainBudget()
+    per_step = 0.0
+    for name, seconds in frame_seconds.items():
+        if not math.isfinite(seconds) or seconds < 0:
+            raise TrainingError(f"{name}: seconds per training frame must be a number >= 0, got {seconds!r}")
+        per_step += seconds * (budget.detection_batch_size if name in detection else budget.batch_size)
+    return per_step * budget.max_steps
 
 
 def check_subset(val: LabelledFrames, most: int) -> LabelledFrames | None:

@@ -431,6 +431,18 @@ def test_a_round_estimates_its_time_left_from_the_pace_of_its_steps_so_far():
     assert round_seconds_left(0.0, 0, 120) is None  # no pace before the first step
 
 
+def test_the_round_estimate_of_a_budget_hint_counts_each_query_at_its_batch_and_measured_pace():
+    from gemel_engine.search import RetrainBudget, estimate_round_seconds
+    from gemel_engine.train import TrainingError
+
+    budget = RetrainBudget(max_steps=100, batch_size=32, detection_batch_size=8)
+    # (32 × 0.01 + 8 × 0.5) s a step for 100 steps.
+    assert estimate_round_seconds({"c": 0.01, "d": 0.5}, {"d"}, budget) == pytest.approx(432.0)
+    assert estimate_round_seconds({}) == 0.0
+    with pytest.raises(TrainingError, match="c: seconds per training frame"):
+        estimate_round_seconds({"c": float("nan")})
+
+
 def test_the_merge_progress_printer_shows_set_up_stages_and_the_round_estimate(capsys):
     from gemel_engine.cli import _MergeReporter
 

@@ -52,7 +52,7 @@ def test_the_start_form_describes_each_strategy_and_can_take_every_ready_query(o
     page = operator_client.get(reverse("merge_jobs")).content.decode()
     assert "gemel: The paper&#x27;s heuristic" in page and "all: Share every shareable layer" in page
     assert 'type="checkbox" name="queries"' in page and 'id="id_all_ready"' in page
-    assert 'id="budget-hint"' not in page  # no finished job yet to learn a budget from
+    assert 'id="budget-hint"' not in page  # no finished job, and no model the demo build timed, to go by
     response = operator_client.post(reverse("merge_jobs"), {"all_ready": "on", "strategy": "gemel",
                                                             "budget_minutes": "2.5"})
     assert response.status_code == 302
@@ -66,6 +66,31 @@ def test_the_start_form_suggests_a_budget_from_the_jobs_that_saved_memory_here(o
     MergeJob.objects.create(status=MergeJob.Status.SUCCEEDED, result={"timeline": [[0.0, 0.0]]})  # saved nothing
     page = operator_client.get(reverse("merge_jobs")).content.decode()
     assert "first saved memory after a median of 4.0 min (3 job(s))" in page
+
+
+def test_a_first_job_gets_a_budget_hint_from_the_training_pace_the_demo_build_measured(operator_client, db):
+    from gemel_engine.search import RetrainBudget
+
+    queries = make_ready_queries()
+    # 10 ms a classifier frame, 0.5 s a detector frame: 32 × 0.01 × 2 + 8 × 0.5 = 4.64 s a step, 120 steps.
+    for query, seconds in zip(queries, (0.01, 0.01, 0.5), strict=True):
+        query.train_frame_seconds = seconds
+        if seconds == 0.5:
+            query.task = {**query.task, "kind": "detection"}
+        query.save()
+    assert RetrainBudget().max_steps == 120 and RetrainBudget().batch_size == 32
+    page = operator_client.get(reverse("merge_jobs")).content.decode()
+    assert 'id="budget-hint"' in page and "No job has saved memory here yet" in page
+    assert "the training pace the demo build measured" in page  # says what it is based on
+    assert "all 3 timed queries together runs up to 120 steps in about 9.3 min" in page
+    assert "give it more than 10 min" in page
+    queries[0].train_frame_seconds = None
+    queries[0].save()
+    page = operator_client.get(reverse("merge_jobs")).content.decode()
+    assert "all 2 timed queries together (1 other ready query not timed)" in page
+    MergeJob.objects.create(status=MergeJob.Status.SUCCEEDED, result={"timeline": [[0.0, 0.0], [300.0, 1e6]]})
+    page = operator_client.get(reverse("merge_jobs")).content.decode()  # a job's own history wins once there is one
+    assert "first saved memory after a median of 5.0 min (1 job(s))" in page and "demo build" not in page
 
 
 def test_it_refuses_a_viewer_who_posts_the_start_form_or_cancels(viewer_client, db):

@@ -117,6 +117,8 @@ def test_a_real_build_registers_each_query_as_soon_as_its_model_is_trained(micro
     assert first.unmerged_accuracy == built.query("m_a").unmerged_accuracy
     assert first.created_at.timestamp() < workload_file.stat().st_mtime  # registered before the build ended
     assert ModelEntry.objects.get(name="m_b").weights_sha256
+    # The pace training took here, kept for a first merge's budget hint.
+    assert all(q.train_frame_seconds and q.train_frame_seconds > 0 for q in Query.objects.all())
 
 
 def test_a_running_build_shows_its_progress_on_the_overview_and_blocks_a_second_one(operator_client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from datetime import timedelta
 from pathlib import Path
@@ -13,9 +14,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from gemel_engine.bundle import BUNDLE_FILE_NAMES
-from gemel_engine.search import describe_strategies, list_strategies
+from gemel_engine.search import RetrainBudget, describe_strategies, estimate_round_seconds, list_strategies
 from webapp.merges.models import MergeBundle, MergeEvent, MergeJob
 from webapp.workloads.engine import query_required_test_accuracy
+from webapp.workloads.models import Query
 
 # Files of a bundle, in the order an agent should fetch them.
 FINISHED = (MergeJob.Status.SUCCEEDED, MergeJob.Status.FAILED, MergeJob.Status.CANCELLED)
@@ -32,8 +34,9 @@ def merge_strategy_descriptions() -> dict[str, str]:
 
 
 def merge_budget_hint(*, recent: int = 20) -> str | None:
-    """Return what the finished jobs here say about budgets: the median minutes until a job first saved memory,
-    over the newest ``recent`` jobs that saved any, or None when no job has yet."""
+    """Return what this machine says about budgets: the median minutes until a job first saved memory, over the
+    newest ``recent`` jobs that saved any; before any has, the engine's estimate of one full round over the ready
+    queries at the training pace the demo build measured (``first_merge_budget_hint``); None without either."""
     firsts = []
     for result in MergeJob.objects.filter(status=MergeJob.Status.SUCCEEDED).order_by("-id").values_list(
         "result", flat=True
@@ -43,10 +46,30 @@ def merge_budget_hint(*, recent: int = 20) -> str | None:
         if saved_at is not None:
             firsts.append(saved_at)
     if not firsts:
-        return None
+        return first_merge_budget_hint()
     median = statistics.median(firsts)
     return (f"On this machine, earlier jobs first saved memory after a median of {median / 60:.1f} min "
             f"({len(firsts)} job(s)); a budget shorter than that will likely end with nothing saved.")
+
+
+def first_merge_budget_hint() -> str | None:
+    """Return a budget suggestion for a first job, from the seconds per training frame the demo build measured
+    for the ready queries' models (``Query.train_frame_seconds``) and the engine's round budget: about how long
+    one round of joint retraining of all of them runs when it takes all its steps. None when no ready query
+    has a measured pace."""
+    timed = Query.objects.filter(status=Query.Status.READY, train_frame_seconds__isnull=False)
+    paces = {q.name: q.train_frame_seconds for q in timed}
+    if not paces:
+        return None
+    detection = {q.name for q in timed if (q.task or {}).get("kind") == "detection"}
+    budget = RetrainBudget()
+    minutes = estimate_round_seconds(paces, detection, budget) / 60
+    untimed = Query.objects.filter(status=Query.Status.READY, train_frame_seconds__isnull=True).count()
+    others = f" ({untimed} other ready quer{'y' if untimed == 1 else 'ies'} not timed)" if untimed else ""
+    return (f"No job has saved memory here yet. At the training pace the demo build measured on this machine, "
+            f"one round retraining all {len(paces)} timed queries together{others} runs up to {budget.max_steps} "
+            f"steps in about {minutes:.1f} min, and loading and measuring the models comes first: give it more than "
+            f"{math.ceil(minutes)} min, or round 1 will likely be cut with nothing saved.")
 
 
 def merge_job_group(job_id: int) -> str:

@@ -80,6 +80,9 @@ class Query(models.Model):
     # The unmerged model on held-out test frames: gemel_engine.accuracy.Measurement JSON (accuracy, 95% interval,
     # frames); the reference of the deploy gate.
     unmerged_test = models.JSONField(null=True, blank=True)
+    # Seconds one training frame of its unmerged model took on this machine (forward and backward), as the demo
+    # build measured while training it; None for a model trained elsewhere. A first job's budget hint reads it.
+    train_frame_seconds = models.FloatField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_detail = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

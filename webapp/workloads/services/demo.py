@@ -125,8 +125,8 @@ def _demo_build(scale: str) -> None:
     cameras = {camera.name: camera for camera in spec.cameras}
     registered: set[str] = set()
 
-    def register(entry: QueryEntry) -> None:
-        _demo_register(entry, cameras[entry.query.camera], out_dir)
+    def register(entry: QueryEntry, train_frame_seconds: float | None = None) -> None:
+        _demo_register(entry, cameras[entry.query.camera], out_dir, train_frame_seconds=train_frame_seconds)
         registered.add(entry.name)
         _seed_progress(scale, queries_registered=len(registered), detail=f"registered {entry.name}")
 
@@ -143,7 +143,7 @@ def _demo_build(scale: str) -> None:
                 entry, weights=f"weights/{entry.name}.safetensors", unmerged_accuracy=event["accuracy"],
                 chance_accuracy=event["chance"],
                 unmerged_test=Measurement.from_json(event["test"]) if event.get("test") else None,
-            ))
+            ), train_frame_seconds=event.get("train_frame_seconds"))
 
     try:
         saved = out_dir / "workload.json"
@@ -160,8 +160,11 @@ def _demo_build(scale: str) -> None:
         _seed_progress(scale, status=DemoSeed.Status.READY, detail=f"{len(registered)} queries ready")
 
 
-def _demo_register(entry: QueryEntry, spec: CameraSpec, out_dir: Path) -> Query:
-    """Register (or reuse) the camera, model and query of one trained demo query."""
+def _demo_register(
+    entry: QueryEntry, spec: CameraSpec, out_dir: Path, *, train_frame_seconds: float | None = None
+) -> Query:
+    """Register (or reuse) the camera, model and query of one trained demo query, with the seconds per training
+    frame the build measured (None when it was not trained by this build)."""
     camera = Camera.objects.filter(name=spec.name).first()
     if camera is None:
         _, scene = synthetic_config(spec.source)
@@ -187,5 +190,5 @@ def _demo_register(entry: QueryEntry, spec: CameraSpec, out_dir: Path) -> Query:
         target_fraction=entry.query.target.relative or 0.95, status=Query.Status.READY,
         unmerged_accuracy=entry.unmerged_accuracy, chance_accuracy=entry.chance_accuracy,
         unmerged_test=entry.unmerged_test.to_json() if entry.unmerged_test else None,
-        status_detail="measured while the demo was built",
+        status_detail="measured while the demo was built", train_frame_seconds=train_frame_seconds,
     )
