@@ -94,6 +94,7 @@
     for (const chart of Object.values(queryCharts)) extendQueries(chart, fresh);
     const newest = fresh[fresh.length - 1];
     drawPerModel(newest);
+    refreshAttention();
     document.getElementById("simulated-badge").hidden = !newest.simulated;
     setOnline(true);
   }
@@ -125,6 +126,32 @@
       pending = null;
       addSamples(queued.sort((a, b) => a.id - b.id));
     }
+  }
+
+  // What limits the node and which served queries are starved or below target: computed by the server from the
+  // newest samples, so it is fetched again (at most every few seconds) as samples arrive.
+  const attention = document.getElementById("node-attention");
+  let attentionAsked = 0;
+  async function refreshAttention() {
+    const now = Date.now();
+    if (!data.attention_url || now - attentionAsked < 5000) return;
+    attentionAsked = now;
+    try {
+      const found = await gemel.api("GET", data.attention_url);
+      const limit = document.getElementById("node-limit");
+      limit.hidden = !found.limit;
+      limit.querySelector("[data-field=limit]").textContent = found.limit || "";
+      document.getElementById("node-alerts").replaceChildren(...found.alerts.map((item) => {
+        const row = document.createElement("li");
+        row.className = "error";
+        row.dataset.query = item.query;
+        const name = document.createElement("strong");
+        name.textContent = item.query;
+        row.append(name, document.createTextNode(": " + item.alert));
+        return row;
+      }));
+      attention.hidden = !found.limit && !found.alerts.length;
+    } catch (error) { /* the next sample asks again */ }
   }
 
   document.getElementById("node-select").addEventListener("change", (event) => event.target.form.submit());

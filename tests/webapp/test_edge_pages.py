@@ -199,6 +199,35 @@ def test_the_overview_flags_a_starved_query_and_one_below_its_target_first(opera
     assert fine.name in table and starved.name in table
 
 
+def test_the_monitor_shows_the_overviews_alerts_beside_what_limits_the_node_and_serves_them_live(operator_client):
+    from django.test import Client
+    from django.utils import timezone
+
+    node, _ = make_node()
+    starved, low = make_query("a_starved"), make_query("b_low", camera="east", seed=2)
+    make_query("c_fine", camera="west", seed=3)
+    required = low.target_fraction * low.unmerged_test["accuracy"]
+    url = reverse("monitor_attention", args=[node.pk])
+    assert operator_client.get(url).json() == {"limit": None, "alerts": []}  # no sample yet
+    page = operator_client.get(reverse("monitor"), {"node": node.pk}).content.decode()
+    assert '<section class="card" id="node-attention" hidden>' in page and url in page  # the script's address
+    metrics_record(node=node, at=timezone.now(), deployment=None, simulated=True,
+                   memory={"resident_bytes": 6, "shared_bytes": 1, "per_model_bytes": {}},
+                   queries={"a_starved": {"fps": 0.0, "drop_rate": 0.97, "effective_accuracy": 0.2},
+                            "b_low": {"fps": 5.0, "drop_rate": 0.01, "effective_accuracy": round(required - 0.05, 3)},
+                            "c_fine": {"fps": 5.0, "drop_rate": 0.01, "effective_accuracy": 0.95}})
+    page = operator_client.get(reverse("monitor"), {"node": node.pk}).content.decode()
+    card = page[page.index('id="node-attention"'):page.index("</section>", page.index('id="node-attention"'))]
+    assert 'id="node-limit"' in card and "compute: up to 97%" in card  # what limits it, beside the alerts
+    assert f'<li class="error" data-query="{starved.name}"><strong>a_starved</strong>: starved: 97%' in card
+    assert f"below target: effective accuracy {required - 0.05:.3f} &lt; {required:.3f} required" in card
+    assert "c_fine" not in card
+    live = operator_client.get(url).json()
+    assert [a["query"] for a in live["alerts"]] == ["a_starved", "b_low"] and live["limit"].startswith("compute")
+    assert Client().get(url).status_code in (302, 401, 403)  # signed-in users only
+    assert operator_client.get(reverse("monitor_attention", args=[node.pk + 99])).status_code == 404
+
+
 def test_the_monitor_says_whether_memory_or_compute_limits_a_node(operator_client):
     from django.utils import timezone
 
@@ -213,12 +242,13 @@ def test_the_monitor_says_whether_memory_or_compute_limits_a_node(operator_clien
 
     def limit() -> str:
         page = operator_client.get(reverse("monitor"), {"node": node.pk}).content.decode()
-        return page[page.index('id="node-limit"'):] if 'id="node-limit"' in page else ""
+        return "" if '<p id="node-limit" hidden>' in page else page[page.index('id="node-limit"'):]
 
     report(1000, 0.0)
     assert limit() == ""  # nothing dropped: nothing to explain
     report(1000, 0.6)
-    assert limit().startswith('id="node-limit"><strong>What limits this node now:</strong> compute: up to 60%')
+    assert limit().startswith('id="node-limit"><strong>What limits this node now:</strong> '
+                              '<span data-field="limit">compute: up to 60%')
     report(5000, 0.6)
     assert "memory: weights are swapped in while frames are dropped" in limit()
 

@@ -365,6 +365,29 @@ def overview_queries(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def node_alerts(node: EdgeNode | None) -> list[dict[str, str]]:
+    """Return the alerts of the queries the node serves now, as the Overview's Attention column words them
+    (``query_alert`` over its newest sample): ``[{"query", "alert"}]`` by query name; empty when none needs
+    attention or the node has no sample."""
+    from webapp.workloads.models import Query
+
+    if node is None:
+        return []
+    figures = sample_report(node_latest_sample(node=node)).queries
+    alerts = []
+    for query in Query.objects.filter(name__in=list(figures)).order_by("name"):
+        alert = query_alert(query, figures[query.name].to_json())
+        if alert is not None:
+            alerts.append({"query": query.name, "alert": alert})
+    return alerts
+
+
+def node_attention(node: EdgeNode | None) -> dict[str, Any]:
+    """Return what the monitor shows about a node's trouble, kept live by its script: ``limit`` (``node_limit``)
+    and ``alerts`` (``node_alerts``)."""
+    return {"limit": node_limit(node), "alerts": node_alerts(node)}
+
+
 def query_alert(query: Any, figures: dict[str, Any]) -> str | None:
     """Return why a served query needs attention (starved, or its effective accuracy below the target applied to
     its unmerged model's held-out test accuracy), or None."""

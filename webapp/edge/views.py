@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from webapp.accounts.selectors import user_is_operator
@@ -56,7 +57,21 @@ def monitor(request: HttpRequest) -> HttpResponse:
         "node": node,
         "online": selectors.node_is_online(node) if node else False,
         "served_frames": selectors.served_frames(node),
-        "limit": selectors.node_limit(node),
-        "monitor_data": {"node": selectors.node_to_json(node) if node else None},
+        **selectors.node_attention(node),
+        "monitor_data": {
+            "node": selectors.node_to_json(node) if node else None,
+            "attention_url": reverse("monitor_attention", args=[node.pk]) if node else None,
+        },
     }
     return render(request, "edge/monitor.html", context)
+
+
+@require_GET
+def monitor_attention(request: HttpRequest, node_id: int) -> JsonResponse:
+    """Return what limits the node now and its queries' alerts (``selectors.node_attention``), for the monitor's
+    script to refresh its card as samples arrive.
+
+    Raises:
+        Http404: no such node.
+    """
+    return JsonResponse(selectors.node_attention(get_object_or_404(EdgeNode, pk=node_id)))
