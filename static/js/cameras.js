@@ -25,6 +25,14 @@
       node.querySelector("[data-field=progress]").textContent = `${seed.queries_registered}/${seed.queries_total} queries registered`;
       node.querySelector("[data-field=detail]").textContent = seed.detail;
     }
+    // One build at a time: the scale selector and its button stay disabled while one runs.
+    const building = seeds.some((seed) => seed.status === "queued" || seed.status === "building");
+    for (const id of ["id_scale", "demo-seed-start"]) {
+      const control = document.getElementById(id);
+      if (!control) continue;
+      control.disabled = building;
+      if (building) control.title = "a demo build is running"; else control.removeAttribute("title");
+    }
     if (queries.length !== queryRows().length) { window.location.reload(); return; }
     for (const query of queries) {
       const row = document.getElementById(`query-${query.id}`);

@@ -17,3 +17,23 @@
   Plotly.newPlot(chart, traces, gemel.layout({ barmode: "stack", yaxis: gemel.mibAxis() }),
     { responsive: true, displaylogo: false });
 })();
+
+(() => {
+  const cards = () => Array.from(document.querySelectorAll(".demo-build"));
+  async function refresh() {
+    const seeds = await gemel.api("GET", "/api/demo-seeds");
+    for (const card of cards()) {
+      const seed = seeds.find((s) => s.scale === card.dataset.scale);
+      const done = !seed || !["queued", "building"].includes(seed.status);
+      if (done || String(seed.queries_registered) !== card.dataset.registered) { window.location.reload(); return; }
+      card.querySelector("[data-field=progress]").textContent = `${seed.queries_registered}/${seed.queries_total} queries registered`;
+      card.querySelector("[data-field=detail]").textContent = seed.detail;
+    }
+  }
+  async function loop() {
+    if (!cards().length) return;
+    try { await refresh(); } catch (error) { /* the server may be restarting: try again shortly */ }
+    setTimeout(loop, 3000);
+  }
+  setTimeout(loop, 3000);
+})();

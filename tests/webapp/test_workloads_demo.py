@@ -122,6 +122,8 @@ def test_a_real_build_registers_each_query_as_soon_as_its_model_is_trained(micro
 
 
 def test_a_running_build_shows_its_progress_on_the_overview_and_blocks_a_second_one(operator_client):
+    from django.contrib.staticfiles import finders
+
     detail = "training east_cars (mobilenet_v2): step 120 of 300, about 2 min left for this model"
     DemoSeed.objects.create(scale="small", status=DemoSeed.Status.BUILDING, queries_registered=2, queries_total=6,
                             detail=detail)
@@ -129,8 +131,16 @@ def test_a_running_build_shows_its_progress_on_the_overview_and_blocks_a_second_
     assert "Demo workload <strong>small</strong> is being built" in overview
     assert "step 120 of 300, about 2 min left" in overview and "2/6 queries registered" in overview
     assert "The demo build above registers them" in overview
+    # The card updates itself: its figures are addressable and the page's script polls the seeds' API.
+    assert 'data-registered="2"' in overview and '<span data-field="progress">2/6 queries registered</span>' in overview
+    assert "/api/demo-seeds" in Path(finders.find("js/overview.js")).read_text()
     cameras = operator_client.get(reverse("cameras")).content.decode()
     assert 'title="a demo build is running"' in cameras
+    select = cameras[cameras.rindex("<select", 0, cameras.index('id="id_scale"')):]
+    assert "disabled" in select[:select.index(">")]  # the scale cannot be changed mid-build
     DemoSeed.objects.filter(scale="small").update(status=DemoSeed.Status.READY)
     assert "is being built" not in operator_client.get("/").content.decode()
-    assert 'title="a demo build is running"' not in operator_client.get(reverse("cameras")).content.decode()
+    cameras = operator_client.get(reverse("cameras")).content.decode()
+    assert 'title="a demo build is running"' not in cameras
+    select = cameras[cameras.rindex("<select", 0, cameras.index('id="id_scale"')):]
+    assert "disabled" not in select[:select.index(">")]

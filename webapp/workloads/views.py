@@ -34,13 +34,17 @@ from webapp.workloads.uploads import upload_too_large_message
 @require_GET
 def cameras(request: HttpRequest) -> HttpResponse:
     """List cameras (with thumbnails), models and queries, and the demo workload's progress."""
+    building = selectors.demo_seeds_building().exists()
+    demo_form = DemoSeedForm()
+    if building:  # one build at a time: the scale cannot be changed while one runs (the script enables it after)
+        demo_form.fields["scale"].widget.attrs.update({"disabled": True, "title": "a demo build is running"})
     return render(request, "workloads/cameras.html", {
         "cameras": selectors.camera_list(),
         "models": selectors.model_list(),
         "queries": selectors.query_list(),
         "demo_seeds": selectors.demo_seed_list(),
-        "demo_building": selectors.demo_seeds_building().exists(),
-        "demo_form": DemoSeedForm(),
+        "demo_building": building,
+        "demo_form": demo_form,
     })
 
 
