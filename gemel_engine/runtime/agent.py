@@ -34,8 +34,8 @@ import gemel_engine
 from gemel_engine.digest import file_sha256
 from gemel_engine.errors import DeploymentError, GemelError
 from gemel_engine.jsonfile import write_json_atomically
-from gemel_engine.runtime.protocol import PROTOCOL_VERSION
-from gemel_engine.runtime.serving import DeploymentSpec, EdgeServer, PreparedDeployment
+from gemel_engine.runtime.protocol import PROTOCOL_VERSION, DeploymentSpec
+from gemel_engine.runtime.serving import EdgeServer, PreparedDeployment
 
 logger = logging.getLogger("gemel_engine.agent")
 

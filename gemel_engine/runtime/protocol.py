@@ -1,8 +1,14 @@
-"""The agent protocol's metrics report (docs/agent-protocol.md, section 5) as validated, bounded values.
+"""The agent <-> server protocol (docs/agent-protocol.md) in one place: what both sides import.
 
-The agent renders it (``RuntimeMetrics.snapshot``), the server accepts it only through ``MetricsReport.from_json``
-and stores ``to_json()``: types, ranges, finite numbers and sizes are checked once, here, so nothing malformed
-is ever stored or drawn. Anything outside the rules raises ``ProtocolError`` naming the field.
+- ``PROTOCOL_VERSION`` and the protocol's size limits.
+- The desired state the server sends and the agent serves: ``DeploymentSpec`` of ``QuerySpec``s, each watching a
+  ``CameraFeed``; ``list_schedulers`` names the schedulers a deployment may ask for.
+- What the server may know of a bundle it hands out: ``BUNDLE_FILE_NAMES``, ``bundle_file_digests`` and
+  ``bundle_model_names`` (re-exported from ``gemel_engine.bundle``, so the web app never names a bundle's files).
+- The metrics report (section 5) as validated, bounded values. The agent renders it (``RuntimeMetrics.snapshot``),
+  the server accepts it only through ``MetricsReport.from_json`` and stores ``to_json()``: types, ranges, finite
+  numbers and sizes are checked once, here, so nothing malformed is ever stored or drawn. Anything outside the
+  rules raises ``ProtocolError`` naming the field.
 """
 
 from __future__ import annotations
@@ -12,8 +18,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gemel_engine.errors import GemelError
+from gemel_engine.bundle import BUNDLE_FILE_NAMES, bundle_file_digests, bundle_model_names
+from gemel_engine.data.frames import check_fps
+from gemel_engine.errors import DeploymentError, GemelError, SourceError
+from gemel_engine.plan import check_model_name
+from gemel_engine.queries import Task
 from gemel_engine.runtime.gpu import GpuMemory
+from gemel_engine.runtime.scheduler import list_schedulers
+
+__all__ = [
+    "BUNDLE_FILE_NAMES", "MAX_COUNT", "MAX_DETAIL_CHARS", "MAX_NAME_CHARS", "MAX_START_FRAME", "PROTOCOL_VERSION",
+    "CameraFeed", "DeploymentSpec", "MemoryReport", "MetricsReport", "ProtocolError", "QueryFigures", "QuerySpec",
+    "bundle_file_digests", "bundle_model_names", "gpu_memory_from_json", "list_schedulers",
+]
 
 PROTOCOL_VERSION = 1
 # Longest node, query or model name, in characters.
@@ -196,3 +213,199 @@ class MetricsReport:
         """Return ``{"memory": {...}, "queries": {...}}`` as the protocol writes them."""
         return {"memory": self.memory.to_json(),
                 "queries": {name: figures.to_json() for name, figures in self.queries.items()}}
+
+
+def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise DeploymentError(f"{where}: {key!r} is missing or not a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+# The largest start frame a deployment may name (a day of 30 fps video is 2.6 million frames).
+MAX_START_FRAME = 100_000_000
+
+
+@dataclass(frozen=True)
+class CameraFeed:
+    """A camera as a deployment names it; checked on creation."""
+
+    # Camera name, unique in the deployment.
+    name: str
+    # Source URI (``synthetic://...``, a path, ``rtsp://...``; see ``gemel_engine.data.open_source``).
+    source: str
+    # Frames per second to pull.
+    fps: float
+    # Width, in pixels, frames are resized to (the models' input).
+    width: int
+    # Height, in pixels, frames are resized to.
+    height: int
+    # First frame to serve, and where a finished clip starts again: the camera's first held-out test frame, so
+    # the effective accuracy the monitor shows is measured on frames no training or search has seen (a live
+    # stream ignores it: all its frames are new).
+    start_frame: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise DeploymentError(f"camera name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise DeploymentError(f"camera {self.name!r}: source must be a non-empty string")
+        try:
+            fps = check_fps(self.fps, f"camera {self.name!r}")
+        except SourceError as exc:
+            raise DeploymentError(str(exc)) from None
+        for key in ("width", "height"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8192:
+                raise DeploymentError(f"camera {self.name!r}: {key} must be an integer in [1, 8192], got {value!r}")
+        start = self.start_frame
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= MAX_START_FRAME:
+            raise DeploymentError(
+                f"camera {self.name!r}: start_frame must be an integer in [0, {MAX_START_FRAME}], got {start!r}"
+            )
+        object.__setattr__(self, "fps", float(fps))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the protocol's ``camera`` object."""
+        return {"name": self.name, "source": self.source, "fps": self.fps, "width": self.width, "height": self.height,
+                "start_frame": self.start_frame}
+
+    @classmethod
+    def from_json(cls, data: object) -> CameraFeed:
+        """Return the camera described by the protocol's ``camera`` object.
+
+        Raises:
+            DeploymentError: missing or malformed fields.
+        """
+        if not isinstance(data, dict):
+            raise DeploymentError(f"camera must be an object, got {type(data).__name__}")
+        where = f"camera {data.get('name')!r}"
+        return cls(
+            name=_field(data, "name", str, where), source=_field(data, "source", str, where),
+            fps=_field(data, "fps", (int, float), where), width=_field(data, "width", int, where),
+            height=_field(data, "height", int, where),
+            start_frame=_field(data, "start_frame", int, where) if "start_frame" in data else 0,
+        )
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """One query of a deployment: a model of the bundle watching a camera for a task, under an SLO."""
+
+    # Query name, unique in the deployment (metrics are keyed by it).
+    name: str
+    # Model name inside the bundle's manifest.
+    model: str
+    task: Task
+    camera: CameraFeed
+    # Latency bound from a frame's arrival to its result, in milliseconds.
+    slo_ms: float
+
+    def __post_init__(self) -> None:
+        try:
+            check_model_name(self.name)
+            check_model_name(self.model)
+        except GemelError as exc:
+            raise DeploymentError(f"query {self.name!r}: {exc}") from None
+        slo = self.slo_ms
+        if isinstance(slo, bool) or not isinstance(slo, int | float) or not math.isfinite(slo) or slo <= 0:
+            raise DeploymentError(f"query {self.name!r}: slo_ms must be a positive number, got {slo!r}")
+        object.__setattr__(self, "slo_ms", float(slo))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the protocol's query object."""
+        return {
+            "name": self.name, "model": self.model, "task": self.task.to_json(),
+            "camera": self.camera.to_json(), "slo_ms": self.slo_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> QuerySpec:
+        """Return the query described by the protocol's query object.
+
+        Raises:
+            DeploymentError: missing or malformed fields (the task's own errors included).
+        """
+        if not isinstance(data, dict):
+            raise DeploymentError(f"query must be an object, got {type(data).__name__}")
+        where = f"query {data.get('name')!r}"
+        try:
+            task = Task.from_json(data.get("task"))
+        except GemelError as exc:
+            raise DeploymentError(f"{where}: {exc}") from None
+        return cls(
+            name=_field(data, "name", str, where), model=_field(data, "model", str, where), task=task,
+            camera=CameraFeed.from_json(data.get("camera")), slo_ms=_field(data, "slo_ms", (int, float), where),
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What the server wants an edge node to serve: the protocol's ``desired`` object without its bundle."""
+
+    # Server-side deployment id.
+    deployment: int
+    queries: tuple[QuerySpec, ...]
+    # Device memory budget in bytes; None leaves the node's own budget (or no limit).
+    budget_bytes: int | None
+    # Scheduler name (``merged``, ``time-sharing``, ``space-sharing``).
+    scheduler: str = "merged"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.deployment, bool) or not isinstance(self.deployment, int) or self.deployment < 0:
+            raise DeploymentError(f"deployment id must be an integer >= 0, got {self.deployment!r}")
+        object.__setattr__(self, "queries", tuple(self.queries))
+        if not self.queries:
+            raise DeploymentError(f"deployment {self.deployment}: it has no queries")
+        names = [query.name for query in self.queries]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise DeploymentError(f"deployment {self.deployment}: query names repeat: {', '.join(repeated)}")
+        cameras: dict[str, CameraFeed] = {}
+        for query in self.queries:
+            seen = cameras.setdefault(query.camera.name, query.camera)
+            if seen != query.camera:
+                raise DeploymentError(
+                    f"deployment {self.deployment}: camera {query.camera.name!r} is described two different ways"
+                )
+        budget = self.budget_bytes
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
+            raise DeploymentError(f"deployment {self.deployment}: budget_bytes must be a positive integer or null")
+        if self.scheduler not in list_schedulers():
+            known = ", ".join(list_schedulers())
+            raise DeploymentError(f"deployment {self.deployment}: unknown scheduler {self.scheduler!r}; known: {known}")
+
+    @property
+    def cameras(self) -> dict[str, CameraFeed]:
+        """Return the deployment's cameras by name."""
+        return {query.camera.name: query.camera for query in self.queries}
+
+    @classmethod
+    def from_json(cls, data: dict) -> DeploymentSpec:
+        """Return the spec of the protocol's ``desired`` object (its ``bundle`` key is ignored).
+
+        Raises:
+            DeploymentError: missing or malformed fields, repeated names, an unknown scheduler.
+        """
+        if not isinstance(data, dict):
+            raise DeploymentError(f"desired deployment must be an object, got {type(data).__name__}")
+        deployment = data.get("deployment")
+        queries = data.get("queries")
+        if not isinstance(queries, list):
+            raise DeploymentError(f"deployment {deployment!r}: 'queries' must be a list")
+        scheduler = data.get("scheduler", "merged")
+        if not isinstance(scheduler, str):
+            raise DeploymentError(f"deployment {deployment!r}: 'scheduler' must be a string")
+        return cls(
+            deployment=deployment,  # type: ignore[arg-type]
+            queries=tuple(QuerySpec.from_json(query) for query in queries),
+            budget_bytes=data.get("budget_bytes"),
+            scheduler=scheduler,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the protocol's ``desired`` object without ``bundle``."""
+        return {
+            "deployment": self.deployment, "budget_bytes": self.budget_bytes, "scheduler": self.scheduler,
+            "queries": [query.to_json() for query in self.queries],
+        }

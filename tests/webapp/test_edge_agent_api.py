@@ -116,7 +116,7 @@ def test_it_answers_the_newest_deployment_with_its_files_and_queries(client, ope
 
 
 def test_the_desired_state_is_what_the_engines_protocol_reads_back_unchanged(client, operator):
-    from gemel_engine.runtime.serving import DeploymentSpec
+    from gemel_engine.runtime.protocol import DeploymentSpec
 
     node, plain = make_node()
     deployment_create(bundle=make_bundle(), node=node, user=operator)

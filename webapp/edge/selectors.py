@@ -12,11 +12,17 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from gemel_engine.bundle import bundle_model_names
 from gemel_engine.errors import BundleError, DeploymentError, GemelError
 from gemel_engine.queries import Task
-from gemel_engine.runtime.protocol import MemoryReport, MetricsReport, ProtocolError
-from gemel_engine.runtime.serving import CameraFeed, DeploymentSpec, QuerySpec
+from gemel_engine.runtime.protocol import (
+    CameraFeed,
+    DeploymentSpec,
+    MemoryReport,
+    MetricsReport,
+    ProtocolError,
+    QuerySpec,
+    bundle_model_names,
+)
 from webapp.edge.models import AgentToken, Deployment, EdgeNode, MetricSample
 from webapp.merges.models import MergeBundle, MergeJob
 from webapp.merges.selectors import (

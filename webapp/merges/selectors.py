@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
-from gemel_engine.bundle import BUNDLE_FILE_NAMES
+from gemel_engine.runtime.protocol import BUNDLE_FILE_NAMES
 from gemel_engine.search import RetrainBudget, describe_strategies, estimate_round_seconds, list_strategies
 from webapp.merges.models import MergeBundle, MergeEvent, MergeJob
 from webapp.workloads.engine import query_required_test_accuracy

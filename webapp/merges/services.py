@@ -28,8 +28,9 @@ from django.db.models import F, Max, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from gemel_engine.bundle import bundle_file_digests, inspect_bundle
+from gemel_engine.bundle import inspect_bundle
 from gemel_engine.events import PATH_FIELDS, CancelToken, Event
+from gemel_engine.runtime.protocol import bundle_file_digests
 from gemel_engine.search import RetrainBudget, SearchConfig, bundle_evaluation, run_search, saved_configs
 from gemel_engine.workload import Workload
 from webapp.live import group_send_on_commit

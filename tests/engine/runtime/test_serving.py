@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gemel_engine.errors import DeploymentError, GemelError
-from gemel_engine.runtime.protocol import MetricsReport, ProtocolError
-from gemel_engine.runtime.serving import CameraFeed, DeploymentSpec, EdgeServer
+from gemel_engine.runtime.protocol import CameraFeed, DeploymentSpec, MetricsReport, ProtocolError
+from gemel_engine.runtime.serving import EdgeServer
 from tests.engine.runtime.conftest import desired_json
 from tests.waiting import wait_until
 
