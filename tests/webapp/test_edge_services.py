@@ -53,6 +53,15 @@ def test_it_refuses_to_deploy_a_bundle_whose_queries_miss_their_targets(operator
     assert not Deployment.objects.exists()
 
 
+def test_it_refuses_a_scheduler_the_engine_does_not_know_before_anything_is_stored(operator):
+    node, _ = make_node()
+    with pytest.raises(ValidationError, match=r"unknown scheduler 'fastest'; known: .*merged"):
+        deployment_create(bundle=make_bundle(), node=node, user=operator, scheduler="fastest")
+    assert not Deployment.objects.exists()
+    assert deployment_create(bundle=make_bundle(), node=node, user=operator, scheduler="time-sharing").scheduler == (
+        "time-sharing")
+
+
 def test_it_supersedes_a_deployment_that_never_reached_the_node(operator):
     node, _ = make_node()
     first = deployment_create(bundle=make_bundle(), node=node, user=operator)

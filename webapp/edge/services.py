@@ -18,7 +18,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from gemel_engine.runtime.protocol import MetricsReport, ProtocolError
+from gemel_engine.runtime.protocol import MetricsReport, ProtocolError, list_schedulers
 from webapp.edge import selectors
 from webapp.edge.models import AgentToken, Deployment, DeploymentStatusChange, EdgeNode, MetricSample
 from webapp.live import group_send_on_commit
@@ -199,8 +199,10 @@ def deployment_create(
 
     Raises:
         ValidationError: the bundle is not deployable (a query misses its accuracy target; the reason is
-            in the message), or the budget is not positive.
+            in the message), the budget is not positive, or the scheduler is not one the engine knows.
     """
+    if scheduler not in list_schedulers():
+        raise ValidationError(f"unknown scheduler {scheduler!r}; known: {', '.join(list_schedulers())}")
     ok, reason = selectors.bundle_deployable(bundle)
     if not ok:
         raise ValidationError(f"bundle cannot be deployed: {reason}")
