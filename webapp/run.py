@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         ManagedProcess("web (daphne)", daphne_command(args.host, args.port), env, logs / "daphne.log"),
         # Two workers: a demo build holds only its own, so merges and measurements go on meanwhile.
         ManagedProcess("worker (merges, measurements)", celery_worker_command(
-            queues=(settings.QUEUE_MERGE, settings.QUEUE_MEASURE, "celery"), name="worker"), env, logs / "worker.log"),
+            queues=(settings.QUEUE_MERGE, settings.QUEUE_MEASURE, settings.CELERY_TASK_DEFAULT_QUEUE), name="worker"),
+            env, logs / "worker.log"),
         ManagedProcess("worker (demo builds, measurements)", celery_worker_command(
             queues=(settings.QUEUE_DEMO, settings.QUEUE_MEASURE), name="builder"), env, logs / "builder.log"),
     ]

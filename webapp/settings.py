@@ -286,6 +286,10 @@ CELERY_TASK_ROUTES = {
     "webapp.workloads.tasks.query_measure_task": {"queue": QUEUE_MEASURE},
     "webapp.workloads.tasks.demo_seed_task": {"queue": QUEUE_DEMO},
 }
+# Celery's own default queue (tasks routed nowhere), named so that a worker can be told to take it.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+# Every queue a default worker takes: each routed one, then the default one (webapp/stack.py).
+WORKER_QUEUES = (*dict.fromkeys(route["queue"] for route in CELERY_TASK_ROUTES.values()), CELERY_TASK_DEFAULT_QUEUE)
 # Soft and hard time limits of a merge job, in seconds.
 MERGE_SOFT_TIME_LIMIT = env_int("GEMEL_MERGE_SOFT_LIMIT_S", 6 * 3600, minimum=60)
 MERGE_HARD_TIME_LIMIT = MERGE_SOFT_TIME_LIMIT + 300

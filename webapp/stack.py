@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from django.conf import settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,8 +63,8 @@ def daphne_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "webapp.asgi:application"]
 
 
-# Every queue a task is routed to (settings.CELERY_TASK_ROUTES) and Celery's default one.
-ALL_QUEUES = ("merge", "measure", "demo", "celery")
+# Every queue a task is routed to and Celery's default one, as settings routes them.
+ALL_QUEUES: tuple[str, ...] = tuple(settings.WORKER_QUEUES)
 
 
 def celery_worker_command(*, queues: Sequence[str] = ALL_QUEUES, name: str = "worker") -> list[str]:
