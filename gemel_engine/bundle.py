@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from gemel_engine import zoo
-from gemel_engine.digest import file_sha256
 from gemel_engine.errors import BundleError, GemelError, PlanError
+from gemel_engine.fileio import file_sha256, read_versioned_json
 from gemel_engine.modelset import ModelSet
 from gemel_engine.plan import MergePlan, check_model_name
 from gemel_engine.sharing import apply_plan, verify_sharing
@@ -137,7 +137,7 @@ def save_bundle(
         save_file(stored, str(tensors_path), metadata={"format": BUNDLE_FORMAT})
         manifest = {
             "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_VERSION,
+            "version": BUNDLE_VERSION,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "tensor_file": TENSORS_NAME,
             "tensor_sha256": file_sha256(tensors_path),
@@ -180,17 +180,10 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     path = bundle_dir / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(f"{bundle_dir}: not a bundle (no {MANIFEST_NAME})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: manifest is not readable JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+    # Manifests written before the engine's one version key say "format_version": read_versioned_json accepts it.
+    manifest = read_versioned_json(path, version=BUNDLE_VERSION, what="bundle", error=BundleError)
+    if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a {BUNDLE_FORMAT} manifest")
-    if manifest.get("format_version") != BUNDLE_VERSION:
-        raise BundleError(
-            f"{path}: unsupported bundle format version {manifest.get('format_version')!r}; "
-            f"this build reads version {BUNDLE_VERSION}"
-        )
     _check_manifest_fields(manifest, path)
     return manifest
 

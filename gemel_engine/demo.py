@@ -34,7 +34,7 @@ from typing import Any
 
 from gemel_engine.data.sampling import SamplingSpec
 from gemel_engine.errors import UsageError
-from gemel_engine.jsonfile import write_json_atomically
+from gemel_engine.fileio import write_json_atomically
 from gemel_engine.queries import Query, Task, TaskKind
 from gemel_engine.train import TrainArgs, fit, save_checkpoint, setup
 from gemel_engine.workload import (

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gemel_engine.errors import PlanError
+from gemel_engine.fileio import read_versioned_json
 
 MatchMode = Literal["exact", "shape"]
 MATCH_MODES: tuple[MatchMode, ...] = ("exact", "shape")
@@ -214,9 +215,4 @@ class MergePlan:
         Raises:
             PlanError: the file is missing, unreadable or not a valid plan.
         """
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise PlanError(f"{path}: cannot read merge plan ({exc.strerror or exc})") from None
-        return cls.from_json(text)
+        return cls.from_dict(read_versioned_json(Path(path), version=PLAN_VERSION, what="merge plan", error=PlanError))

@@ -24,6 +24,7 @@ from gemel_engine.data.frames import Box
 from gemel_engine.data.sampling import FrameCache, FrameSet, SamplingSpec, split_by_time
 from gemel_engine.data.sources import open_source
 from gemel_engine.errors import GemelError
+from gemel_engine.fileio import read_versioned_json
 from gemel_engine.queries import AccuracyTarget, Query, QueryError, Target, Task, predict, teacher_targets
 from gemel_engine.train import LabelledFrames
 
@@ -251,11 +252,8 @@ class Workload:
                 (with ``check_weights``) references a weights file that does not exist.
         """
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise WorkloadError(f"{path}: cannot read workload ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != WORKLOAD_FORMAT:
+        data = read_versioned_json(path, version=(1, WORKLOAD_VERSION), what="workload", error=WorkloadError)
+        if data.get("format") != WORKLOAD_FORMAT:
             raise WorkloadError(f"{path}: not a {WORKLOAD_FORMAT} file")
         if data.get("version") == 1 and upgrade and isinstance(data.get("queries"), list):
             data = {**data, "version": WORKLOAD_VERSION, "queries": [
@@ -264,8 +262,6 @@ class Workload:
             ]}
         if data.get("version") == 1:
             raise WorkloadError(f"{path}: workload version 1 cannot be used: {_VERSION_1_HELP}")
-        if data.get("version") != WORKLOAD_VERSION:
-            raise WorkloadError(f"{path}: unsupported workload version {data.get('version')!r}")
         try:
             workload = cls(
                 name=str(data.get("name", path.parent.name)),

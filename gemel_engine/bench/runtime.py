@@ -28,7 +28,7 @@ import torch
 from gemel_engine.bench import registered_names
 from gemel_engine.bundle import ModelRecipe, load_bundle
 from gemel_engine.errors import RuntimeBudgetError, UsageError
-from gemel_engine.jsonfile import write_json_atomically
+from gemel_engine.fileio import write_json_atomically
 from gemel_engine.queries import predict
 from gemel_engine.report import MIB, format_table, mib, percent
 from gemel_engine.runtime.budget import MemoryBudget

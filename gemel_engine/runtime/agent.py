@@ -31,9 +31,8 @@ import requests
 from prometheus_client import start_http_server
 
 import gemel_engine
-from gemel_engine.digest import file_sha256
 from gemel_engine.errors import DeploymentError, GemelError
-from gemel_engine.jsonfile import write_json_atomically
+from gemel_engine.fileio import file_sha256, write_json_atomically
 from gemel_engine.runtime.protocol import PROTOCOL_VERSION, DeploymentSpec
 from gemel_engine.runtime.serving import EdgeServer, PreparedDeployment
 

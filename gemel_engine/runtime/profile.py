@@ -30,6 +30,7 @@ from torch import nn
 from gemel_engine import zoo
 from gemel_engine.bundle import ModelRecipe
 from gemel_engine.errors import RuntimeConfigError
+from gemel_engine.fileio import read_versioned_json, write_json_atomically
 from gemel_engine.memory import unique_storage_bytes
 from gemel_engine.queries import images_to_tensor
 from gemel_engine.runtime.swap import BandwidthModel, unit_tensors
@@ -343,15 +344,13 @@ def profile_recipe(
     path = folder / f"{recipe.arch}-{key}.json"
     if path.is_file():
         try:
-            return ModelProfile.from_json(json.loads(path.read_text()))
-        except (ValueError, RuntimeConfigError):
+            return ModelProfile.from_json(
+                read_versioned_json(path, version=PROFILE_VERSION, what="layer profile", error=RuntimeConfigError))
+        except RuntimeConfigError:
             path.unlink(missing_ok=True)  # a damaged cache entry is measured again
     profile = profile_model(
         recipe.build(device="cpu"), arch=recipe.arch, builder_args=recipe.builder_args, input_size=input_size,
         device=device, batch_sizes=batch_sizes, repeats=repeats, bandwidth=bandwidth,
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(f".{os.getpid()}.tmp")
-    staging.write_text(json.dumps(profile.to_json(), indent=1) + "\n")
-    os.replace(staging, path)
+    write_json_atomically(path, profile.to_json(), indent=1)
     return profile

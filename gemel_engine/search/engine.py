@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from gemel_engine.accuracy import Measurement, measure_sets
 from gemel_engine.bundle import ModelRecipe, load_bundle, save_bundle
 from gemel_engine.errors import GemelError
 from gemel_engine.events import CancelToken, Progress, emit
-from gemel_engine.jsonfile import write_json_atomically
+from gemel_engine.fileio import read_versioned_json, write_json_atomically
 from gemel_engine.layers import analyze_models
 from gemel_engine.memory import footprint
 from gemel_engine.modelset import ModelSet
@@ -133,6 +132,11 @@ class _State:
             "rounds": self.rounds,
             "bundles": self.bundles,
         }
+
+    @classmethod
+    def read(cls, path: Path) -> _State:
+        return cls.from_json(read_versioned_json(path, version=STATE_VERSION, what="search state", error=SearchError),
+                             path)
 
     @classmethod
     def from_json(cls, data: Any, where: Path) -> _State:
@@ -288,11 +292,7 @@ class MergeSearch:
         path = self.out_dir / STATE_NAME
         if not path.exists():
             return None
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SearchError(f"{path}: unreadable search state ({exc})") from None
-        state = _State.from_json(data, path)
+        state = _State.read(path)
         if state.strategy != self.strategy.name:
             raise SearchError(
                 f"{self.out_dir} holds a {state.strategy!r} search; resume it with that strategy or use a new directory"
@@ -564,11 +564,7 @@ def saved_configs(out_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(out_dir) / STATE_NAME
     if not path.exists():
         return []
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SearchError(f"{path}: unreadable search state ({exc})") from None
-    return [dict(record) for record in _State.from_json(data, path).bundles]
+    return [dict(record) for record in _State.read(path).bundles]
 
 
 def run_search(

@@ -164,6 +164,14 @@ def test_a_bad_manifest_is_refused_with_a_clear_error(bundle_dir: Path, edit, me
         load_bundle(bundle_dir)
 
 
+def test_a_bundle_written_before_the_one_version_key_still_loads(bundle_dir: Path):
+    manifest = _manifest(bundle_dir)
+    assert manifest["version"] == 1 and "format_version" not in manifest  # new bundles write the engine's one key
+    manifest["format_version"] = manifest.pop("version")
+    _write_manifest(bundle_dir, manifest)
+    assert set(load_bundle(bundle_dir).models.as_dict()) == {m["name"] for m in manifest["models"]}
+
+
 def test_a_manifest_that_is_not_json_or_absent_is_refused(bundle_dir: Path, tmp_path: Path):
     (bundle_dir / MANIFEST_NAME).write_text("{broken")
     with pytest.raises(BundleError, match="not readable JSON"):

@@ -16,8 +16,8 @@ from django.db import transaction
 from torch import nn
 
 from gemel_engine import zoo
-from gemel_engine.digest import file_sha256
 from gemel_engine.errors import GemelError
+from gemel_engine.fileio import file_sha256
 from gemel_engine.memory import model_param_bytes
 from webapp.field_errors import about
 from webapp.names import clean_name
