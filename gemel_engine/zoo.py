@@ -21,7 +21,8 @@ import torchvision.models.detection as tvd
 from torch import nn
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-from gemel_engine.errors import RegistryError, UnknownArchitectureError, WeightsError
+from gemel_engine.errors import UnknownArchitectureError, WeightsError
+from gemel_engine.registry import Registry
 
 Task = Literal["classification", "detection"]
 Builder = Callable[..., nn.Module]
@@ -52,7 +53,7 @@ class ArchSpec:
     default_num_classes: int = 1000
 
 
-_REGISTRY: dict[str, ArchSpec] = {}
+ARCHITECTURES: Registry[ArchSpec] = Registry("architecture", error=UnknownArchitectureError)
 
 
 def register_model(
@@ -65,9 +66,7 @@ def register_model(
     """
 
     def decorate(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise RegistryError(f"architecture {name!r} is already registered")
-        _REGISTRY[name] = ArchSpec(name, family, task, builder, min_input_size, default_num_classes)
+        ARCHITECTURES.register(ArchSpec(name, family, task, builder, min_input_size, default_num_classes))
         return builder
 
     return decorate
@@ -79,19 +78,14 @@ def get_spec(name: str) -> ArchSpec:
     Raises:
         UnknownArchitectureError: ``name`` is not registered; the message lists the known names.
     """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownArchitectureError(
-            f"unknown architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+    return ARCHITECTURES.get(name)
 
 
 def list_models(*, task: Task | None = None, family: str | None = None) -> list[str]:
     """Return the sorted names of registered architectures, optionally filtered by task or family."""
     return sorted(
         spec.name
-        for spec in _REGISTRY.values()
+        for spec in ARCHITECTURES
         if (task is None or spec.task == task) and (family is None or spec.family == family)
     )
 

@@ -40,9 +40,9 @@ import numpy as np
 
 from gemel_engine.errors import RuntimeBudgetError, RuntimeConfigError
 from gemel_engine.queries import Target, Task
+from gemel_engine.registry import Registry
 from gemel_engine.runtime.executor import Executor
 from gemel_engine.runtime.metrics import RuntimeMetrics
-from gemel_engine.runtime.registry import Registry
 
 DEFAULT_MAX_BATCH = 4
 
@@ -114,7 +114,7 @@ class Scheduler(ABC):
         served first (so a policy that keeps the first of equals never starves a query on ties)."""
 
 
-SCHEDULERS: Registry[Scheduler] = Registry("scheduler")
+SCHEDULERS: Registry[type[Scheduler]] = Registry("scheduler")
 register_scheduler = SCHEDULERS.register
 
 
@@ -129,7 +129,7 @@ def get_scheduler(name: str) -> Scheduler:
 
 def list_schedulers() -> list[str]:
     """Return the registered scheduler names, sorted."""
-    return SCHEDULERS.names()
+    return sorted(SCHEDULERS.names())
 
 
 def pick_earliest_deadline(candidates: Sequence[tuple[RuntimeQuery, float]], executor: Executor) -> RuntimeQuery:

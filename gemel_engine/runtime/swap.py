@@ -27,8 +27,8 @@ from torch import nn
 
 from gemel_engine.errors import RuntimeBudgetError, RuntimeConfigError
 from gemel_engine.memory import _storage_key, unique_storage_bytes
+from gemel_engine.registry import Registry
 from gemel_engine.runtime.budget import MemoryBudget, Residency, UnitInfo
-from gemel_engine.runtime.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class EvictionPolicy(ABC):
         """Return ``candidates`` in eviction order, given each unit's last-use tick (higher is newer)."""
 
 
-POLICIES: Registry[EvictionPolicy] = Registry("eviction policy")
+POLICIES: Registry[type[EvictionPolicy]] = Registry("eviction policy")
 register_policy = POLICIES.register
 
 

@@ -21,12 +21,13 @@ search resumes from a checkpointed queue.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gemel_engine.errors import UsageError
 from gemel_engine.layers import InstanceCandidate
 from gemel_engine.plan import MatchMode, MergeInstance
+from gemel_engine.registry import Registry
 from gemel_engine.search.retrain import RetrainOutcome
 from gemel_engine.sharing import WarmStart
 
@@ -180,7 +181,7 @@ class GemelPlus(Strategy):
         return _halves(trial) if len(trial) > 1 else []
 
 
-_STRATEGIES: dict[str, Callable[[], Strategy]] = {}
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", error=UsageError, duplicate_error=UsageError)
 
 
 def register_strategy(factory: type[Strategy]) -> type[Strategy]:
@@ -189,10 +190,7 @@ def register_strategy(factory: type[Strategy]) -> type[Strategy]:
     Raises:
         UsageError: the name is empty or already registered.
     """
-    if not factory.name or factory.name in _STRATEGIES:
-        raise UsageError(f"strategy name {factory.name!r} is empty or already registered")
-    _STRATEGIES[factory.name] = factory
-    return factory
+    return STRATEGIES.register(factory)
 
 
 def get_strategy(name: str) -> Strategy:
@@ -201,19 +199,17 @@ def get_strategy(name: str) -> Strategy:
     Raises:
         UsageError: unknown name; the message lists the known ones.
     """
-    if name not in _STRATEGIES:
-        raise UsageError(f"unknown strategy {name!r}; known: {', '.join(list_strategies())}")
-    return _STRATEGIES[name]()
+    return STRATEGIES.create(name)
 
 
 def list_strategies() -> list[str]:
-    """Return the registered strategy names."""
-    return list(_STRATEGIES)
+    """Return the registered strategy names, in registration order."""
+    return STRATEGIES.names()
 
 
 def describe_strategies() -> dict[str, str]:
     """Return each registered strategy's name and one-sentence description (its docstring, on one line)."""
-    return {name: " ".join((factory.__doc__ or "").split()) for name, factory in _STRATEGIES.items()}
+    return {factory.name: " ".join((factory.__doc__ or "").split()) for factory in STRATEGIES}
 
 
 for _strategy in (NoSharing, ShareAll, SharedStem, Gemel, GemelPlus):
