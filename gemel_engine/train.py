@@ -83,11 +83,13 @@ def make_optimizer(parameters: Iterable[nn.Parameter], args: TrainArgs) -> torch
     return torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
 
 
-def resolve_device(name: str) -> torch.device:
-    """Return the torch device for ``name`` ("auto" picks CUDA when available).
+def resolve_device(name: torch.device | str) -> torch.device:
+    """Return the torch device for ``name`` ("auto" picks CUDA when available, else the CPU); the engine's one
+    device resolver (training, search and runtime alike).
 
     Raises:
-        TrainingError: an unknown device name, or CUDA asked for where there is none.
+        TrainingError: an unknown device name, a device other than cpu or cuda, or CUDA asked for where there is
+            none (the runtime's Executor turns it into a RuntimeConfigError).
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

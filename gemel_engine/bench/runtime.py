@@ -34,12 +34,13 @@ from gemel_engine.report import MIB, format_table, mib, percent
 from gemel_engine.runtime.budget import MemoryBudget
 from gemel_engine.runtime.clock import VirtualClock
 from gemel_engine.runtime.disk import calibrate_disk_tier
-from gemel_engine.runtime.executor import TIMINGS, Executor, resolve_device
+from gemel_engine.runtime.executor import TIMINGS, Executor
 from gemel_engine.runtime.profile import profile_recipe
 from gemel_engine.runtime.scheduler import get_scheduler, list_schedulers, stack_images
 from gemel_engine.runtime.simulator import predict_stream, simulate
 from gemel_engine.runtime.stream import serve_offline, workload_stream
 from gemel_engine.runtime.swap import BandwidthModel, find_units, unit_tensors
+from gemel_engine.train import resolve_device
 from gemel_engine.workload import Workload
 
 

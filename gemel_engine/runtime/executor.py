@@ -48,6 +48,7 @@ from gemel_engine.runtime.swap import (
     pipelined_seconds,
     unit_tensors,
 )
+from gemel_engine.train import TrainingError, resolve_device
 
 Timing = Literal["measured", "profiled"]
 TIMINGS: tuple[Timing, ...] = ("measured", "profiled")
@@ -56,25 +57,6 @@ TIMINGS: tuple[Timing, ...] = ("measured", "profiled")
 Tier = Literal["auto", "simulated", "disk"]
 TIERS: tuple[Tier, ...] = ("auto", "simulated", "disk")
 _MEASURED_KEPT = 8
-
-
-def resolve_device(device: torch.device | str) -> torch.device:
-    """Return ``device`` as a torch device; ``"auto"`` picks CUDA when available, else the CPU.
-
-    Raises:
-        RuntimeConfigError: CUDA is asked for but not available, or the name is not a device.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise RuntimeConfigError(f"unknown device {device!r}: {exc}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeConfigError("device cuda was asked for, but no CUDA GPU is available")
-    if resolved.type not in ("cpu", "cuda"):
-        raise RuntimeConfigError(f"the runtime runs on cpu or cuda, not {resolved.type}")
-    return resolved
 
 
 def untie(models: Mapping[str, nn.Module] | ModelSet) -> dict[str, nn.Module]:
@@ -123,7 +105,10 @@ class Executor:
             raise RuntimeConfigError("profiled timing needs a layer profile per model")
         lookup = models.as_dict() if isinstance(models, ModelSet) else dict(models)
         self.models = {name: model.eval() for name, model in lookup.items()}
-        self.device = resolve_device(device)
+        try:
+            self.device = resolve_device(device)
+        except TrainingError as exc:  # the runtime's callers handle configuration errors
+            raise RuntimeConfigError(str(exc)) from None
         if tier == "disk" and self.device.type != "cpu":
             raise RuntimeConfigError("the disk tier runs on the CPU; a GPU swaps from pinned host memory")
         self.tier = "cuda" if self.device.type == "cuda" else ("disk" if tier == "disk" else "simulated")

@@ -27,12 +27,13 @@ from gemel_engine.data.sources import open_source
 from gemel_engine.errors import DeploymentError, GemelError, RuntimeBudgetError
 from gemel_engine.runtime.budget import MemoryBudget
 from gemel_engine.runtime.clock import Clock, RealClock
-from gemel_engine.runtime.executor import Executor, resolve_device, untie
+from gemel_engine.runtime.executor import Executor, untie
 from gemel_engine.runtime.gpu import gpu_memory
 from gemel_engine.runtime.metrics import PrometheusCollector, RuntimeMetrics
 from gemel_engine.runtime.protocol import CameraFeed, DeploymentSpec
 from gemel_engine.runtime.scheduler import CameraFrame, RuntimeQuery, ScheduleLoop, get_scheduler
 from gemel_engine.runtime.swap import find_units
+from gemel_engine.train import resolve_device
 
 _IDLE_WAIT_SECONDS = 0.05
 
