@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as ServiceError
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import ValidationError
 from ninja.security import django_auth
+
+from webapp.errors import Conflict
 
 api = NinjaAPI(
     title="Gemel API",
@@ -42,3 +45,11 @@ def invalid_input(request: HttpRequest, exc: ValidationError) -> HttpResponse:
 def not_yours(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
     """Answer an action on something the caller does not own with 403 and the service's reason."""
     return api.create_response(request, {"detail": str(exc) or "permission denied"}, status=403)
+
+
+@api.exception_handler(ServiceError)
+def refused(request: HttpRequest, exc: ServiceError) -> HttpResponse:
+    """Answer a service's refusal (Django's ValidationError) with 400 and its reasons on one ``detail`` line;
+    a ``Conflict`` (the state refuses a valid request) with 409."""
+    status = 409 if isinstance(exc, Conflict) else 400
+    return api.create_response(request, {"detail": "; ".join(exc.messages)}, status=status)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from ninja import Schema
 from pydantic import Field
+
+
+class Detail(Schema):
+    """Every error answer's body: one readable line (webapp/api.py turns service errors into it)."""
+
+    detail: str
+
 
 # The largest id or count a database integer column holds; anything above is refused before the database.
 MAX_DATABASE_INT = 2**63 - 1

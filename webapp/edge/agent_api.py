@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.http import FileResponse, HttpRequest
 from ninja import Router, Schema
 from ninja.errors import HttpError
@@ -20,7 +19,7 @@ from pydantic import Field
 
 from gemel_engine.errors import DeploymentError
 from gemel_engine.runtime.protocol import MAX_COUNT, MAX_DETAIL_CHARS, MAX_NAME_CHARS, PROTOCOL_VERSION
-from webapp.api_types import MAX_DATABASE_INT, DbId
+from webapp.api_types import MAX_DATABASE_INT, DbId, Detail
 from webapp.edge import selectors, services
 from webapp.edge.models import AgentToken, Deployment, EdgeNode
 
@@ -106,10 +105,6 @@ class MetricsOut(Schema):
     stored: int
 
 
-class Detail(Schema):
-    detail: str
-
-
 def _node(request: HttpRequest, name: str) -> EdgeNode:
     node = selectors.node_for_token(token=request.auth, name=name)
     if node is None:
@@ -133,23 +128,16 @@ def _file_url(deployment_id: int, name: str) -> str:
     return f"/api/agent/deployments/{deployment_id}/files/{name}"
 
 
-def _refuse(exc: ValidationError) -> HttpError:
-    return HttpError(400, "; ".join(exc.messages))
-
-
 @router.post("/register", response={200: RegisterOut, 400: Detail, 403: Detail})
 def register(request: HttpRequest, body: RegisterIn) -> dict[str, Any]:
     """Register (or re-register) the calling agent's node."""
     if body.protocol != PROTOCOL_VERSION:
         raise HttpError(400, f"protocol {body.protocol} is not supported; this server speaks {PROTOCOL_VERSION}")
-    try:
-        node = services.node_register(
-            token=request.auth, name=body.node, device_kind=body.device.kind, device_name=body.device.name,
-            memory_total_bytes=body.device.memory_total_bytes, budget_bytes=body.budget_bytes,
-            agent_version=body.agent_version, active_deployment=body.active_deployment,
-        )
-    except ValidationError as exc:
-        raise _refuse(exc) from None
+    node = services.node_register(
+        token=request.auth, name=body.node, device_kind=body.device.kind, device_name=body.device.name,
+        memory_total_bytes=body.device.memory_total_bytes, budget_bytes=body.budget_bytes,
+        agent_version=body.agent_version, active_deployment=body.active_deployment,
+    )
     return {"node": node.name, "heartbeat_interval_s": settings.AGENT_HEARTBEAT_SECONDS,
             "metrics_interval_s": METRICS_INTERVAL_S}
 
@@ -158,12 +146,9 @@ def register(request: HttpRequest, body: RegisterIn) -> dict[str, Any]:
 def heartbeat(request: HttpRequest, body: HeartbeatIn) -> dict[str, Any]:
     """Record the node's heartbeat and answer its desired deployment (or null)."""
     node = _node(request, body.node)
-    try:
-        node = services.node_heartbeat(
-            node=node, status=body.status, detail=body.detail, active_deployment=body.active_deployment,
-        )
-    except ValidationError as exc:
-        raise _refuse(exc) from None
+    node = services.node_heartbeat(
+        node=node, status=body.status, detail=body.detail, active_deployment=body.active_deployment,
+    )
     desired = selectors.deployment_desired(node=node)
     if desired is None:
         return {"desired": None}
@@ -189,10 +174,7 @@ def deployment_status(request: HttpRequest, deployment_id: int, body: StatusIn) 
     """Record a step of applying a deployment (downloading, loading, warming, active, failed)."""
     node = _node(request, body.node)
     deployment = _deployment(request, deployment_id, node)
-    try:
-        deployment = services.deployment_report_status(deployment=deployment, status=body.status, detail=body.detail)
-    except ValidationError as exc:
-        raise _refuse(exc) from None
+    deployment = services.deployment_report_status(deployment=deployment, status=body.status, detail=body.detail)
     return {"deployment": deployment.pk, "status": deployment.status}
 
 
@@ -200,11 +182,8 @@ def deployment_status(request: HttpRequest, deployment_id: int, body: StatusIn) 
 def metrics(request: HttpRequest, body: MetricsIn) -> dict[str, Any]:
     """Store one metrics report and send it to the live monitor."""
     node = _node(request, body.node)
-    try:
-        sample = services.metrics_record(
-            node=node, at=body.at, deployment=body.deployment, simulated=body.simulated,
-            memory=body.memory, queries=body.queries,
-        )
-    except ValidationError as exc:
-        raise _refuse(exc) from None
+    sample = services.metrics_record(
+        node=node, at=body.at, deployment=body.deployment, simulated=body.simulated,
+        memory=body.memory, queries=body.queries,
+    )
     return {"stored": sample.pk}

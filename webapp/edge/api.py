@@ -7,25 +7,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Router, Schema, Status
-from ninja.errors import HttpError
 from pydantic import Field
 
 from gemel_engine.runtime.protocol import MAX_COUNT
 from webapp.accounts.permissions import api_require_operator
-from webapp.api_types import DbId
+from webapp.api_types import DbId, Detail
 from webapp.edge import selectors, services
 from webapp.edge.models import AgentToken, EdgeNode
 from webapp.merges.models import MergeBundle
 
 router = Router(tags=["edge"])
-
-
-class Detail(Schema):
-    detail: str
 
 
 class DeploymentIn(Schema):
@@ -82,12 +76,9 @@ def create_deployment(request: HttpRequest, body: DeploymentIn) -> Status[dict[s
     api_require_operator(request)
     bundle = get_object_or_404(MergeBundle, pk=body.bundle)
     node = get_object_or_404(EdgeNode, pk=body.node)
-    try:
-        deployment = services.deployment_create(
-            bundle=bundle, node=node, user=request.user, budget_bytes=body.budget_bytes,
-        )
-    except ValidationError as exc:
-        raise HttpError(400, "; ".join(exc.messages)) from None
+    deployment = services.deployment_create(
+        bundle=bundle, node=node, user=request.user, budget_bytes=body.budget_bytes,
+    )
     return Status(201, selectors.deployment_to_json(deployment))
 
 
@@ -96,10 +87,7 @@ def rollback(request: HttpRequest, node_id: int) -> Status[dict[str, Any]]:
     """Return a node to the bundle its current deployment replaced (operators only)."""
     api_require_operator(request)
     node = get_object_or_404(EdgeNode, pk=node_id)
-    try:
-        deployment = services.deployment_rollback(node=node, user=request.user)
-    except ValidationError as exc:
-        raise HttpError(409, "; ".join(exc.messages)) from None
+    deployment = services.deployment_rollback(node=node, user=request.user)
     return Status(201, selectors.deployment_to_json(deployment))
 
 
@@ -114,10 +102,7 @@ def list_tokens(request: HttpRequest) -> list[dict[str, Any]]:
 def create_token(request: HttpRequest, body: TokenIn) -> Status[dict[str, Any]]:
     """Create an agent token; the answer holds the token itself, shown this once (operators only)."""
     api_require_operator(request)
-    try:
-        token, plain = services.agent_token_create(name=body.name, user=request.user)
-    except ValidationError as exc:
-        raise HttpError(400, "; ".join(exc.messages)) from None
+    token, plain = services.agent_token_create(name=body.name, user=request.user)
     return Status(201, {**_token_json(token), "token": plain})
 
 

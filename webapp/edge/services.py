@@ -21,6 +21,7 @@ from django.utils import timezone
 from gemel_engine.runtime.protocol import MetricsReport, ProtocolError, list_schedulers
 from webapp.edge import selectors
 from webapp.edge.models import AgentToken, Deployment, DeploymentStatusChange, EdgeNode, MetricSample
+from webapp.errors import Conflict
 from webapp.live import group_send_on_commit
 from webapp.merges.models import MergeBundle
 from webapp.names import clean_name
@@ -239,15 +240,15 @@ def deployment_rollback(*, node: EdgeNode, user: AbstractBaseUser | None) -> Dep
     and a new deployment of the earlier bundle becomes desired; return the new deployment.
 
     Raises:
-        ValidationError: nothing is deployed, or the current deployment replaced nothing.
+        Conflict (a ValidationError): nothing is deployed, or the current deployment replaced nothing.
     """
     node = EdgeNode.objects.select_for_update().get(pk=node.pk)
     current = selectors.deployment_desired(node=node)
     if current is None:
-        raise ValidationError("nothing is deployed on this node")
+        raise Conflict("nothing is deployed on this node")
     target = current.previous
     if target is None or target.pk == current.pk:
-        raise ValidationError("the current deployment replaced nothing: there is nothing to roll back to")
+        raise Conflict("the current deployment replaced nothing: there is nothing to roll back to")
     current.status = Deployment.Status.ROLLED_BACK
     current.detail = f"rolled back to the bundle of deployment {target.pk}"
     current.save(update_fields=["status", "detail", "updated_at"])

@@ -7,23 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 from ninja.responses import Status
 
 from webapp.accounts.permissions import api_require_operator
-from webapp.api_types import MAX_IDS, DbId
+from webapp.api_types import MAX_IDS, DbId, Detail
 from webapp.merges import selectors, services
 from webapp.merges.models import MergeJob
 from webapp.workloads.selectors import queries_by_ids
 
 router = Router(tags=["merge jobs"])
-
-
-class Detail(Schema):
-    detail: str
 
 
 class QueryRef(Schema):
@@ -97,10 +92,6 @@ def _job(job_id: int) -> MergeJob:
         raise HttpError(404, f"no merge job {job_id}") from None
 
 
-def _message(error: ValidationError) -> str:
-    return "; ".join(error.messages)
-
-
 @router.get("/merge-jobs", response=list[MergeJobOut])
 def list_jobs(request: HttpRequest) -> list[dict[str, Any]]:
     """List the merge jobs, newest first."""
@@ -111,13 +102,10 @@ def list_jobs(request: HttpRequest) -> list[dict[str, Any]]:
 def start_job(request: HttpRequest, payload: MergeJobIn) -> Status[dict[str, Any]]:
     """Start a merge job over ready queries (operators only); it is queued on the merge workers."""
     api_require_operator(request)
-    try:
-        queries = queries_by_ids(payload.queries)
-        job = services.merge_job_start(
-            queries=queries, strategy=payload.strategy, budget_minutes=payload.budget_minutes, user=request.user
-        )
-    except ValidationError as exc:
-        raise HttpError(400, _message(exc)) from None
+    queries = queries_by_ids(payload.queries)
+    job = services.merge_job_start(
+        queries=queries, strategy=payload.strategy, budget_minutes=payload.budget_minutes, user=request.user
+    )
     return Status(201, selectors.merge_job_data(selectors.merge_job_get(job.pk)))
 
 
@@ -143,8 +131,5 @@ def job_bundles(request: HttpRequest, job_id: int) -> list[dict[str, Any]]:
 def cancel_job(request: HttpRequest, job_id: int) -> dict[str, Any]:
     """Cancel a queued or running job (operators only); 409 when it has already finished."""
     api_require_operator(request)
-    try:
-        job = services.merge_job_cancel(job=_job(job_id), user=request.user)
-    except ValidationError as exc:
-        raise HttpError(409, _message(exc)) from None
+    job = services.merge_job_cancel(job=_job(job_id), user=request.user)
     return selectors.merge_job_data(job)

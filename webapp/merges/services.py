@@ -33,6 +33,7 @@ from gemel_engine.events import PATH_FIELDS, CancelToken, Event
 from gemel_engine.runtime.protocol import bundle_file_digests
 from gemel_engine.search import RetrainBudget, SearchConfig, bundle_evaluation, run_search, saved_configs
 from gemel_engine.workload import Workload
+from webapp.errors import Conflict
 from webapp.live import group_send_on_commit
 from webapp.merges.models import MergeBundle, MergeEvent, MergeJob
 from webapp.merges.selectors import (
@@ -140,7 +141,7 @@ def merge_job_cancel(*, job: MergeJob, user: AbstractBaseUser | AnonymousUser) -
         The job as it is now.
 
     Raises:
-        ValidationError: the job has already finished.
+        Conflict (a ValidationError): the job has already finished.
     """
     now = timezone.now()
     locked = _locked(job.pk)
@@ -154,7 +155,7 @@ def merge_job_cancel(*, job: MergeJob, user: AbstractBaseUser | AnonymousUser) -
         MergeJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(cancel_requested=True)
         event = _event_append(locked, "job.cancel_requested", {"by": by})
     else:
-        raise ValidationError(f"merge job {job.pk} has already finished ({locked.status})")
+        raise Conflict(f"merge job {job.pk} has already finished ({locked.status})")
     _announce(locked, event)
     return locked
 

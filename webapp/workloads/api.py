@@ -7,11 +7,9 @@ back as 400 with {"detail": "..."}.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import File, Form, Router, Schema, Status
@@ -21,17 +19,12 @@ from ninja.files import UploadedFile
 from pydantic import Field
 
 from webapp.accounts.permissions import api_require_operator
-from webapp.api_types import MAX_IDS, DbId
+from webapp.api_types import MAX_IDS, DbId, Detail
 from webapp.workloads import selectors, services
 from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, WorkloadAnalysis
 from webapp.workloads.uploads import refuse_oversized_upload
 
 router = Router(tags=["workloads"])
-T = TypeVar("T")
-
-
-class Detail(Schema):
-    detail: str
 
 
 class CameraIn(Schema):
@@ -134,14 +127,6 @@ class DemoSeedOut(Schema):
     updated_at: datetime
 
 
-def _call(write: Callable[[], T]) -> T:
-    """Run a service call, turning its ValidationError into a 400 with the reason."""
-    try:
-        return write()
-    except ValidationError as exc:
-        raise HttpError(400, "; ".join(exc.messages)) from None
-
-
 def _camera_out(camera: Camera) -> dict[str, Any]:
     from django.urls import reverse
 
@@ -187,7 +172,7 @@ def get_camera(request: HttpRequest, camera_id: int) -> dict[str, Any]:
 def create_camera(request: HttpRequest, payload: CameraIn) -> Status:
     """Register a camera (its source is checked and its first frame decoded)."""
     api_require_operator(request)
-    return Status(201, _camera_out(_call(lambda: services.camera_register(**payload.dict()))))
+    return Status(201, _camera_out(services.camera_register(**payload.dict())))
 
 
 @router.patch("/cameras/{camera_id}", response={200: CameraOut, 400: Detail, 403: Detail, 404: Detail})
@@ -195,7 +180,7 @@ def update_camera(request: HttpRequest, camera_id: int, payload: CameraPatch) ->
     """Change a camera."""
     api_require_operator(request)
     camera = get_object_or_404(Camera, pk=camera_id)
-    return _camera_out(_call(lambda: services.camera_update(camera=camera, **payload.dict(exclude_unset=True))))
+    return _camera_out(services.camera_update(camera=camera, **payload.dict(exclude_unset=True)))
 
 
 @router.delete("/cameras/{camera_id}", response={204: None, 400: Detail, 403: Detail, 404: Detail})
@@ -203,7 +188,7 @@ def delete_camera(request: HttpRequest, camera_id: int) -> Status:
     """Delete a camera no query uses."""
     api_require_operator(request)
     camera = get_object_or_404(Camera, pk=camera_id)
-    _call(lambda: services.camera_delete(camera=camera))
+    services.camera_delete(camera=camera)
     return Status(204, None)
 
 
@@ -234,7 +219,7 @@ def create_model(
         args = json.loads(builder_args)
     except json.JSONDecodeError as exc:
         raise HttpError(400, f"builder_args is not valid JSON: {exc}") from None
-    entry = _call(lambda: services.model_register(name=name, arch=arch, weights=weights, builder_args=args))
+    entry = services.model_register(name=name, arch=arch, weights=weights, builder_args=args)
     return Status(201, entry)
 
 
@@ -243,7 +228,7 @@ def update_model(request: HttpRequest, model_id: int, payload: ModelPatch) -> Mo
     """Rename a model."""
     api_require_operator(request)
     model = get_object_or_404(ModelEntry, pk=model_id)
-    return _call(lambda: services.model_update(model=model, name=payload.name))
+    return services.model_update(model=model, name=payload.name)
 
 
 @router.delete("/models/{model_id}", response={204: None, 400: Detail, 403: Detail, 404: Detail})
@@ -251,7 +236,7 @@ def delete_model(request: HttpRequest, model_id: int) -> Status:
     """Delete a model no query uses."""
     api_require_operator(request)
     model = get_object_or_404(ModelEntry, pk=model_id)
-    _call(lambda: services.model_delete(model=model))
+    services.model_delete(model=model)
     return Status(204, None)
 
 
@@ -276,10 +261,10 @@ def create_query(request: HttpRequest, payload: QueryIn) -> Status:
     api_require_operator(request)
     camera = get_object_or_404(Camera, pk=payload.camera)
     model = get_object_or_404(ModelEntry, pk=payload.model)
-    query = _call(lambda: services.query_create(
+    query = services.query_create(
         name=payload.name, camera=camera, model=model, task=payload.task, target_fraction=payload.target_fraction,
         slo_ms=payload.slo_ms,
-    ))
+    )
     return Status(201, _query_out(query))
 
 
@@ -288,7 +273,7 @@ def update_query(request: HttpRequest, query_id: int, payload: QueryPatch) -> di
     """Change a query's name, task, target or latency bound."""
     api_require_operator(request)
     query = get_object_or_404(Query, pk=query_id)
-    return _query_out(_call(lambda: services.query_update(query=query, **payload.dict(exclude_unset=True))))
+    return _query_out(services.query_update(query=query, **payload.dict(exclude_unset=True)))
 
 
 @router.delete("/queries/{query_id}", response={204: None, 400: Detail, 403: Detail, 404: Detail})
@@ -296,7 +281,7 @@ def delete_query(request: HttpRequest, query_id: int) -> Status:
     """Delete a query."""
     api_require_operator(request)
     query = get_object_or_404(Query, pk=query_id)
-    _call(lambda: services.query_delete(query=query))
+    services.query_delete(query=query)
     return Status(204, None)
 
 
@@ -319,9 +304,9 @@ def get_analysis(request: HttpRequest, analysis_id: int) -> dict[str, Any]:
 def create_analysis(request: HttpRequest, payload: AnalysisIn) -> Status:
     """Analyse the sharing potential of the given queries (all when none is given)."""
     api_require_operator(request)
-    chosen = selectors.query_list() if payload.queries is None else _call(lambda: selectors.queries_by_ids(
-        payload.queries))
-    analysis = _call(lambda: services.workload_analyze(queries=chosen, mode=payload.mode, user=request.user))
+    chosen = selectors.query_list() if payload.queries is None else selectors.queries_by_ids(
+        payload.queries)
+    analysis = services.workload_analyze(queries=chosen, mode=payload.mode, user=request.user)
     return Status(201, _analysis_out(analysis))
 
 
@@ -335,5 +320,5 @@ def list_demo_seeds(request: HttpRequest) -> list[DemoSeed]:
 def start_demo_seed(request: HttpRequest, payload: DemoSeedIn) -> Status:
     """Start building a demo workload on a worker."""
     api_require_operator(request)
-    _call(lambda: services.demo_seed_start(scale=payload.scale))
+    services.demo_seed_start(scale=payload.scale)
     return Status(202, DemoSeed.objects.get(scale=payload.scale))
