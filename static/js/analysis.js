@@ -6,8 +6,7 @@
   const source = document.getElementById("analysis-data");
   if (!source || typeof Plotly === "undefined") return;
   const data = JSON.parse(source.textContent);
-  const escapeText = (text) => String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
-    .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+  const escapeText = gemel.plotlyText;
   const mib = (bytes) => bytes / 1048576;
   const names = data.models.map(escapeText);
   const hoverArch = data.archs.map(escapeText);

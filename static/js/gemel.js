@@ -53,6 +53,9 @@ const gemel = (() => {
     return { close() { closedByPage = true; socket.close(); }, get socket() { return socket; } };
   }
 
+  // Text for a Plotly label or hover: Plotly reads a few HTML tags in them, so escaped names always show as text.
+  const plotlyText = (text) => String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
   // Human-readable bytes (MiB with one decimal).
   function mib(bytes) { return (bytes / 1048576).toFixed(1) + " MiB"; }
 
@@ -82,5 +85,5 @@ const gemel = (() => {
       + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
   }
 
-  return { api, live, mib, layout, mibAxis, noData, hasData, when, cookie };
+  return { api, live, mib, layout, mibAxis, noData, hasData, when, cookie, plotlyText };
 })();

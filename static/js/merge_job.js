@@ -21,7 +21,7 @@
   const bundles = new Map();
 
   // Plotly reads a small HTML subset in labels; escaping keeps a query name literal text.
-  const plotlyText = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  const plotlyText = gemel.plotlyText;
   const mib = (bytes) => bytes / 1048576;
   const minutes = (seconds) => (seconds < 90 ? Math.round(seconds) + " s" : (seconds / 60).toFixed(1) + " min");
 

@@ -20,7 +20,7 @@
   const MAX_POINTS = 3600;
 
   // Plotly reads a few HTML tags in labels: escape names so they always show as text.
-  function label(text) { return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); }
+  const label = gemel.plotlyText;
 
   function countPoints(el) {
     el.dataset.points = String((el.data || []).reduce((sum, trace) => sum + trace.x.length, 0));

@@ -6,7 +6,7 @@
   const chart = document.getElementById("overview-memory-chart");
   const MIB = 1048576;
   // Plotly reads a few HTML tags in labels: escape names so they always show as text.
-  const label = (text) => String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  const label = gemel.plotlyText;
   if (!nodes.length) { chart.textContent = "No metrics yet."; return; }
   const x = nodes.map((n) => label(n.name) + (n.simulated ? " (simulated)" : ""));
   const models = [...new Set(nodes.flatMap((n) => Object.keys(n.per_model_bytes)))];
