@@ -14,6 +14,7 @@ from typing import Any
 Event = dict[str, Any]
 Progress = Callable[[Event], None]
 
+# Every event type the engine emits (``make_event`` refuses any other).
 EVENT_TYPES = (
     # Before the first round: loading the models, reading and labelling frames, measuring the unmerged models
     # (``stage``: what is being done; ``done`` of ``total`` when it is counted, else None).
@@ -27,6 +28,14 @@ EVENT_TYPES = (
     "search.finished",
     "search.failed",
     "search.cancelled",
+    # Training (gemel_engine.train) reports each step and each validation.
+    "train.step",
+    "train.validated",
+    # A demo build (gemel_engine.demo) reports, per query, a model kept from an earlier build or its training.
+    "demo.kept",
+    "demo.training",
+    "demo.step",
+    "demo.trained",
 )
 
 

@@ -99,11 +99,6 @@ def model_param_bytes(model: nn.Module) -> int:
     return sum(tensor_bytes(parameter) for parameter in model.parameters())
 
 
-def model_buffer_bytes(model: nn.Module) -> int:
-    """Return the bytes of ``model``'s distinct buffers."""
-    return sum(tensor_bytes(buffer) for buffer in model.buffers())
-
-
 @dataclass(frozen=True)
 class LayerMemory:
     """Bytes held directly by one module (not its children)."""

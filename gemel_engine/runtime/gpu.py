@@ -56,12 +56,3 @@ def gpu_memory(index: int = 0) -> GpuMemory | None:
         return None
     finally:
         pynvml.nvmlShutdown()
-
-
-def describe_gpu(index: int = 0) -> str:
-    """Return one line about GPU ``index``'s memory, or ``"no GPU"``."""
-    memory = gpu_memory(index)
-    if memory is None:
-        return NO_GPU
-    mine = "" if memory.process_bytes is None else f", this process {memory.process_bytes} bytes"
-    return f"{memory.name}: {memory.used_bytes} of {memory.total_bytes} bytes used{mine}"

@@ -135,11 +135,6 @@ def get_policy(name: str) -> EvictionPolicy:
     return POLICIES.create(name)
 
 
-def list_policies() -> list[str]:
-    """Return the registered eviction policy names, sorted."""
-    return POLICIES.names()
-
-
 @register_policy
 class LeastRecentlyUsed(EvictionPolicy):
     """Evict the unit used longest ago first."""
@@ -426,5 +421,3 @@ def pipelined_seconds(steps: Sequence[tuple[float, float]], *, overlap: bool = T
         loaded += load
         computed = max(computed, loaded) + compute
     return computed
-
-
