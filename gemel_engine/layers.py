@@ -234,7 +234,7 @@ class ModelSummary:
 
 
 @dataclass(frozen=True)
-class WorkloadAnalysis:
+class LayerAnalysis:
     """Sharing potential of a set of models."""
 
     mode: MatchMode
@@ -290,7 +290,7 @@ class WorkloadAnalysis:
 
 def analyze_models(
     models: Mapping[str, nn.Module], *, mode: MatchMode = "exact", archs: Mapping[str, str] | None = None
-) -> WorkloadAnalysis:
+) -> LayerAnalysis:
     """Return the sharing analysis of ``models`` (name → module) under matching ``mode``.
 
     Raises:
@@ -306,4 +306,4 @@ def analyze_models(
         )
         for name, model in models.items()
     )
-    return WorkloadAnalysis(mode, summaries, tuple(instances))
+    return LayerAnalysis(mode, summaries, tuple(instances))

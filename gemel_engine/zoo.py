@@ -24,7 +24,8 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from gemel_engine.errors import UnknownArchitectureError, WeightsError
 from gemel_engine.registry import Registry
 
-Task = Literal["classification", "detection"]
+# What a model outputs: class logits or detections (not the queries module's Task, which is what a query asks).
+ModelKind = Literal["classification", "detection"]
 Builder = Callable[..., nn.Module]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -44,7 +45,7 @@ class ArchSpec:
     # The torchvision family the architecture belongs to (resnet, vgg, ...): groups models in reports.
     family: str
     # "classification" models return logits; "detection" models return boxes, labels and scores.
-    task: Task
+    task: ModelKind
     # The keyword-only builder; it must accept ``num_classes``.
     builder: Builder = field(repr=False)
     # Smallest square input (pixels) the architecture accepts.
@@ -57,7 +58,7 @@ ARCHITECTURES: Registry[ArchSpec] = Registry("architecture", error=UnknownArchit
 
 
 def register_model(
-    name: str, *, family: str, task: Task, min_input_size: int = 32, default_num_classes: int = 1000
+    name: str, *, family: str, task: ModelKind, min_input_size: int = 32, default_num_classes: int = 1000
 ) -> Callable[[Builder], Builder]:
     """Return a decorator that registers a builder under ``name``.
 
@@ -81,7 +82,7 @@ def get_spec(name: str) -> ArchSpec:
     return ARCHITECTURES.get(name)
 
 
-def list_models(*, task: Task | None = None, family: str | None = None) -> list[str]:
+def list_models(*, task: ModelKind | None = None, family: str | None = None) -> list[str]:
     """Return the sorted names of registered architectures, optionally filtered by task or family."""
     return sorted(
         spec.name

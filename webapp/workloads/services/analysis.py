@@ -20,7 +20,7 @@ def workload_analyze(*, queries: Iterable[Query], mode: str = "shape", user: Any
     """Analyse which layers the queries' models could share, on models built on the meta device.
 
     Returns:
-        The saved analysis; ``result`` is the engine's ``WorkloadAnalysis.to_dict()`` (models named by query).
+        The saved analysis; ``result`` is the engine's ``LayerAnalysis.to_dict()`` (models named by query).
 
     Raises:
         ValidationError: no queries, or an unknown match mode.
