@@ -196,6 +196,12 @@ def test_resuming_with_another_strategy_is_refused(tiny_workload, tmp_path: Path
         run_search(tiny_workload, tmp_path / "job", SearchConfig(strategy="gemel"))
 
 
+# Each of the two merge processes (killed after two rounds, then resumed) gets this long; the test gets both and a
+# margin: under load a process spends most of it importing torch and measuring the unmerged models.
+MERGE_PROCESS_LIMIT_S = 280
+
+
+@pytest.mark.timeout(2 * MERGE_PROCESS_LIMIT_S + 40)
 def test_a_search_killed_with_sigkill_resumes_and_keeps_every_accepted_configuration(tiny_workload, tmp_path: Path):
     job = tmp_path / "job"
     command = [
@@ -205,14 +211,15 @@ def test_a_search_killed_with_sigkill_resumes_and_keeps_every_accepted_configura
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_path = job / "state.json"
     wait_until(lambda: process.poll() is not None or (
-        state_path.exists() and json.loads(state_path.read_text())["rounds"] >= 2), timeout=300,
+        state_path.exists() and json.loads(state_path.read_text())["rounds"] >= 2), timeout=MERGE_PROCESS_LIMIT_S,
         what="two finished rounds")
     assert process.poll() is None, "the search ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     killed = json.loads(state_path.read_text())
     bundles_before = {b["path"] for b in killed["bundles"]}
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True,
+                            timeout=MERGE_PROCESS_LIMIT_S)
     final = json.loads(result.stdout)
     resumed = json.loads(state_path.read_text())
     assert resumed["rounds"] > killed["rounds"]
