@@ -220,6 +220,7 @@ SCALES: dict[str, DemoScale] = {
 
 
 CHECKPOINT_NAME = "build-checkpoint.json"
+WORKLOAD_NAME = "workload.json"
 
 
 def _recipe_key(spec: DemoScale, entry: QueryEntry) -> str:
@@ -307,7 +308,7 @@ def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = N
         write_json_atomically(checkpoint, {"scale": spec.name, "trained": records})
         if progress is not None:
             progress({
-                "type": "demo.trained", "query": entry.name, "arch": entry.query.arch,
+                "type": "demo.trained", "query": entry.name, "arch": entry.query.arch, "entry": done.to_json(),
                 "accuracy": done.unmerged_accuracy, "chance": done.chance_accuracy, "seconds": result.seconds,
                 # What one training frame cost here (forward and backward): the pace a merge retrains it at.
                 "train_frame_seconds": result.seconds / (args.steps * args.batch_size),
@@ -315,5 +316,15 @@ def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = N
                 "train_frames": len(labelled.train), "val_frames": len(labelled.val), "test_frames": len(labelled.test),
             })
     workload = workload.with_queries(tuple(trained))
-    workload.save(out_dir / "workload.json")
+    workload.save(out_dir / WORKLOAD_NAME)
     return workload
+
+
+def built_demo(out_dir: str | Path) -> Workload | None:
+    """Return the workload a finished ``build_demo`` left in ``out_dir``, or None when no build finished there.
+
+    Raises:
+        WorkloadError: the folder holds a workload file that cannot be read.
+    """
+    path = Path(out_dir) / WORKLOAD_NAME
+    return Workload.load(path) if path.is_file() else None

@@ -31,7 +31,8 @@ EVENT_TYPES = (
     # Training (gemel_engine.train) reports each step and each validation.
     "train.step",
     "train.validated",
-    # A demo build (gemel_engine.demo) reports, per query, a model kept from an earlier build or its training.
+    # A demo build (gemel_engine.demo) reports, per query, a model kept from an earlier build or its training;
+    # ``demo.trained`` carries the trained query entry (``entry``, as ``QueryEntry.to_json`` writes it).
     "demo.kept",
     "demo.training",
     "demo.step",

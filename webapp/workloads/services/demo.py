@@ -4,7 +4,6 @@ and queries."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import math
@@ -18,12 +17,11 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from gemel_engine.accuracy import Measurement
 from gemel_engine.data.sources import synthetic_config
 from gemel_engine.demo import SCALES as DEMO_SCALES
-from gemel_engine.demo import build_demo
+from gemel_engine.demo import build_demo, built_demo
 from gemel_engine.errors import GemelError
-from gemel_engine.workload import CameraSpec, QueryEntry, Workload
+from gemel_engine.workload import CameraSpec, QueryEntry, query_from_json
 from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query
 from webapp.workloads.services.cameras import camera_register
 from webapp.workloads.services.model_entries import model_register_file
@@ -138,16 +136,10 @@ def _demo_build(scale: str) -> None:
             _seed_progress(scale, detail=f"training {event['query']} ({event['arch']}): step {event['step']} of "
                                          f"{event['steps']}, about {left} min left for this model")
         elif event.get("type") == "demo.trained":
-            entry = next(e for e in spec.queries if e.name == event["query"])
-            register(dataclasses.replace(
-                entry, weights=f"weights/{entry.name}.safetensors", unmerged_accuracy=event["accuracy"],
-                chance_accuracy=event["chance"],
-                unmerged_test=Measurement.from_json(event["test"]) if event.get("test") else None,
-            ), train_frame_seconds=event.get("train_frame_seconds"))
+            register(query_from_json(event["entry"]), train_frame_seconds=event.get("train_frame_seconds"))
 
     try:
-        saved = out_dir / "workload.json"
-        workload = Workload.load(saved) if saved.is_file() else build_demo(scale, out_dir, progress=progress)
+        workload = built_demo(out_dir) or build_demo(scale, out_dir, progress=progress)
         for entry in workload.queries:
             register(entry)
     except Exception as exc:  # the row must not stay "building"; unexpected errors still reach the caller
