@@ -75,7 +75,7 @@ def read_versioned_json(
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise error(f"{path}: no {what} there (file not found)") from None
+        raise error(f"{path}: cannot read {what}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{path}: cannot read {what} ({exc})") from None
     try:

@@ -46,7 +46,7 @@ def test_a_manifest_of_the_old_key_is_read_and_the_old_key_is_checked_where_pres
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (None, r"no merge plan there \(file not found\)"),
+        (None, r"cannot read merge plan: no such file"),
         ("{broken", "merge plan is not readable JSON"),
         ("[1, 2]", "not a merge plan: expected a JSON object, got list"),
         ('{"instances": []}', "merge plan has no 'version'"),
