@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,24 @@ def resolve_device(name: torch.device | str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise TrainingError(f"device must be cpu or cuda, got {name!r}")
     return device
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the ``with`` body on ``count`` torch CPU threads, then restore the process's earlier count (torch's
+    thread count is process-wide: a caller sharing the process, a test suite, keeps its own).
+
+    Raises:
+        TrainingError: ``count`` is not a positive integer.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise TrainingError(f"torch threads must be a positive integer, got {count!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True, eq=False)

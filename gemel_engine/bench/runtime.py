@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from gemel_engine.bench import registered_names
 from gemel_engine.bundle import ModelRecipe, load_bundle
 from gemel_engine.errors import RuntimeBudgetError, UsageError
@@ -40,7 +38,7 @@ from gemel_engine.runtime.scheduler import get_scheduler, list_schedulers, stack
 from gemel_engine.runtime.simulator import predict_stream, simulate
 from gemel_engine.runtime.stream import serve_offline, workload_stream
 from gemel_engine.runtime.swap import BandwidthModel, find_units, unit_tensors
-from gemel_engine.train import resolve_device
+from gemel_engine.train import resolve_device, torch_threads
 from gemel_engine.workload import Workload
 
 
@@ -239,7 +237,14 @@ def main(argv: Sequence[str]) -> int:
     schedulers = registered_names(parser, args.schedulers, list_schedulers(), "schedulers")
     rates = _numbers(args.fps, "--fps", parser)
     fractions = _numbers(args.budget_fractions, "--budget-fractions", parser)
-    torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):
+        return _run(args, parser, schedulers, rates, fractions)
+
+
+def _run(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, schedulers: list[str], rates: list[float],
+    fractions: list[float],
+) -> int:
     device = resolve_device(args.device)
     tier = "cuda" if device.type == "cuda" else args.tier
     links: list[float | str] = ["disk"] if tier == "disk" else list(_numbers(args.bandwidth_gbps, "--bandwidth-gbps",

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from gemel_engine.bundle import ModelRecipe, save_bundle
 from gemel_engine.cli import main
@@ -26,11 +27,14 @@ def _tied_bundle(workload, out: Path) -> Path:
 def test_the_runtime_benchmark_sweeps_links_and_holds_the_policy_fixed(tiny_workload, tmp_path: Path, capsys):
     bundle = _tied_bundle(tiny_workload, tmp_path / "bundle")
     out = tmp_path / "runtime.json"
+    threads = torch.get_num_threads()
     code = main([
         "bench", "runtime", "--workload", str(tiny_workload.root / "workload.json"), "--bundle", str(bundle),
         "--fps", "5", "--bandwidth-gbps", "2,0.5", "--budget-fractions", "0,1", "--min-stream-seconds", "8",
         "--max-frames", "10", "--timing", "profiled", "--repeats", "1", "--out", str(out),
+        "--threads", str(threads + 1),
     ])
+    assert torch.get_num_threads() == threads  # the caller's process keeps its own thread count
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert code == 0 and "warm-up loads charged to every scheduler's clock" in printed

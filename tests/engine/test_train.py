@@ -18,6 +18,7 @@ from gemel_engine.train import (
     resolve_device,
     save_checkpoint,
     setup,
+    torch_threads,
 )
 from tests.conftest import requires_cuda
 
@@ -143,3 +144,19 @@ def test_training_on_the_gpu_uses_mixed_precision_and_still_learns():
     args = TrainArgs(steps=30, batch_size=32, device="cuda")
     result = fit(setup(Query("q", "cam", "resnet18", PRESENCE), args), train, PRESENCE, args, val=val)
     assert result.accuracy >= 0.95
+
+
+def test_torch_threads_sets_the_count_for_its_body_and_restores_it_even_on_error():
+    before = torch.get_num_threads()
+    inside = []
+
+    def fail_inside() -> None:
+        with torch_threads(before + 1):
+            inside.append(torch.get_num_threads())
+            raise RuntimeError("inside")
+
+    with pytest.raises(RuntimeError, match="inside"):
+        fail_inside()
+    assert inside == [before + 1] and torch.get_num_threads() == before
+    with pytest.raises(TrainingError, match="positive integer"), torch_threads(0):
+        pass

@@ -7,11 +7,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import torch
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from gemel_engine.train import torch_threads
 from gemel_engine.workload import Workload
 from tests.webapp.test_merges_factories import make_job, make_ready_queries
 from webapp.merges.models import MergeJob
@@ -33,14 +33,12 @@ Status = MergeJob.Status
 def tiny_search(settings):
     """The smallest retraining the engine allows, on one CPU thread (the test machine is shared), with a
     one-second heartbeat."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     settings.MERGE_ROUND_MAX_STEPS = 1
     settings.MERGE_ROUND_BATCH_SIZE = 8
     settings.MERGE_DEVICE = "cpu"
     settings.MERGE_HEARTBEAT_S = 1
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def test_it_starts_a_job_with_its_workload_exported_into_its_folder(operator, django_capture_on_commit_callbacks):

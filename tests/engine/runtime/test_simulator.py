@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from gemel_engine.bundle import load_bundle
 from gemel_engine.queries import Task
@@ -15,6 +14,7 @@ from gemel_engine.runtime.scheduler import RuntimeQuery, get_scheduler
 from gemel_engine.runtime.simulator import predict_stream, simulate
 from gemel_engine.runtime.stream import serve_offline
 from gemel_engine.runtime.swap import BandwidthModel
+from gemel_engine.train import torch_threads
 from tests.engine.runtime.conftest import make_bundle
 from tests.engine.runtime.test_executor import _frames
 
@@ -30,15 +30,11 @@ def tiny_setup(tmp_path_factory):
     )
     loaded = load_bundle(bundle)
     cache = tmp_path_factory.mktemp("profiles")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # profiled as the executor will run: one thread
-    try:
+    with torch_threads(1):  # profiled as the executor will run: one thread
         profiles = {
             name: profile_recipe(recipe, input_size=(32, 32), bandwidth=LINK, cache_dir=cache)
             for name, recipe in loaded.recipes.items()
         }
-    finally:
-        torch.set_num_threads(threads)
     queries = [
         RuntimeQuery("qa", "a", PRESENCE, "n", 0.3), RuntimeQuery("qb", "b", PRESENCE, "e", 0.3),
         RuntimeQuery("qc", "c", PRESENCE, "n", 0.3),
@@ -62,9 +58,7 @@ def test_profiles_are_cached_and_add_up_to_the_forward_pass(tiny_setup, tmp_path
 
 def test_the_simulator_predicts_the_executors_drop_rate_within_15_points(tiny_setup):
     bundle, profiles, queries, frames = tiny_setup
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy two-core machine times one thread far more steadily
-    try:
+    with torch_threads(1):  # a busy two-core machine times one thread far more steadily
         loaded = load_bundle(bundle)
         predictions = predict_stream(loaded.models.as_dict(), queries, frames)
         sizes = {name: p.param_bytes for name, p in profiles.items()}
@@ -86,6 +80,4 @@ def test_the_simulator_predicts_the_executors_drop_rate_within_15_points(tiny_se
             )
             assert predicted["predicted"] and real["simulated"]
             gaps.append(abs(real["drop_rate"] - predicted["drop_rate"]))
-    finally:
-        torch.set_num_threads(threads)
     assert max(gaps) <= 0.15, gaps
