@@ -255,7 +255,7 @@ def test_joint_retraining_stops_as_soon_as_targets_are_met_or_hopeless(tiny_work
 
 def test_the_merge_command_prints_the_documented_json(tiny_workload, tmp_path: Path, capsys):
     code = main(["merge", "--workload", str(tiny_workload.root / "workload.json"), "--out", str(tmp_path / "j"),
-                 "--strategy", "stem", "--round-steps", "1", "--json"])  # one step a round: the keys, not the merge
+                 "--strategy", "stem", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0
     assert {"strategy", "unmerged_param_bytes", "merged_param_bytes", "savings_fraction", "queries", "bundle",
