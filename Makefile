@@ -29,10 +29,11 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		{ echo "install Debian's chromium (apt-get install chromium) for the browser tests" >&2; exit 1; }
 
-# The browser tests run in a process of their own: their live stack (daphne, worker, agent) stays out of the
-# way of the other tests' real workers, and each run has its own session fixtures.
+# The engine and web tests run side by side, each in a pytest process of its own (tests/suites.py): the web
+# tests leave a core mostly idle, which the engine's training uses. The browser tests then run in a process of
+# their own: their live stack (daphne, worker, agent) stays out of the way of the other tests' real workers.
 test: setup lint chromium
-	$(PY) -m pytest --ignore=tests/e2e
+	$(PY) -m tests.suites "tests/engine tests/tooling" tests/webapp
 	$(PY) -m pytest tests/e2e
 
 # The web, consumer and live-worker tests STRESS_ROUNDS times each, shuffled, in one process, while another
