@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PASSING = "def test_it_passes():\n    assert True\n"
@@ -18,13 +21,17 @@ def _suite(folder: Path, name: str, body: str) -> Path:
     return folder
 
 
-def _run(*targets: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    # Plain pytest in a scratch folder: none of this project's plugins or settings.
+def _plain_pytest_environment() -> dict[str, str]:
+    """Plain pytest in a scratch folder: none of this project's plugins or settings."""
     env = {**os.environ, "PYTEST_ADDOPTS": "-p no:django -p no:cacheprovider", "PYTHONPATH": str(REPO_ROOT)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
+def _run(*targets: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tests.suites", *map(str, targets)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=cwd, env=_plain_pytest_environment(), capture_output=True, text=True, timeout=120, check=False,
     )
 
 
@@ -46,3 +53,23 @@ def test_suites_that_all_pass_pass_the_run_and_one_argument_may_name_several_pat
     result = _run(Path(f"{one} {two}"), three, cwd=tmp_path)
     assert result.returncode == 0, result.stdout
     assert "2 passed" in result.stdout and "1 passed" in result.stdout
+
+
+def test_a_run_ended_by_sigterm_stops_every_suite_and_prints_what_the_kept_ones_wrote(tmp_path):
+    started = tmp_path / "started"
+    slow = f"import time\n\ndef test_it_runs_until_stopped():\n    open({str(started)!r}, 'w').close()\n" \
+           "    time.sleep(600)\n"
+    live = _suite(tmp_path / "live", "live", slow.replace("started", "live-started"))
+    kept = _suite(tmp_path / "kept", "kept", slow)
+    runner = subprocess.Popen([sys.executable, "-m", "tests.suites", str(live), str(kept)], cwd=tmp_path,
+                              env=_plain_pytest_environment(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(started.exists, timeout=60, what="the kept suite's test to start")
+        runner.send_signal(signal.SIGTERM)
+        output, _ = runner.communicate(timeout=60)
+    finally:
+        runner.kill()
+    assert runner.returncode != 0
+    assert f"suites: {kept} was stopped; what it wrote:" in output
+    assert "test_kept.py" in output.split("was stopped")[1], "the kept suite's output was not printed"
