@@ -31,6 +31,9 @@ __all__ = [
     "Measurement",
     "block_bootstrap_interval",
     "chance_accuracy",
+    "chance_measurement",
+    "chance_shortfall",
+    "lead_over_chance",
     "measure",
     "measure_predictions",
     "measure_sets",
@@ -58,6 +61,10 @@ class Measurement:
     def interval(self) -> tuple[float, float]:
         """Return ``(low, high)``."""
         return self.low, self.high
+
+    def describe(self) -> str:
+        """Return ``accuracy [low, high]`` to three decimals."""
+        return f"{self.accuracy:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
     def to_json(self) -> dict[str, Any]:
         """Return ``{"accuracy", "interval": [low, high], "frames"}`` rounded to four decimals."""
@@ -121,9 +128,17 @@ def block_bootstrap_interval(
     else:
         correct = np.fromiter((p == t for p, t in zip(predictions, targets, strict=True)), dtype=np.float64,
                               count=count)
-        block_hits = np.add.reduceat(correct, starts)
-        block_sizes = (ends - starts).astype(np.float64)
-        scores = block_hits[drawn].sum(axis=1) / block_sizes[drawn].sum(axis=1)
+        scores = _resampled_means(correct, starts, ends, drawn)
+    return _percentile_interval(scores)
+
+
+def _resampled_means(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    block_sums = np.add.reduceat(values, starts)
+    block_sizes = (ends - starts).astype(np.float64)
+    return block_sums[drawn].sum(axis=1) / block_sizes[drawn].sum(axis=1)
+
+
+def _percentile_interval(scores: np.ndarray) -> tuple[float, float]:
     tail = (1 - CONFIDENCE) / 2 * 100
     low, high = np.percentile(scores, [tail, 100 - tail])
     return float(low), float(high)
@@ -199,3 +214,80 @@ def chance_accuracy(targets: Sequence[Target]) -> float | None:
     if not targets or isinstance(targets[0], dict):
         return None
     return Counter(targets).most_common(1)[0][1] / len(targets)
+
+
+def chance_measurement(train_targets: Sequence[Target], frames: LabelledFrames, task: Task) -> Measurement | None:
+    """Measure the commonest-class baseline on ``frames``: always answering the class most frequent in
+    ``train_targets`` (what a model that learned nothing from its training frames would answer), scored and given
+    a 95% interval exactly as a model's predictions are.
+
+    Returns:
+        The baseline's measurement, or None for detection (no single answer is a detector's baseline) or
+        without training targets.
+
+    Raises:
+        QueryError: ``frames`` is empty.
+    """
+    if task.is_detection or not train_targets:
+        return None
+    return measure_predictions([_commonest(train_targets)] * len(frames), frames, task)
+
+
+def lead_over_chance(
+    predictions: Sequence[Target], frames: LabelledFrames, train_targets: Sequence[Target], task: Task
+) -> Measurement | None:
+    """Return how far ``predictions`` lead the commonest-class baseline (see ``chance_measurement``) on ``frames``:
+    model accuracy minus baseline accuracy, with a **paired** 95% block-bootstrap interval. Both are scored on the
+    same frames, so each resample draws the same time blocks for the two and the interval is the lead's own, far
+    narrower than the two accuracies' intervals side by side (a busy stretch of the stream moves both alike).
+
+    Returns:
+        The lead as a Measurement (``accuracy`` is the lead, in [-1, 1]), or None for detection or without
+        training targets.
+
+    Raises:
+        QueryError: the predictions do not match the frames, or there are none.
+    """
+    if task.is_detection or not train_targets:
+        return None
+    count = len(frames)
+    if len(predictions) != count or count == 0:
+        raise QueryError(f"cannot score {len(predictions)} predictions against {count} targets")
+    commonest = _commonest(train_targets)
+    lead_per_frame = np.fromiter(
+        ((p == t) - (commonest == t) for p, t in zip(predictions, frames.targets, strict=True)), dtype=np.float64,
+        count=count,
+    )
+    starts = _block_starts(count)
+    ends = np.append(starts[1:], count)
+    drawn = np.random.default_rng(0).integers(0, len(starts), size=(CLASSIFICATION_RESAMPLES, len(starts)))
+    low, high = _percentile_interval(_resampled_means(lead_per_frame, starts, ends, drawn))
+    lead = float(lead_per_frame.mean())
+    return Measurement(lead, min(low, lead), max(high, lead), count)
+
+
+def _commonest(targets: Sequence[Target]) -> Target:
+    return Counter(targets).most_common(1)[0][0]
+
+
+def chance_shortfall(
+    model: Measurement | None, chance: Measurement | None, lead: Measurement | None, *, detection: bool
+) -> str | None:
+    """Return, in one sentence, why ``model`` is not clearly better than a model that learned nothing.
+
+    For classification: its paired ``lead`` over the commonest-class baseline ``chance`` (``lead_over_chance``)
+    is not above 0 at 95%. For ``detection``: its mAP interval is not above 0, what a detector that finds nothing
+    scores.
+
+    Returns:
+        The sentence, or None when the model clearly is better, or when what the verdict needs (the model's
+        measurement; for classification, the baseline and the lead) is not measured.
+    """
+    if detection:
+        if model is None or model.low > 0.0:
+            return None
+        return f"its test mAP {model.describe()} is not clearly above 0, what a detector that finds nothing scores"
+    if model is None or chance is None or lead is None or lead.low > 0.0:
+        return None
+    return (f"its test accuracy {model.describe()} leads always answering the commonest class, "
+            f"{chance.describe()}, by {lead.describe()}: not clearly above 0")

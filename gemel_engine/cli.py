@@ -218,7 +218,7 @@ def _target_cell(target: float | None) -> str:
 
 
 def _measurement_cell(measured: Measurement | None) -> str:
-    return "-" if measured is None else _interval_cell(measured.accuracy, measured.low, measured.high)
+    return "-" if measured is None else measured.describe()
 
 
 def cmd_demo_build(args: argparse.Namespace) -> int:
@@ -249,17 +249,25 @@ def cmd_demo_build(args: argparse.Namespace) -> int:
 def _print_unmerged(workload: Workload) -> None:
     print(format_table(
         ["query", "camera", "arch", "task", "chance (val)", "unmerged val", "unmerged test [95% interval]",
-         "test target"],
+         "chance (test)", "test target"],
         [
             [
                 e.name, e.query.camera, e.query.arch, e.query.task.kind,
                 "-" if e.chance_accuracy is None else f"{e.chance_accuracy:.3f}",
-                f"{e.unmerged_accuracy:.3f}", _measurement_cell(e.unmerged_test),
+                f"{e.unmerged_accuracy:.3f}", _measurement_cell(e.unmerged_test), _measurement_cell(e.chance_test),
                 _target_cell(e.required_test_accuracy),
             ]
             for e in workload.queries
         ],
     ))
+    _warn_no_better_than_chance(workload)
+
+
+def _warn_no_better_than_chance(workload: Workload) -> None:
+    for entry in workload.queries:
+        if entry.chance_shortfall is not None:
+            print(f"warning: {entry.name}: {entry.chance_shortfall}; merging it proves little", file=sys.stderr,
+                  flush=True)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -331,6 +339,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from gemel_engine.workload import Workload
 
     workload = Workload.load(args.workload)
+    _warn_no_better_than_chance(workload)
     config = SearchConfig(
         strategy=args.strategy, budget_minutes=args.budget_minutes, device=args.device,
         round_budget=RetrainBudget(max_steps=args.round_steps),

@@ -17,7 +17,14 @@ from typing import Any, Literal
 from torch import nn
 
 from gemel_engine import zoo
-from gemel_engine.accuracy import Measurement, chance_accuracy, measure_sets
+from gemel_engine.accuracy import (
+    Measurement,
+    chance_accuracy,
+    chance_measurement,
+    chance_shortfall,
+    lead_over_chance,
+    measure_sets,
+)
 from gemel_engine.data.annotations import read_coco_annotations, read_yolo_labels
 from gemel_engine.data.folder import ImageFolderSource
 from gemel_engine.data.frames import Box
@@ -112,6 +119,11 @@ class QueryEntry:
     unmerged_test: Measurement | None = None
     # The unmerged model's 95% interval on the validation frames.
     unmerged_val_interval: tuple[float, float] | None = None
+    # Always answering the commonest class of the training frames, on the held-out test frames with its 95%
+    # interval (classification; None for detection or before measuring).
+    chance_test: Measurement | None = None
+    # The unmerged model's lead over that baseline on the same test frames, with its paired 95% interval.
+    chance_lead: Measurement | None = None
 
     @property
     def name(self) -> str:
@@ -125,6 +137,14 @@ class QueryEntry:
         if self.unmerged_accuracy is None:
             return None
         return self.query.target.required(self.unmerged_accuracy)
+
+    @property
+    def chance_shortfall(self) -> str | None:
+        """Return why the unmerged model is not clearly better, on held-out test frames, than a model that learned
+        nothing (``accuracy.chance_shortfall``), or None when it is or before both are measured on test frames.
+        Merging such a query proves nothing: its targets are relative to a useless model."""
+        return chance_shortfall(self.unmerged_test, self.chance_test, self.chance_lead,
+                                detection=self.query.task.is_detection)
 
     @property
     def required_test_accuracy(self) -> float | None:
@@ -151,6 +171,8 @@ class QueryEntry:
             "unmerged_accuracy": self.unmerged_accuracy, "chance_accuracy": self.chance_accuracy,
             "unmerged_val_interval": list(self.unmerged_val_interval) if self.unmerged_val_interval else None,
             "unmerged_test": self.unmerged_test.to_json() if self.unmerged_test else None,
+            "chance_test": self.chance_test.to_json() if self.chance_test else None,
+            "chance_lead": self.chance_lead.to_json() if self.chance_lead else None,
         }
 
 
@@ -312,12 +334,15 @@ def query_from_json(data: dict[str, Any]) -> QueryEntry:
     if not isinstance(builder_args, dict):
         raise QueryError(f"query {query.name!r}: builder_args must be an object")
     test = data.get("unmerged_test")
+    chance_test, chance_lead = data.get("chance_test"), data.get("chance_lead")
     val_interval = data.get("unmerged_val_interval")
     return QueryEntry(
         query=query, builder_args=builder_args, weights=data.get("weights"),
         unmerged_accuracy=data.get("unmerged_accuracy"), chance_accuracy=data.get("chance_accuracy"),
         unmerged_test=Measurement.from_json(test) if test is not None else None,
         unmerged_val_interval=(float(val_interval[0]), float(val_interval[1])) if val_interval else None,
+        chance_test=Measurement.from_json(chance_test) if chance_test is not None else None,
+        chance_lead=Measurement.from_json(chance_lead) if chance_lead is not None else None,
     )
 
 
@@ -419,24 +444,36 @@ def query_data(
 
 def measure_unmerged(entry: QueryEntry, model: nn.Module, frames: QueryFrames) -> QueryEntry:
     """Measure a query's unmerged ``model`` the one way every model is measured (``gemel_engine.accuracy.measure``)
-    on its validation and test frames, and the commonest-class baseline on validation frames.
+    on its validation and test frames, and the commonest-class baseline on validation frames and (the commonest
+    class of the training frames) on test frames.
 
     Returns:
-        ``entry`` with ``unmerged_accuracy``, ``unmerged_val_interval``, ``unmerged_test`` and
-        ``chance_accuracy`` set (rounded to four decimals). The model keeps the re-estimated BatchNorm statistics.
+        ``entry`` with ``unmerged_accuracy``, ``unmerged_val_interval``, ``unmerged_test``, ``chance_accuracy``,
+        ``chance_test`` and ``chance_lead`` set (rounded to four decimals). The model keeps the re-estimated
+        BatchNorm statistics.
 
     Raises:
         QueryError: a frame set is empty.
     """
     task = entry.query.task
     val, test = measure_sets(model, (frames.val, frames.test), task, calibration=frames.train)
+    train_targets = list(frames.train.targets)
+    lead = None
+    if not task.is_detection:  # the model keeps the statistics it was just measured with
+        lead = lead_over_chance(predict(model, frames.test.images, task), frames.test, train_targets, task)
     return dataclasses.replace(
         entry,
         unmerged_accuracy=round(val.accuracy, 4),
         unmerged_val_interval=(round(val.low, 4), round(val.high, 4)),
         unmerged_test=Measurement.from_json(test.to_json()),
         chance_accuracy=chance_accuracy(list(frames.val.targets)),
+        chance_test=_rounded(chance_measurement(train_targets, frames.test, task)),
+        chance_lead=_rounded(lead),
     )
+
+
+def _rounded(measured: Measurement | None) -> Measurement | None:
+    return None if measured is None else Measurement.from_json(measured.to_json())
 
 
 def measure_query(workload: Workload, entry: QueryEntry, frames: CameraFrames) -> tuple[QueryEntry, int, int]:

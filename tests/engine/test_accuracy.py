@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from gemel_engine import zoo
-from gemel_engine.accuracy import Measurement, block_bootstrap_interval, measure, measure_predictions
+from gemel_engine.accuracy import (
+    Measurement,
+    block_bootstrap_interval,
+    chance_measurement,
+    chance_shortfall,
+    lead_over_chance,
+    measure,
+    measure_predictions,
+)
 from gemel_engine.errors import GemelError
 from gemel_engine.queries import Task
 from gemel_engine.train import LabelledFrames
@@ -77,3 +85,41 @@ def test_a_measurement_round_trips_through_json_and_refuses_nonsense():
                 {"accuracy": float("nan"), "interval": [0, 1], "frames": 3}):
         with pytest.raises(GemelError):
             Measurement.from_json(bad)
+
+
+def test_the_chance_baseline_answers_the_training_frames_commonest_class_on_the_frames_it_is_measured_on():
+    train_targets = [1] * 70 + [0] * 30  # a model that learned nothing answers 1
+    frames = LabelledFrames(np.zeros((200, 8, 8, 3), dtype=np.uint8), [0] * 120 + [1] * 80)
+    chance = chance_measurement(train_targets, frames, PRESENCE)
+    assert chance is not None and chance.accuracy == pytest.approx(0.4) and chance.frames == 200
+    assert chance.low <= chance.accuracy <= chance.high
+    detection = Task("detection", ("car",))
+    assert chance_measurement(train_targets, frames, detection) is None
+
+
+def test_the_lead_over_chance_is_paired_so_a_clear_lead_stands_though_the_two_intervals_overlap():
+    generator = np.random.default_rng(5)
+    # A slowly changing scene: the commonest class holds for long stretches, so per-set intervals are wide.
+    targets = np.repeat(generator.integers(0, 2, size=20), 20).tolist()
+    frames = LabelledFrames(np.zeros((400, 8, 8, 3), dtype=np.uint8), targets)
+    train_targets = [1] * 60 + [0] * 40
+    predictions = [t if generator.random() < 0.8 else 1 - t for t in targets]  # right 80% of the time
+    model = measure_predictions(predictions, frames, PRESENCE)
+    chance = chance_measurement(train_targets, frames, PRESENCE)
+    lead = lead_over_chance(predictions, frames, train_targets, PRESENCE)
+    assert lead.accuracy == pytest.approx(model.accuracy - chance.accuracy)
+    assert lead.low > 0 and chance_shortfall(model, chance, lead, detection=False) is None
+    assert lead.high - lead.low < (model.high - model.low) + (chance.high - chance.low)
+    copying = [1] * 400  # answers the commonest class: no lead at all
+    no_lead = lead_over_chance(copying, frames, train_targets, PRESENCE)
+    assert no_lead.accuracy == 0 and no_lead.low == no_lead.high == 0
+    sentence = chance_shortfall(measure_predictions(copying, frames, PRESENCE), chance, no_lead, detection=False)
+    assert sentence.startswith("its test accuracy ")
+    assert sentence.endswith("by 0.000 [0.000, 0.000]: not clearly above 0")
+    assert chance_shortfall(model, chance, None, detection=False) is None  # no verdict before the lead is measured
+    assert lead_over_chance(predictions, frames, train_targets, Task("detection", ("car",))) is None
+
+
+def test_a_detector_whose_map_interval_reaches_0_is_no_better_than_one_that_finds_nothing():
+    assert "not clearly above 0" in chance_shortfall(Measurement(0.0, 0.0, 0.0, 300), None, None, detection=True)
+    assert chance_shortfall(Measurement(0.6, 0.5, 0.7, 300), None, None, detection=True) is None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from gemel_engine import zoo
+from gemel_engine.accuracy import Measurement
 from gemel_engine.data.sampling import SamplingSpec
 from gemel_engine.queries import Query, Task, evaluate
 from gemel_engine.workload import (
@@ -33,9 +35,16 @@ def _workload(root: Path, *, labels: str = "ground_truth", weights: str | None =
 def test_a_workload_round_trips_through_its_json_file(tmp_path: Path):
     zoo.save_weights(zoo.get_model("resnet18", num_classes=2), tmp_path / "q.safetensors")
     workload = _workload(tmp_path, weights="q.safetensors")
+    measured = dataclasses.replace(workload.queries[0], unmerged_test=Measurement(0.55, 0.5, 0.6, 300),
+                                   chance_test=Measurement(0.52, 0.47, 0.57, 300),
+                                   chance_lead=Measurement(0.03, -0.01, 0.07, 300))
+    workload = workload.with_queries((measured,))
     loaded = Workload.load(workload.save(tmp_path / "workload.json"))
     assert loaded.to_json() == workload.to_json()
     assert loaded.query("q").required_accuracy == pytest.approx(0.855)
+    assert loaded.query("q").chance_test == Measurement(0.52, 0.47, 0.57, 300)
+    assert loaded.query("q").chance_lead == Measurement(0.03, -0.01, 0.07, 300)
+    assert loaded.query("q").chance_shortfall.endswith("by 0.030 [-0.010, 0.070]: not clearly above 0")
     assert loaded.load_model(loaded.query("q")).fc.out_features == 2
 
 

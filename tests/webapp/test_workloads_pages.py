@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from tests.webapp.test_workloads_factories import make_camera, make_model, make_query, synthetic_source, write_weights
+from tests.webapp.test_workloads_factories import (
+    make_camera,
+    make_model,
+    make_query,
+    measured,
+    synthetic_source,
+    write_weights,
+)
 from webapp.workloads.models import Camera, ModelEntry, Query, WorkloadAnalysis
 from webapp.workloads.services import workload_analyze
 
@@ -155,3 +162,38 @@ def test_editing_only_the_target_keeps_every_task_field_and_the_measurement(oper
     assert query.target_fraction == 1.0
     assert query.task["min_box_area"] == 16
     assert query.status == Query.Status.READY and query.unmerged_accuracy == 0.825 and query.chance_accuracy == 0.508
+
+
+def test_a_query_no_better_than_chance_is_flagged_on_its_page_in_the_api_and_before_a_merge(operator_client):
+    camera, model = make_camera(), make_model()
+    no_lead = {"accuracy": -0.038, "interval": [-0.09, 0.012], "frames": 100}
+    clear_lead = {"accuracy": 0.3, "interval": [0.25, 0.35], "frames": 100}
+    useless = make_query("east_useless", camera=camera, model=model, unmerged_test=measured(0.475),
+                         chance_test=measured(0.513), chance_lead=no_lead)
+    useful = make_query("north_useful", camera=camera, model=model, unmerged_test=measured(0.9),
+                        chance_test=measured(0.6), chance_lead=clear_lead)
+    page = operator_client.get("/cameras/").content.decode()
+    assert f'id="no-better-than-chance-{useless.pk}"' in page
+    assert f'id="no-better-than-chance-{useful.pk}"' not in page
+    assert ("leads always answering the commonest class, 0.513 [0.463, 0.563], by -0.038 [-0.090, 0.012]: not clearly "
+            "above 0") in page
+    listed = {q["name"]: q for q in operator_client.get("/api/queries").json()}
+    assert listed["east_useless"]["chance_shortfall"].startswith("its test accuracy 0.475 [0.425, 0.525]")
+    assert listed["north_useful"]["chance_shortfall"] is None
+    assert listed["north_useful"]["chance_test"] == measured(0.6)
+    assert listed["north_useful"]["chance_lead"] == clear_lead
+    merges = operator_client.get("/merges/").content.decode()
+    assert f'id="chance-warning-{useless.pk}"' in merges
+    assert f'id="chance-warning-{useful.pk}"' not in merges
+
+
+def test_a_detector_that_finds_nothing_is_flagged_and_an_unmeasured_baseline_is_not_judged(operator_client):
+    camera = make_camera()
+    blind = make_query("south_detect", camera=camera, model=make_model("detector"),
+                       task={"kind": "detection", "classes": ["car"]}, unmerged_test=measured(0.0, half_width=0.0))
+    before_baselines = make_query("north_old", camera=camera, model=make_model("old"), unmerged_test=measured(0.5),
+                                  chance_test=None, chance_lead=None)
+    page = operator_client.get("/cameras/").content.decode()
+    assert f'id="no-better-than-chance-{blind.pk}"' in page
+    assert "not clearly above 0, what a detector that finds nothing scores" in page
+    assert f'id="no-better-than-chance-{before_baselines.pk}"' not in page

@@ -122,6 +122,9 @@ def test_a_real_worker_measures_a_new_query(celery_worker):
     query.refresh_from_db()
     assert query.status == Query.Status.READY, (query.status_detail, celery_worker.log_tail())
     assert query.unmerged_accuracy is not None
+    # The commonest-class baseline is measured on the same held-out test frames as the model.
+    assert query.chance_test["frames"] == query.unmerged_test["frames"] > 0
+    assert query.chance_test["interval"][0] <= query.chance_test["accuracy"] <= query.chance_test["interval"][1]
 
 
 @pytest.fixture

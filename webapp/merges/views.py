@@ -16,6 +16,7 @@ from webapp.field_errors import add_service_error
 from webapp.merges import selectors, services
 from webapp.merges.forms import MergeJobStartForm
 from webapp.merges.models import MergeJob
+from webapp.workloads.selectors import queries_no_better_than_chance, queries_ready
 
 
 def _job_or_404(job_id: int) -> MergeJob:
@@ -35,7 +36,8 @@ def merge_jobs(request: HttpRequest) -> HttpResponse:
 
 
 def _list_context(form: MergeJobStartForm | None) -> dict[str, Any]:
-    return {"jobs": selectors.merge_job_list(), "form": form, "budget_hint": selectors.merge_budget_hint()}
+    return {"jobs": selectors.merge_job_list(), "form": form, "budget_hint": selectors.merge_budget_hint(),
+            "chance_warnings": queries_no_better_than_chance(queries_ready())}
 
 
 @operator_required

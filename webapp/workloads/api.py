@@ -21,6 +21,7 @@ from pydantic import Field
 from webapp.accounts.permissions import api_require_operator
 from webapp.api_types import MAX_IDS, DbId, Detail
 from webapp.workloads import selectors, services
+from webapp.workloads.engine import query_chance_shortfall
 from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, WorkloadAnalysis
 from webapp.workloads.uploads import refuse_oversized_upload
 
@@ -98,6 +99,14 @@ class QueryOut(Schema):
     status_detail: str
     unmerged_accuracy: float | None
     chance_accuracy: float | None
+    # Held-out test frames: {"accuracy", "interval": [low, high], "frames"} of the unmerged model and of always
+    # answering the commonest class (None for detection or before measuring).
+    unmerged_test: dict[str, Any] | None
+    chance_test: dict[str, Any] | None
+    # The unmerged model's lead over that baseline on the same frames, with its paired 95% interval.
+    chance_lead: dict[str, Any] | None
+    # Why the unmerged model is not clearly better than chance on test frames; None when it is.
+    chance_shortfall: str | None
 
 
 class AnalysisIn(Schema):
@@ -142,7 +151,9 @@ def _query_out(query: Query) -> dict[str, Any]:
         "id": query.pk, "name": query.name, "camera": query.camera_id, "model": query.model_id, "task": query.task,
         "target_fraction": query.target_fraction, "slo_ms": query.slo_ms, "status": query.status,
         "status_detail": query.status_detail, "unmerged_accuracy": query.unmerged_accuracy,
-        "chance_accuracy": query.chance_accuracy,
+        "chance_accuracy": query.chance_accuracy, "unmerged_test": query.unmerged_test,
+        "chance_test": query.chance_test, "chance_lead": query.chance_lead,
+        "chance_shortfall": query_chance_shortfall(query),
     }
 
 

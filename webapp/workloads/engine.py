@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 
-from gemel_engine.accuracy import Measurement
+from gemel_engine.accuracy import Measurement, chance_shortfall
 from gemel_engine.data.sampling import SamplingSpec
 from gemel_engine.data.sources import synthetic_config
 from gemel_engine.errors import GemelError
@@ -94,6 +94,25 @@ def query_unmerged_test(query: Query) -> Measurement | None:
     return Measurement.from_json(query.unmerged_test) if query.unmerged_test else None
 
 
+def query_chance_test(query: Query) -> Measurement | None:
+    """Return the commonest-class baseline on the query's held-out test frames, or None (detection, or before
+    that is measured)."""
+    return Measurement.from_json(query.chance_test) if query.chance_test else None
+
+
+def query_chance_lead(query: Query) -> Measurement | None:
+    """Return the unmerged model's lead over that baseline, with its paired interval, or None (detection, or
+    before that is measured)."""
+    return Measurement.from_json(query.chance_lead) if query.chance_lead else None
+
+
+def query_chance_shortfall(query: Query) -> str | None:
+    """Return why the query's unmerged model is not clearly better than one that learned nothing, on held-out test
+    frames (the engine's verdict), or None when it is or before it is measured."""
+    return chance_shortfall(query_unmerged_test(query), query_chance_test(query), query_chance_lead(query),
+                            detection=query.task.get("kind") == "detection")
+
+
 def query_required_accuracy(query: Query) -> float | None:
     """Return the accuracy a merged model of ``query`` must reach now on validation frames (its current target
     over its current unmerged accuracy), or None before the query is measured."""
@@ -118,6 +137,8 @@ def query_entry(query: Query, *, weights: str | None) -> QueryEntry:
         unmerged_accuracy=query.unmerged_accuracy,
         chance_accuracy=query.chance_accuracy,
         unmerged_test=query_unmerged_test(query),
+        chance_test=query_chance_test(query),
+        chance_lead=query_chance_lead(query),
     )
 
 

@@ -80,6 +80,12 @@ class Query(models.Model):
     # The unmerged model on held-out test frames: gemel_engine.accuracy.Measurement JSON (accuracy, 95% interval,
     # frames); the reference of the deploy gate.
     unmerged_test = models.JSONField(null=True, blank=True)
+    # Always answering the commonest class of the training frames, on the same test frames (Measurement JSON;
+    # None for detection): what the unmerged model must clearly beat to be worth merging.
+    chance_test = models.JSONField(null=True, blank=True)
+    # The unmerged model's lead over that baseline on the same frames, with its paired 95% interval (Measurement
+    # JSON whose accuracy is the lead): a lead not clearly above 0 flags the query as not clearly better than chance.
+    chance_lead = models.JSONField(null=True, blank=True)
     # Seconds one training frame of its unmerged model took on this machine (forward and backward), as the demo
     # build measured while training it; None for a model trained elsewhere. A first job's budget hint reads it.
     train_frame_seconds = models.FloatField(null=True, blank=True)

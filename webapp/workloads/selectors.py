@@ -8,6 +8,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 
+from webapp.workloads.engine import query_chance_shortfall
 from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, WorkloadAnalysis
 
 
@@ -24,6 +25,22 @@ def model_list() -> QuerySet[ModelEntry]:
 def query_list() -> QuerySet[Query]:
     """Return every query with its camera and model, by name."""
     return Query.objects.select_related("camera", "model").order_by("name")
+
+
+def query_list_with_chance_verdicts() -> list[Query]:
+    """Return ``query_list()``, each query with ``chance_shortfall`` set: why its unmerged model is not clearly
+    better than one that learned nothing on held-out test frames, or None when it is or is not measured yet."""
+    queries = list(query_list())
+    for query in queries:
+        query.chance_shortfall = query_chance_shortfall(query)
+    return queries
+
+
+def queries_no_better_than_chance(queries: Iterable[Query]) -> list[tuple[Query, str]]:
+    """Return each of ``queries`` whose unmerged model is not clearly better than chance on held-out test frames,
+    with why (a merge over it proves nothing: its targets are relative to a useless model)."""
+    verdicts = ((query, query_chance_shortfall(query)) for query in queries)
+    return [(query, shortfall) for query, shortfall in verdicts if shortfall is not None]
 
 
 def queries_ready() -> QuerySet[Query]:

@@ -41,7 +41,7 @@ def cameras(request: HttpRequest) -> HttpResponse:
     return render(request, "workloads/cameras.html", {
         "cameras": selectors.camera_list(),
         "models": selectors.model_list(),
-        "queries": selectors.query_list(),
+        "queries": selectors.query_list_with_chance_verdicts(),
         "demo_seeds": selectors.demo_seed_list(),
         "demo_building": building,
         "demo_form": demo_form,

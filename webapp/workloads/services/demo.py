@@ -182,5 +182,7 @@ def _demo_register(
         target_fraction=entry.query.target.relative or 0.95, status=Query.Status.READY,
         unmerged_accuracy=entry.unmerged_accuracy, chance_accuracy=entry.chance_accuracy,
         unmerged_test=entry.unmerged_test.to_json() if entry.unmerged_test else None,
+        chance_test=entry.chance_test.to_json() if entry.chance_test else None,
+        chance_lead=entry.chance_lead.to_json() if entry.chance_lead else None,
         status_detail="measured while the demo was built", train_frame_seconds=train_frame_seconds,
     )

@@ -84,8 +84,10 @@ def query_remeasure(query: Query) -> None:
     """Mark ``query`` pending with its measured figures cleared and queue its measurement after the commit."""
     query.status, query.status_detail = Query.Status.PENDING, "waiting to measure the unmerged accuracy"
     query.unmerged_accuracy = query.chance_accuracy = query.unmerged_test = None
+    query.chance_test = query.chance_lead = None
     query.save(update_fields=[
-        "status", "status_detail", "unmerged_accuracy", "chance_accuracy", "unmerged_test", "updated_at",
+        "status", "status_detail", "unmerged_accuracy", "chance_accuracy", "unmerged_test", "chance_test",
+        "chance_lead", "updated_at",
     ])
     _enqueue_measure(query)
 
@@ -205,6 +207,8 @@ def query_measure(*, query_id: int) -> Query | None:
         Query.objects.filter(pk=query_id, status=Query.Status.MEASURING).update(
             status=Query.Status.READY, unmerged_accuracy=measured.unmerged_accuracy,
             chance_accuracy=measured.chance_accuracy, unmerged_test=test.to_json() if test else None,
+            chance_test=measured.chance_test.to_json() if measured.chance_test else None,
+            chance_lead=measured.chance_lead.to_json() if measured.chance_lead else None,
             status_detail=detail, updated_at=timezone.now(),
         )
         Camera.objects.filter(pk=query.camera_id).update(test_start_frame=test_start)
