@@ -112,13 +112,8 @@ def block_bootstrap_interval(
         QueryError: the two sequences differ in length or are empty.
     """
     count = len(targets)
-    if len(predictions) != count or count == 0:
-        raise QueryError(f"cannot score {len(predictions)} predictions against {count} targets")
     resamples = resamples or (DETECTION_RESAMPLES if task.is_detection else CLASSIFICATION_RESAMPLES)
-    starts = _block_starts(count)
-    ends = np.append(starts[1:], count)
-    generator = np.random.default_rng(seed)
-    drawn = generator.integers(0, len(starts), size=(resamples, len(starts)))
+    starts, ends, drawn = _drawn_time_blocks(len(predictions), count, resamples, seed)
     if task.is_detection:
         values = []
         for row in drawn:
@@ -130,6 +125,22 @@ def block_bootstrap_interval(
                               count=count)
         scores = _resampled_means(correct, starts, ends, drawn)
     return _percentile_interval(scores)
+
+
+def _drawn_time_blocks(
+    predictions: int, count: int, resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the time blocks of ``count`` frames (start and end indices) and, per resample, the blocks it draws.
+
+    Raises:
+        QueryError: ``predictions`` differs from ``count``, or there are no frames.
+    """
+    if predictions != count or count == 0:
+        raise QueryError(f"cannot score {predictions} predictions against {count} targets")
+    starts = _block_starts(count)
+    ends = np.append(starts[1:], count)
+    drawn = np.random.default_rng(seed).integers(0, len(starts), size=(resamples, len(starts)))
+    return starts, ends, drawn
 
 
 def _resampled_means(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, drawn: np.ndarray) -> np.ndarray:
@@ -251,16 +262,12 @@ def lead_over_chance(
     if task.is_detection or not train_targets:
         return None
     count = len(frames)
-    if len(predictions) != count or count == 0:
-        raise QueryError(f"cannot score {len(predictions)} predictions against {count} targets")
+    starts, ends, drawn = _drawn_time_blocks(len(predictions), count, CLASSIFICATION_RESAMPLES, 0)
     commonest = _commonest(train_targets)
     lead_per_frame = np.fromiter(
         ((p == t) - (commonest == t) for p, t in zip(predictions, frames.targets, strict=True)), dtype=np.float64,
         count=count,
     )
-    starts = _block_starts(count)
-    ends = np.append(starts[1:], count)
-    drawn = np.random.default_rng(0).integers(0, len(starts), size=(CLASSIFICATION_RESAMPLES, len(starts)))
     low, high = _percentile_interval(_resampled_means(lead_per_frame, starts, ends, drawn))
     lead = float(lead_per_frame.mean())
     return Measurement(lead, min(low, lead), max(high, lead), count)
