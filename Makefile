@@ -14,9 +14,10 @@ STRESS_ROUNDS ?= 3
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -qq -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -qq --no-deps --no-build-isolation --editable .
 	rm -f $(VENV)/.installed-*
 	touch $@
 

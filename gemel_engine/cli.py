@@ -171,14 +171,9 @@ def cmd_merge_apply(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print what a bundle holds and what its sharing saves."""
-    bundle = args.bundle
-    result_file = bundle / "result.json"
-    if not (bundle / "manifest.json").exists() and result_file.is_file():
-        try:
-            bundle = Path(json.loads(result_file.read_text())["bundle"])
-        except (ValueError, KeyError, TypeError):
-            raise UsageError(f"{result_file}: not a merge result") from None
-    from gemel_engine.search import bundle_test_report
+    from gemel_engine.search import bundle_test_report, resolve_bundle
+
+    bundle = resolve_bundle(args.bundle)
 
     info = inspect_bundle(bundle)
     tested = bundle_test_report(dict(info.metadata))
@@ -396,7 +391,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``python -m gemel_engine``."""
-    parser = _Parser(prog="python -m gemel_engine", description="Gemel: merge video-analytics DNNs to fit one GPU.")
+    prog = "gemel" if Path(sys.argv[0]).name == "gemel" else "python -m gemel_engine"
+    parser = _Parser(prog=prog, description="Gemel: merge video-analytics DNNs to fit one GPU.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     model_help = "a model as NAME=ARCH[:NUM_CLASSES]; repeat for each model"
 

@@ -38,25 +38,9 @@ from gemel_engine.runtime.scheduler import get_scheduler, list_schedulers, stack
 from gemel_engine.runtime.simulator import predict_stream, simulate
 from gemel_engine.runtime.stream import serve_offline, workload_stream
 from gemel_engine.runtime.swap import BandwidthModel, find_units, unit_tensors
+from gemel_engine.search import resolve_bundle
 from gemel_engine.train import resolve_device, torch_threads
 from gemel_engine.workload import Workload
-
-
-def resolve_bundle(path: Path) -> Path:
-    """Return the bundle directory ``path`` names: itself, or a merge job's final bundle (its result.json).
-
-    Raises:
-        UsageError: neither a bundle nor a merge job directory.
-    """
-    if (path / "manifest.json").is_file():
-        return path
-    result = path / "result.json"
-    if result.is_file():
-        try:
-            return Path(json.loads(result.read_text())["bundle"])
-        except (ValueError, KeyError, TypeError):
-            raise UsageError(f"{result}: not a merge result") from None
-    raise UsageError(f"{path}: neither a bundle nor a merge job directory")
 
 
 def resident_inference_ratio(
@@ -261,7 +245,7 @@ def _run(
     largest = max(sum(units[k].nbytes for k in keys) for keys in order.values())
     everything = sum(unit.nbytes for unit in units.values())
     settings = {
-        "workload": str(args.workload.resolve()), "bundle": str(resolve_bundle(args.bundle).resolve()),
+        "workload": str(args.workload.resolve()), "bundle": str(resolve_bundle(args.bundle)),
         "tier": tier, "links": links, "fps": rates, "slo_ms": args.slo_ms, "fractions": fractions,
         "budgets": args.budgets, "schedulers": schedulers, "policy": args.policy, "max_frames": args.max_frames,
         "min_stream_seconds": args.min_stream_seconds, "timing": args.timing, "threads": args.threads,

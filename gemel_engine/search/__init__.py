@@ -7,6 +7,7 @@ from gemel_engine.search.engine import (
     SearchResult,
     bundle_evaluation,
     bundle_test_report,
+    resolve_bundle,
     run_search,
     saved_configs,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "joint_retrain",
     "list_strategies",
     "register_strategy",
+    "resolve_bundle",
     "run_search",
     "saved_configs",
 ]

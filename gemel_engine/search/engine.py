@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from gemel_engine.accuracy import Measurement, measure_sets
-from gemel_engine.bundle import ModelRecipe, load_bundle, save_bundle
+from gemel_engine.bundle import MANIFEST_NAME, ModelRecipe, load_bundle, save_bundle
 from gemel_engine.errors import GemelError
 from gemel_engine.events import CancelToken, Progress, emit
 from gemel_engine.fileio import read_versioned_json, write_json_atomically
@@ -229,7 +230,8 @@ class MergeSearch:
                 f"queries without measured unmerged accuracies on validation and test frames: {', '.join(missing)}"
             )
         self.workload = workload
-        self.out_dir = Path(out_dir)
+        # Absolute, so every path a result or event names can be read from any working directory.
+        self.out_dir = Path(out_dir).resolve()
         self.config = config
         self.strategy: Strategy = get_strategy(config.strategy)
         self.progress = progress
@@ -306,7 +308,8 @@ class MergeSearch:
         self, models: ModelSet, state: _State, data: dict[str, QueryData], *, announce: bool = False
     ) -> dict[str, Any]:
         index = len(state.bundles)
-        path = self.out_dir / "bundles" / f"config-{index:03d}"
+        relative = Path("bundles") / f"config-{index:03d}"
+        path = self.out_dir / relative
         saved = footprint(models).saved_param_bytes
         measured = self._measure_all(models, data, announce=announce)
         save_bundle(
@@ -325,9 +328,10 @@ class MergeSearch:
                 },
             },
         )
-        record = {"path": str(path), "round": state.rounds, "saved_param_bytes": saved, "elapsed": state.elapsed}
-        state.bundles.append(record)
-        return record
+        state.bundles.append(
+            {"path": relative.as_posix(), "round": state.rounds, "saved_param_bytes": saved, "elapsed": state.elapsed}
+        )
+        return {**state.bundles[-1], "path": str(path)}
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -347,7 +351,7 @@ class MergeSearch:
         resumed = state is not None
         if state is not None and state.bundles:
             self._preparing(f"loading the configuration saved after round {state.rounds}")
-            models = load_bundle(state.bundles[-1]["path"], device=self.device).models
+            models = load_bundle(_bundle_path(self.out_dir, state.bundles[-1]), device=self.device).models
             data = self._query_data(None)
         else:
             models = self._unmerged()
@@ -456,7 +460,8 @@ class MergeSearch:
             bytes_saved=int(state.timeline[-1][1]), elapsed=state.elapsed,
         )
         if accepted:
-            emit(self.progress, "config.accepted", round=round_index, bundle=state.bundles[-1]["path"],
+            emit(self.progress, "config.accepted", round=round_index,
+                 bundle=str(_bundle_path(self.out_dir, state.bundles[-1])),
                  bytes_saved=state.bundles[-1]["saved_param_bytes"], elapsed=state.elapsed)
         return models
 
@@ -498,7 +503,8 @@ class MergeSearch:
         saved = measured.naive_param_bytes - measured.param_bytes
         return SearchResult(
             strategy=self.strategy.name, status=status, unmerged_param_bytes=measured.naive_param_bytes,
-            merged_param_bytes=measured.param_bytes, queries=queries, bundle=state.bundles[-1]["path"],
+            merged_param_bytes=measured.param_bytes, queries=queries,
+            bundle=str(_bundle_path(self.out_dir, state.bundles[-1])),
             timeline=state.timeline, rounds=state.rounds, plan=state.accepted, unfinished_round=self._unfinished,
             outcome=search_outcome(status, state.rounds, saved, seconds, self._unfinished),
         )
@@ -551,20 +557,55 @@ def _test_report(test: dict[str, Any], target: float | None, unmerged_accuracy: 
     }
 
 
+def _bundle_path(out_dir: Path, record: dict[str, Any]) -> Path:
+    """Return the absolute folder of a checkpointed configuration: its path is relative to the job directory
+    (states written before that named it absolute or relative to the directory the search ran in)."""
+    path = Path(record["path"])
+    if path.is_absolute():
+        return path
+    in_job = out_dir / path
+    return in_job if in_job.exists() or not path.exists() else path.resolve()
+
+
 def saved_configs(out_dir: str | Path) -> list[dict[str, Any]]:
     """Return the configurations the search in ``out_dir`` has saved so far, in order (index 0: the start).
 
-    Each is ``{"path", "round", "saved_param_bytes", "elapsed"}`` as checkpointed, so a configuration is listed
-    only once the state naming it is on disk (a resumed search never rewrites it). Empty before the first
-    checkpoint.
+    Each is ``{"path", "round", "saved_param_bytes", "elapsed"}`` as checkpointed, with ``path`` absolute, so a
+    configuration is listed only once the state naming it is on disk (a resumed search never rewrites it). Empty
+    before the first checkpoint.
 
     Raises:
         SearchError: the checkpoint is unreadable or damaged.
     """
-    path = Path(out_dir) / STATE_NAME
+    job = Path(out_dir).resolve()
+    path = job / STATE_NAME
     if not path.exists():
         return []
-    return [dict(record) for record in _State.read(path).bundles]
+    return [{**record, "path": str(_bundle_path(job, record))} for record in _State.read(path).bundles]
+
+
+def resolve_bundle(path: str | Path) -> Path:
+    """Return the absolute bundle folder ``path`` names: a bundle itself, or a merge job directory (its latest
+    saved configuration, which is the final one once the job has ended). A job directory that was moved still
+    resolves: its checkpoint names configurations relative to itself.
+
+    Raises:
+        SearchError: ``path`` is neither a bundle nor a merge job directory, or its checkpoint or result is
+            damaged.
+    """
+    folder = Path(path).resolve()
+    if (folder / MANIFEST_NAME).is_file():
+        return folder
+    configs = saved_configs(folder)
+    if configs:
+        return Path(configs[-1]["path"])
+    result = folder / RESULT_NAME
+    if result.is_file():
+        try:
+            return _bundle_path(folder, {"path": str(json.loads(result.read_text())["bundle"])})
+        except (ValueError, KeyError, TypeError, OSError):
+            raise SearchError(f"{result}: not a merge result") from None
+    raise SearchError(f"{folder}: neither a bundle (no {MANIFEST_NAME}) nor a merge job directory")
 
 
 def run_search(
@@ -587,6 +628,7 @@ __all__ = [
     "SearchError",
     "SearchResult",
     "bundle_evaluation",
+    "resolve_bundle",
     "run_search",
     "saved_configs",
 ]

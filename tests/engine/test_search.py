@@ -19,7 +19,16 @@ from gemel_engine.events import CancelToken
 from gemel_engine.layers import InstanceCandidate, LayerSignature
 from gemel_engine.plan import LayerRef, MergeInstance, MergePlan
 from gemel_engine.queries import evaluate
-from gemel_engine.search import RetrainBudget, SearchConfig, SearchError, get_strategy, register_strategy, run_search
+from gemel_engine.search import (
+    RetrainBudget,
+    SearchConfig,
+    SearchError,
+    get_strategy,
+    register_strategy,
+    resolve_bundle,
+    run_search,
+    saved_configs,
+)
 from gemel_engine.search import engine as search_engine
 from gemel_engine.search.engine import _affected
 from gemel_engine.search.retrain import RetrainOutcome
@@ -509,3 +518,30 @@ def test_a_round_past_its_deadline_runs_no_further_check(tiny_workload):
                             RetrainBudget(max_steps=10, eval_every=1), deadline=time.monotonic(),
                             on_check=lambda steps, _: checks.append(steps))
     assert outcome.stopped == "deadline" and outcome.steps == 0 and checks == []
+
+
+def test_a_job_run_from_one_folder_is_read_from_any_other_and_after_it_moves(
+    micro_workload, tmp_path: Path, monkeypatch, capsys
+):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["merge", "--workload", str(micro_workload.root / "workload.json"), "--out", "job",
+                 "--strategy", "none", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    job = here / "job"
+    assert Path(printed["bundle"]).is_absolute() and Path(printed["bundle"]).parent.parent == job
+    assert [record["path"] for record in json.loads((job / "state.json").read_text())["bundles"]] == [
+        "bundles/config-000"]
+    assert all(Path(record["path"]).is_absolute() for record in saved_configs("job"))
+
+    monkeypatch.chdir(elsewhere)
+    assert main(["inspect", str(job), "--json"]) == 0
+    assert {m["name"] for m in json.loads(capsys.readouterr().out)["models"]} == {"m_a", "m_b"}
+    moved = elsewhere / "moved-job"
+    job.rename(moved)
+    assert resolve_bundle(moved) == moved / "bundles" / "config-000"
+    assert main(["inspect", str(moved)]) == 0
+    with pytest.raises(SearchError, match="neither a bundle"):
+        resolve_bundle(elsewhere)
