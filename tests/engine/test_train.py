@@ -13,8 +13,11 @@ from gemel_engine.train import (
     LabelledFrames,
     TrainArgs,
     TrainingError,
+    _batch_loss,
     _flip_detection_target,
+    draw_batch,
     fit,
+    recalibrate_batchnorm,
     resolve_device,
     save_checkpoint,
     setup,
@@ -160,3 +163,37 @@ def test_torch_threads_sets_the_count_for_its_body_and_restores_it_even_on_error
     assert inside == [before + 1] and torch.get_num_threads() == before
     with pytest.raises(TrainingError, match="positive integer"), torch_threads(0):
         pass
+
+
+def _statistics_of_full_training_passes(model, frames: LabelledFrames, task: Task, seed: int) -> list[torch.Tensor]:
+    """BatchNorm statistics re-estimated the way measurements once did: the model's whole training forward (its
+    loss, with gradients) on the same batches ``recalibrate_batchnorm`` draws."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        _, images, targets = draw_batch(frames, 8, generator, torch.device("cpu"))
+        _batch_loss(model, images, targets, task, torch.zeros(len(images), dtype=torch.bool))
+    return [t.clone() for m in norms for t in (m.running_mean, m.running_var)]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "fasterrcnn_resnet18_fpn"])
+def test_batchnorm_re_estimation_gives_the_statistics_of_whole_training_passes_without_running_the_heads(arch):
+    task = Task("detection", ("car", "bus")) if arch.startswith("faster") else PRESENCE
+    frames = _cars_and_buses(24, 3, task) if task.is_detection else _bright_or_dark(24, 3)
+    model = setup(Query("q", "cam", arch, task), TrainArgs(steps=1), **(
+        {"min_size": 64, "max_size": 64} if task.is_detection else {}))
+    expected = _statistics_of_full_training_passes(model, frames, task, seed=5)
+    heads_ran = []
+    if task.is_detection:
+        model.roi_heads.register_forward_hook(lambda *_: heads_ran.append("roi"))
+        model.rpn.register_forward_hook(lambda *_: heads_ran.append("rpn"))
+    recalibrate_batchnorm(model, frames, task, batches=3, batch_size=8, seed=5)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    found = [t for m in norms for t in (m.running_mean, m.running_var)]
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(found, expected, strict=True))
+    assert heads_ran == []
