@@ -296,6 +296,11 @@ class _MergeReporter:
         if kind == "round.started":
             models = ", ".join(event["trial_models"])
             line = f"round {event['round']}: trying {event['trial_layers']} shared layers of {models}"
+            if event.get("left_out"):
+                line += f" (left out to fit the time left: {', '.join(event['left_out'])})"
+        elif kind == "trial.skipped":
+            line = (f"skipped a trial of {event['trial_layers']} layers of {', '.join(event['trial_models'])}: it "
+                    f"needs about {event['estimated_seconds'] / 60:.1f} min, {event['seconds_left'] / 60:.1f} left")
         elif kind == "round.finished":
             verdict = "accepted" if event["accepted"] else f"rejected ({event['stopped']})"
             line = (

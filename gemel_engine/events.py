@@ -21,6 +21,9 @@ EVENT_TYPES = (
     "search.preparing",
     "search.started",
     "round.started",
+    # A trial of which nothing would finish in the budget's time left (``estimated_seconds`` against
+    # ``seconds_left``): it moves to the back of the queue.
+    "trial.skipped",
     "round.progress",
     "round.cut",
     "round.finished",

@@ -244,8 +244,18 @@ def _normalisation_pass(model: nn.Module, images: torch.Tensor, targets: list[Ta
     _batch_loss(model, images, targets, task, torch.zeros(len(images), dtype=torch.bool, device=images.device))
 
 
+# Batches of BatchNorm re-estimation (of ``batch_size`` frames each) unless a caller asks for another count.
+CALIBRATION_BATCHES = 8
+
+
 def recalibrate_batchnorm(
-    model: nn.Module, frames: LabelledFrames, task: Task, *, batches: int = 8, batch_size: int = 64, seed: int = 0
+    model: nn.Module,
+    frames: LabelledFrames,
+    task: Task,
+    *,
+    batches: int = CALIBRATION_BATCHES,
+    batch_size: int = 64,
+    seed: int = 0,
 ) -> None:
     """Recompute every BatchNorm layer's running statistics from ``frames`` with the current weights.
 

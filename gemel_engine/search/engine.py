@@ -27,13 +27,21 @@ from gemel_engine.bundle import MANIFEST_NAME, ModelRecipe, load_bundle, save_bu
 from gemel_engine.errors import GemelError
 from gemel_engine.events import CancelToken, Progress, emit
 from gemel_engine.fileio import read_versioned_json, write_json_atomically
-from gemel_engine.layers import analyze_models
+from gemel_engine.layers import analyze_models, layer_parameters
 from gemel_engine.memory import footprint
 from gemel_engine.modelset import ModelSet
 from gemel_engine.plan import MergeInstance, MergePlan
-from gemel_engine.search.retrain import QueryData, RetrainBudget, check_subset, joint_retrain, teacher_logits
-from gemel_engine.search.strategies import Strategy, Trial, get_strategy
-from gemel_engine.sharing import apply_plan
+from gemel_engine.search.retrain import (
+    QueryData,
+    QueryPace,
+    RetrainBudget,
+    check_subset,
+    joint_retrain,
+    measure_pace,
+    teacher_logits,
+)
+from gemel_engine.search.strategies import Strategy, Trial, _without_models, get_strategy
+from gemel_engine.sharing import apply_plan, resolve_layer
 from gemel_engine.train import LabelledFrames, resolve_device
 from gemel_engine.workload import Workload, camera_frames, query_data
 
@@ -173,14 +181,61 @@ def _affected(plan: MergePlan, trial: Trial) -> list[str]:
     return sorted(name for name in parent if find(name) in roots)
 
 
+def size_trial_to_time(
+    trial: Trial, seconds_left: float, *, estimate: Callable[[Trial], float], saving: Callable[[Trial], int]
+) -> tuple[Trial, list[str]]:
+    """Return ``trial`` without the models its round cannot afford, and the models left out, in order.
+
+    While ``estimate(trial)`` (seconds its round takes) exceeds ``seconds_left``, the model whose leaving cuts the
+    most seconds per byte of lost ``saving`` is left out (its layers leave every instance; an instance left with
+    one member goes). A round's cost grows with the models it retrains, not with the layers they share, so
+    leaving out models, not layers, is what makes a round shorter. The trial comes back empty when nothing fits.
+    """
+    left_out: list[str] = []
+    while trial and estimate(trial) > seconds_left:
+        cost, saved = estimate(trial), saving(trial)
+
+        def price(model: str, trial: Trial = trial, cost: float = cost, saved: int = saved) -> float:
+            reduced = _without_models(trial, frozenset({model}))
+            cut = cost - (estimate(reduced) if reduced else 0.0)
+            return cut / max(1, saved - (saving(reduced) if reduced else 0))
+
+        costliest = max(sorted({m.model for instance in trial for m in instance.members}), key=price)
+        trial = _without_models(trial, frozenset({costliest}))
+        left_out.append(costliest)
+    return trial, left_out
+
+
+def _trial_saving(models: ModelSet, trial: Trial) -> int:
+    """Return the parameter bytes ``trial`` saves: each instance's layer bytes times its members beyond the first."""
+    lookup = models.as_dict()
+    saving = 0
+    for instance in trial:
+        layer = resolve_layer(lookup, instance.members[0])
+        size = sum(p.numel() * p.element_size() for p in layer_parameters(layer).values())
+        saving += size * (len(instance.members) - 1)
+    return saving
+
+
 def search_outcome(
-    status: str, rounds: int, saved_bytes: int, seconds: float, unfinished: dict[str, Any] | None
+    status: str,
+    rounds: int,
+    saved_bytes: int,
+    seconds: float,
+    unfinished: dict[str, Any] | None,
+    skipped: dict[str, float] | None = None,
 ) -> str:
     """Return one sentence saying how a search ended: what it saved and, when a round was cut, where, and, when
-    nothing was saved, about how many minutes the cut round would have needed."""
+    nothing was saved, about how many minutes the cut round would have needed; when the search stopped because no
+    trial left fitted the time left, ``skipped`` (the smallest skipped trial's ``estimated_seconds`` and the
+    ``seconds_left`` then) says so."""
     saving = f"{saved_bytes / 2**20:.1f} MiB saved" if saved_bytes > 0 else "nothing saved"
     ended = {"finished": "every trial was tried", "cancelled": "cancelled", "budget": "the budget ended"}.get(
         status, status)
+    if unfinished is None and status == "budget" and skipped is not None:
+        return (f"stopped after {rounds} round(s) in {seconds / 60:.1f} min: no trial left fits the "
+                f"{skipped['seconds_left'] / 60:.1f} min that remained (the smallest needs about "
+                f"{math.ceil(skipped['estimated_seconds'] / 60)} min), so {saving}")
     if unfinished is None and rounds == 0 and status == "budget":
         return (f"{ended} before round 1 could start: loading the frames and measuring the unmerged models took "
                 f"the whole {seconds / 60:.1f} min, so {saving}; give it well over that")
@@ -248,6 +303,16 @@ class MergeSearch:
         # The longest a round's closing work took this session (the final validation of a round, then measuring
         # and saving an accepted configuration): rounds end this long before the budget, so the search keeps it.
         self._closing_seconds = 0.0
+        # Each query's measured cost in a round, timed before the first round of a search with a budget.
+        self._paces: dict[str, QueryPace] = {}
+        # The models the current trial left out to fit the time left (for its round.started event).
+        self._left_out: list[str] = []
+        # Steps the rounds accepted this session took; once no trial fits at full steps, trials are sized to the
+        # most of these instead (a round that then runs long is cut at the deadline and reported).
+        self._accepted_steps: list[int] = []
+        self._sizing_steps: int | None = None
+        # The smallest trial skipped in the last pass over the queue, when the search stopped for that.
+        self._skipped: dict[str, float] | None = None
 
     # -- set-up -----------------------------------------------------------------------------------
 
@@ -359,6 +424,7 @@ class MergeSearch:
         if state is None:
             state = self._fresh_state(models)
             saving_started = time.monotonic()
+            self._recorded_unmerged(data)
             self._save_config(models, state, data, announce=True)
             self._closing_seconds = time.monotonic() - saving_started
             self._save_state(state)
@@ -366,6 +432,7 @@ class MergeSearch:
         deadline = None
         if self.config.budget_minutes is not None:
             deadline = session_start + self.config.budget_minutes * 60 - base
+            self._paces = self._measure_paces(models, data)
 
         def elapsed() -> float:
             return base + time.monotonic() - session_start
@@ -374,15 +441,29 @@ class MergeSearch:
              queued_trials=len(state.queue), out_dir=str(self.out_dir))
         status = "finished"
         self._unfinished = None
+        skipped = 0
         try:
             while state.queue:
                 if self.cancel.cancelled:
                     status = "cancelled"
                     break
-                rounds_end = None if deadline is None else deadline - self._closing_seconds
+                if skipped >= len(state.queue):
+                    if self._sizing_steps is not None or not self._accepted_steps:
+                        status = "budget"
+                        break
+                    self._sizing_steps = max(self._accepted_steps)
+                    skipped = 0
+                    self._skipped = None
+                fitting = deadline is not None and self.strategy.options.fit_trials_to_budget and self._paces
+                if fitting and not self._fit_first_trial(models, state, data, deadline - time.monotonic()):
+                    skipped += 1
+                    continue
+                rounds_end = None if deadline is None else deadline - self._closing_reserve(state, data)
                 if rounds_end is not None and time.monotonic() >= rounds_end:
                     status = "budget"
                     break
+                skipped = 0
+                self._skipped = None
                 finished = self._round(models, state, data, elapsed, rounds_end)
                 if finished is None:
                     status = "cancelled" if self.cancel.cancelled else "budget"
@@ -408,8 +489,12 @@ class MergeSearch:
         trial = state.queue[0]
         affected = _affected(state.accepted, trial)
         round_index = state.rounds + 1
+        estimate = self._round_estimate(state.accepted, trial, data) if self._paces else None
         emit(self.progress, "round.started", round=round_index, trial_layers=len(trial),
-             trial_models=sorted({m.model for i in trial for m in i.members}), affected=affected)
+             trial_models=sorted({m.model for i in trial for m in i.members}), affected=affected,
+             estimated_seconds=None if estimate is None else round(estimate, 1), left_out=self._left_out,
+             sized_for_steps=self._sizing_steps or self.round_budget.max_steps)
+        self._left_out = []
         candidate = copy.deepcopy(models)
         apply_plan(candidate, MergePlan(tuple(trial), state.accepted.mode), warm_start=self.strategy.options.warm_start)
         round_started = elapsed()
@@ -441,6 +526,7 @@ class MergeSearch:
         state.elapsed = elapsed()
         accepted = outcome.all_met
         if accepted:
+            self._accepted_steps.append(outcome.steps)
             models = candidate
             for name in affected:
                 self._measured.pop(name, None)
@@ -464,6 +550,75 @@ class MergeSearch:
                  bundle=str(_bundle_path(self.out_dir, state.bundles[-1])),
                  bytes_saved=state.bundles[-1]["saved_param_bytes"], elapsed=state.elapsed)
         return models
+
+    def _recorded_unmerged(self, data: dict[str, QueryData]) -> None:
+        """Take the unmerged models' validation and test figures the workload recorded (the one measurement
+        procedure is deterministic, so measuring the same weights on the same frames again would repeat them)
+        for every query whose recorded test figure covers the frames the search holds."""
+        for entry in self.workload.queries:
+            test, interval = entry.unmerged_test, entry.unmerged_val_interval
+            if (test is None or interval is None or entry.unmerged_accuracy is None or entry.name not in data
+                    or test.frames != len(self._test_frames[entry.name])):
+                continue
+            val = Measurement(entry.unmerged_accuracy, interval[0], interval[1], len(data[entry.name].val))
+            self._measured[entry.name] = (val, test)
+
+    def _measure_paces(self, models: ModelSet, data: dict[str, QueryData]) -> dict[str, QueryPace]:
+        """Return each query's measured cost in a round (``measure_pace``), each timing reported as a set-up
+        stage."""
+        paces = {}
+        for index, (name, query) in enumerate(data.items(), 1):
+            self._preparing(f"timing the retraining of {name}", index, len(data))
+            paces[name] = measure_pace(models[name], query, self.round_budget)
+        return paces
+
+    def _frames(self, name: str, data: dict[str, QueryData]) -> dict[str, int]:
+        query = data[name]
+        check = query.check if query.check is not None else query.val
+        return {"check_frames": len(check), "val_frames": len(query.val), "test_frames": len(self._test_frames[name])}
+
+    def _round_estimate(self, accepted: MergePlan, trial: Trial, data: dict[str, QueryData]) -> float:
+        """Return about how long a round of ``trial`` takes, from the measured paces: with all its steps, or with
+        as many as the longest round accepted so far once no trial fits at full steps."""
+        return sum(self._paces[name].round_seconds(self.round_budget, steps=self._sizing_steps,
+                                                   **self._frames(name, data))
+                   for name in _affected(accepted, trial))
+
+    def _closing_reserve(self, state: _State, data: dict[str, QueryData]) -> float:
+        """Return how long before the budget the next round must end to measure and save what it accepts: the
+        longest closing work seen so far, or the measured paces' estimate for the next trial if longer."""
+        if not self._paces or not state.queue:
+            return self._closing_seconds
+        frames = {name: self._frames(name, data) for name in _affected(state.accepted, state.queue[0])}
+        estimate = sum(self._paces[name].closing_seconds(val_frames=counts["val_frames"],
+                                                         test_frames=counts["test_frames"])
+                       for name, counts in frames.items())
+        return max(self._closing_seconds, estimate)
+
+    def _fit_first_trial(
+        self, models: ModelSet, state: _State, data: dict[str, QueryData], seconds_left: float
+    ) -> bool:
+        """Size the queue's first trial to ``seconds_left`` (``size_trial_to_time``). Return False when nothing
+        of it fits; it then moves to the back of the queue (a resumed search with more time tries it again)."""
+        first = state.queue[0]
+        trial, left_out = size_trial_to_time(
+            first, seconds_left, estimate=lambda t: self._round_estimate(state.accepted, t, data),
+            saving=lambda t: _trial_saving(models, t),
+        )
+        if not trial:
+            needs = self._round_estimate(state.accepted, first, data)
+            if self._skipped is None or needs < self._skipped["estimated_seconds"]:
+                self._skipped = {"estimated_seconds": needs, "seconds_left": max(0.0, seconds_left)}
+            emit(self.progress, "trial.skipped", trial_layers=len(first),
+                 sized_for_steps=self._sizing_steps or self.round_budget.max_steps,
+                 trial_models=sorted({m.model for i in first for m in i.members}),
+                 estimated_seconds=round(needs, 1), seconds_left=round(max(0.0, seconds_left), 1))
+            state.queue = [*state.queue[1:], first]
+            return False
+        if left_out:
+            state.queue[0] = trial
+            self._left_out = left_out
+        return True
 
     def _measure_all(
         self, models: ModelSet, data: dict[str, QueryData], *, announce: bool = False
@@ -506,7 +661,7 @@ class MergeSearch:
             merged_param_bytes=measured.param_bytes, queries=queries,
             bundle=str(_bundle_path(self.out_dir, state.bundles[-1])),
             timeline=state.timeline, rounds=state.rounds, plan=state.accepted, unfinished_round=self._unfinished,
-            outcome=search_outcome(status, state.rounds, saved, seconds, self._unfinished),
+            outcome=search_outcome(status, state.rounds, saved, seconds, self._unfinished, self._skipped),
         )
 
 
@@ -631,4 +786,5 @@ __all__ = [
     "resolve_bundle",
     "run_search",
     "saved_configs",
+    "size_trial_to_time",
 ]

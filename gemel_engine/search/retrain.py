@@ -12,6 +12,7 @@ nothing.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -25,7 +26,14 @@ from gemel_engine.accuracy import measure
 from gemel_engine.events import CancelToken
 from gemel_engine.modelset import ModelSet
 from gemel_engine.queries import Task, images_to_tensor
-from gemel_engine.train import LabelledFrames, TrainingError, draw_batch, joint_step
+from gemel_engine.train import (
+    CALIBRATION_BATCHES,
+    LabelledFrames,
+    TrainingError,
+    draw_batch,
+    joint_step,
+    recalibrate_batchnorm,
+)
 
 StopReason = Literal["met", "budget", "hopeless", "cancelled", "deadline"]
 
@@ -110,6 +118,69 @@ def estimate_round_seconds(
             raise TrainingError(f"{name}: seconds per training frame must be a number >= 0, got {seconds!r}")
         per_step += seconds * (budget.detection_batch_size if name in detection else budget.batch_size)
     return per_step * budget.max_steps
+
+
+@dataclass(frozen=True)
+class QueryPace:
+    """What one query's share of a round of joint retraining costs on this machine, measured (``measure_pace``)."""
+
+    # One training step on the query's batch.
+    step_seconds: float
+    # BatchNorm re-estimation, paid before every check and measurement.
+    calibration_seconds: float
+    # Evaluating one frame.
+    frame_seconds: float
+
+    def round_seconds(
+        self, budget: RetrainBudget, *, check_frames: int, val_frames: int, test_frames: int, steps: int | None = None
+    ) -> float:
+        """Return about how long this query's share of a round takes when it runs ``steps`` steps (default: all
+        ``budget.max_steps``): the steps, a check before the first step and every ``budget.eval_every`` steps,
+        and the round's closing work (``closing_seconds``)."""
+        steps = budget.max_steps if steps is None else min(steps, budget.max_steps)
+        checks = 1 + math.ceil(steps / budget.eval_every)
+        check = self.calibration_seconds + check_frames * self.frame_seconds
+        return steps * self.step_seconds + checks * check + self.closing_seconds(
+            val_frames=val_frames, test_frames=test_frames)
+
+    def closing_seconds(self, *, val_frames: int, test_frames: int) -> float:
+        """Return about how long the work after a round's last step takes for this query: the final measurement
+        on the whole validation set, then measuring the accepted weights on validation and test frames."""
+        return 2 * self.calibration_seconds + (2 * val_frames + test_frames) * self.frame_seconds
+
+
+def measure_pace(model: nn.Module, query: QueryData, budget: RetrainBudget, *, probe_frames: int = 32) -> QueryPace:
+    """Return what ``query``'s share of a round costs, timed on a copy of ``model`` (``model`` is left untouched):
+    the second of two training steps (the first warms up), one batch of BatchNorm re-estimation scaled to a
+    measurement's, and evaluation of ``probe_frames`` check frames scaled per frame. A few seconds even for a
+    detector, against the minutes of a round, so a search can size its trials to the time it has left.
+
+    Raises:
+        TrainingError: a training step's loss is not finite.
+    """
+    probe = copy.deepcopy(model)
+    device = next(probe.parameters()).device
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=budget.lr)
+    generator = torch.Generator().manual_seed(0)
+    seconds = []
+    for _ in range(2):
+        started = time.perf_counter()
+        probe.train()
+        loss = _query_loss(probe, query, budget, generator, device)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"{query.name}: loss {float(loss.detach())} while timing a training step")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    recalibrate_batchnorm(probe, query.train, query.task, batches=1)
+    calibration = (time.perf_counter() - started) * CALIBRATION_BATCHES
+    frames = query.check if query.check is not None else query.val
+    picked = LabelledFrames(frames.images[:probe_frames], frames.targets[:probe_frames])
+    started = time.perf_counter()
+    measure(probe, picked, query.task, calibration=None, interval=False)
+    return QueryPace(seconds[-1], calibration, (time.perf_counter() - started) / len(picked))
 
 
 def check_subset(val: LabelledFrames, most: int) -> LabelledFrames | None:
@@ -322,4 +393,13 @@ def joint_retrain(
     )
 
 
-__all__ = ["QueryData", "RetrainBudget", "RetrainOutcome", "check_subset", "joint_retrain", "teacher_logits"]
+__all__ = [
+    "QueryData",
+    "QueryPace",
+    "RetrainBudget",
+    "RetrainOutcome",
+    "check_subset",
+    "joint_retrain",
+    "measure_pace",
+    "teacher_logits",
+]

@@ -15,7 +15,8 @@ search resumes from a checkpointed queue.
   unmerged models, and optimistic trial sizing: the paper's groups merged into trials of 1, 2, 4, 8...
   groups, so savings come as early as with ``gemel`` and easy workloads merge fully in a few rounds. On
   failure, like ``gemel``, the models that met their targets keep the trial; when none did, both halves are
-  tried (``gemel`` tries only the first).
+  tried (``gemel`` tries only the first). Under a time budget, each trial is sized to the time left: models
+  whose retraining (timed on this machine before the first round) would not finish are left out of it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class StrategyOptions:
     mode: MatchMode = "exact"
     warm_start: WarmStart = "first"
     distill: float = 0.0
+    # Under a time budget, leave out of a trial the models whose retraining would not finish in the time left
+    # (costliest per byte they save first), and skip a trial of which nothing fits, so a short budget still
+    # delivers the savings it can afford instead of a round cut at the deadline.
+    fit_trials_to_budget: bool = False
 
 
 class Strategy(ABC):
@@ -154,7 +159,7 @@ class GemelPlus(Strategy):
     double after a success: the most memory soonest."""
 
     name = "gemel+"
-    options = StrategyOptions(mode="shape", warm_start="mean", distill=1.0)
+    options = StrategyOptions(mode="shape", warm_start="mean", distill=1.0, fit_trials_to_budget=True)
 
     def initial_queue(self, candidates: Sequence[InstanceCandidate], archs: dict[str, str]) -> list[Trial]:
         """Return the paper's groups merged into trials of 1, 2, 4, 8... groups, largest savings first.

@@ -123,7 +123,10 @@
     switch (event.type) {
       case "search.preparing": return "preparing: " + p.stage + (p.total ? " (" + p.done + " of " + p.total + ")" : "");
       case "search.started": return (p.resumed ? "resumed after round " + p.rounds : "started") + ", " + p.queued_trials + " trials queued";
-      case "round.started": return "round " + p.round + ": trying " + p.trial_layers + " shared layers";
+      case "round.started": return "round " + p.round + ": trying " + p.trial_layers + " shared layers"
+        + (p.left_out && p.left_out.length ? " (left out to fit the time left: " + p.left_out.join(", ") + ")" : "");
+      case "trial.skipped": return "skipped a trial of " + p.trial_layers + " layers: it needs about "
+        + minutes(p.estimated_seconds) + ", " + minutes(p.seconds_left) + " left";
       case "round.progress": return "round " + p.round + ": step " + p.steps + " of " + p.max_steps + "; "
         + Object.keys(p.accuracy || {}).sort().map((name) => name + " " + p.accuracy[name].toFixed(3) + " (target "
           + p.required[name].toFixed(3) + ")").join(", ")

@@ -415,7 +415,8 @@ def micro_workload(monkeypatch, tmp_path: Path):
 
 def test_the_set_up_before_the_first_round_is_reported_stage_by_stage(micro_workload, tmp_path: Path):
     events: list[dict] = []
-    run_search(micro_workload, tmp_path / "job", SearchConfig(strategy="none"), progress=events.append)
+    run_search(micro_workload, tmp_path / "job", SearchConfig(strategy="none", budget_minutes=30),
+               progress=events.append)
     types = [e["type"] for e in events]
     started = types.index("search.started")
     assert started > 0 and set(types[:started]) == {"search.preparing"}  # no silence before search.started
@@ -425,8 +426,9 @@ def test_the_set_up_before_the_first_round_is_reported_stage_by_stage(micro_work
         ("reading the frames of camera micro_cam", 1, 1),
         ("labelling the frames of m_a", 1, 2),
         ("labelling the frames of m_b", 2, 2),
-        ("measuring the unmerged model m_a", 1, 2),
-        ("measuring the unmerged model m_b", 2, 2),
+        # The unmerged figures come from the workload; a budgeted search times each query's retraining.
+        ("timing the retraining of m_a", 1, 2),
+        ("timing the retraining of m_b", 2, 2),
     ]
 
 
@@ -545,3 +547,88 @@ def test_a_job_run_from_one_folder_is_read_from_any_other_and_after_it_moves(
     assert main(["inspect", str(moved)]) == 0
     with pytest.raises(SearchError, match="neither a bundle"):
         resolve_bundle(elsewhere)
+
+
+def _model_costs(costs: dict[str, float]) -> Callable[[list[MergeInstance]], float]:
+    return lambda trial: sum(costs[name] for name in {m.model for instance in trial for m in instance.members})
+
+
+def _bytes_saved(trial: list[MergeInstance]) -> int:
+    return sum(100 * (len(instance.members) - 1) for instance in trial)
+
+
+def test_a_trial_leaves_out_the_model_costliest_per_byte_until_its_round_fits_the_time_left():
+    trial = [_candidate("a", "cls1", "cls2", "det").to_instance(), _candidate("b", "cls1", "det").to_instance()]
+    costs = _model_costs({"cls1": 10.0, "cls2": 10.0, "det": 100.0})
+
+    fitted, left_out = search_engine.size_trial_to_time(trial, 25.0, estimate=costs, saving=_bytes_saved)
+    # Leaving det out cuts 100 s for 200 bytes; cls1 10 s for 200, cls2 10 s for 100.
+    assert left_out == ["det"]
+    assert [sorted(m.model for m in instance.members) for instance in fitted] == [["cls1", "cls2"]]
+
+    assert search_engine.size_trial_to_time(trial, 5.0, estimate=costs, saving=_bytes_saved) == ([], ["det", "cls1"])
+    assert search_engine.size_trial_to_time(trial, 1000.0, estimate=costs, saving=_bytes_saved) == (trial, [])
+
+
+def test_a_query_pace_adds_up_steps_checks_and_closing_work():
+    from gemel_engine.search.retrain import QueryPace
+
+    pace = QueryPace(step_seconds=2.0, calibration_seconds=3.0, frame_seconds=0.01)
+    budget = RetrainBudget(max_steps=40, eval_every=20)
+    closing = 2 * 3.0 + (2 * 100 + 50) * 0.01
+    assert pace.closing_seconds(val_frames=100, test_frames=50) == pytest.approx(closing)
+    # 40 steps, checks before the first step and after steps 20 and 40, each a calibration and 30 frames.
+    full = pace.round_seconds(budget, check_frames=30, val_frames=100, test_frames=50)
+    assert full == pytest.approx(40 * 2.0 + 3 * (3.0 + 30 * 0.01) + closing)
+    short = pace.round_seconds(budget, check_frames=30, val_frames=100, test_frames=50, steps=10)
+    assert short == pytest.approx(10 * 2.0 + 2 * (3.0 + 30 * 0.01) + closing)
+
+
+def test_timing_a_querys_retraining_leaves_its_model_untouched(micro_workload):
+    from gemel_engine.search.retrain import QueryData, measure_pace
+
+    entry = micro_workload.queries[0]
+    frames = query_data(micro_workload, entry, camera_frames(micro_workload, micro_workload.cameras[0]))
+    model = micro_workload.load_model(entry)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pace = measure_pace(model, QueryData(entry.name, entry.query.task, frames.train, frames.val, 0.5),
+                        RetrainBudget(batch_size=4))
+    assert pace.step_seconds > 0 and pace.calibration_seconds > 0 and pace.frame_seconds > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_budgeted_search_skips_a_trial_it_cannot_afford_and_says_so(micro_workload, tmp_path: Path, monkeypatch):
+    from gemel_engine.search.retrain import QueryPace
+
+    # Each training step "takes" 100 s: no round of 120 steps fits a 1-minute budget.
+    monkeypatch.setattr(search_engine, "measure_pace", lambda *_args, **_kw: QueryPace(100.0, 0.0, 0.0))
+    events: list[dict] = []
+    result = run_search(micro_workload, tmp_path / "job", SearchConfig(strategy="gemel+", budget_minutes=1),
+                        progress=events.append)
+    kinds = [event["type"] for event in events]
+    assert "round.started" not in kinds and "trial.skipped" in kinds
+    skipped = next(event for event in events if event["type"] == "trial.skipped")
+    assert skipped["estimated_seconds"] >= 2 * 120 * 100.0 and skipped["trial_models"] == ["m_a", "m_b"]
+    assert result.status == "budget" and result.rounds == 0
+    assert "no trial left fits" in result.outcome and "nothing saved" in result.outcome
+    # The trial stays queued for a resumed search with more time.
+    assert len(json.loads((tmp_path / "job" / "state.json").read_text())["queue"]) == 1
+
+
+def test_the_start_configuration_takes_the_unmerged_figures_the_workload_recorded(
+    micro_workload, tmp_path: Path, monkeypatch
+):
+    measured: list[str] = []
+    real = search_engine.measure_sets
+
+    def counting(model, sets, task, **kwargs):
+        measured.append(task.kind)
+        return real(model, sets, task, **kwargs)
+
+    monkeypatch.setattr(search_engine, "measure_sets", counting)
+    result = run_search(micro_workload, tmp_path / "job", SearchConfig(strategy="none"))
+    assert measured == []
+    for query, entry in zip(result.queries, micro_workload.queries, strict=True):
+        assert query["merged_accuracy"] == entry.unmerged_accuracy
+        assert query["merged_test_accuracy"] == round(entry.unmerged_test.accuracy, 4)
+        assert query["merged_val_interval"] == [round(v, 4) for v in entry.unmerged_val_interval]
