@@ -421,6 +421,8 @@ class MergeSearch:
         else:
             models = self._unmerged()
             data = self._query_data(models)
+        sized = models  # layer sizes never change, so the models the search starts from size every trial
+        self.strategy.saving = lambda trial: _trial_saving(sized, trial)
         if state is None:
             state = self._fresh_state(models)
             saving_started = time.monotonic()
@@ -535,7 +537,8 @@ class MergeSearch:
             record = self._save_config(models, state, data)
             state.timeline.append([round(state.elapsed, 3), float(record["saved_param_bytes"])])
         else:
-            state.queue = self.strategy.after_failure(trial, outcome) + state.queue[1:]
+            following = state.queue[1] if len(state.queue) > 1 else None
+            state.queue = self.strategy.after_failure(trial, outcome, following) + state.queue[1:]
         self._save_state(state)
         self._closing_seconds = max(self._closing_seconds, time.monotonic() - closing_started)
         emit(

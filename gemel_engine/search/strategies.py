@@ -10,7 +10,11 @@ search resumes from a checkpointed queue.
   that keeps every target, found by halving.
 - ``gemel``: the paper's heuristic: instances ordered by memory saved, consecutive instances with the
   same model set grouped into one trial; on failure, models meeting their target keep the trial (retry
-  without the failing models' layers), otherwise halve the trial, else move on.
+  without the failing models' layers), otherwise halve the trial (the first half, then the second), unless
+  the first half saves less than the next trial, then move on. Where it departs from the authors' code: the
+  passing models' part of a failed trial is retrained once more before it is kept (theirs keeps it as
+  trained beside the failing models), and the failing models' layers are not retried joined to it (a plan
+  here never adds a member to an accepted instance).
 - ``gemel+``: ours: shape-mode matching (more shareable layers), mean warm start, distillation from the
   unmerged models, and optimistic trial sizing: the paper's groups merged into trials of 1, 2, 4, 8...
   groups, so savings come as early as with ``gemel`` and easy workloads merge fully in a few rounds. On
@@ -22,7 +26,7 @@ search resumes from a checkpointed queue.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gemel_engine.errors import UsageError
@@ -53,13 +57,17 @@ class Strategy(ABC):
 
     name: str = ""
     options = StrategyOptions()
+    # The parameter bytes a trial saves; the search sets it from the workload's models before the first round
+    # (None: a strategy used on its own, without sizes).
+    saving: Callable[[Trial], int] | None = None
 
     @abstractmethod
     def initial_queue(self, candidates: Sequence[InstanceCandidate], archs: dict[str, str]) -> list[Trial]:
         """Return the trials to run, first first, from the workload's candidates (largest savings first)."""
 
-    def after_failure(self, trial: Trial, outcome: RetrainOutcome) -> list[Trial]:
-        """Return the trials to put at the front of the queue after ``trial`` failed (default: none)."""
+    def after_failure(self, trial: Trial, outcome: RetrainOutcome, next_trial: Trial | None = None) -> list[Trial]:
+        """Return the trials to put at the front of the queue after ``trial`` failed, ``next_trial`` being the
+        one queued after it (default: none)."""
         return []
 
 
@@ -124,7 +132,7 @@ class SharedStem(Strategy):
                 trials.append([c.to_instance() for c in prefix])
         return trials
 
-    def after_failure(self, trial: Trial, outcome: RetrainOutcome) -> list[Trial]:
+    def after_failure(self, trial: Trial, outcome: RetrainOutcome, next_trial: Trial | None = None) -> list[Trial]:
         """Return the first half of the prefix."""
         return [trial[: len(trial) // 2]] if len(trial) > 1 else []
 
@@ -146,12 +154,19 @@ class Gemel(Strategy):
             groups[-1].append(candidate.to_instance())
         return groups
 
-    def after_failure(self, trial: Trial, outcome: RetrainOutcome) -> list[Trial]:
-        """Keep the trial for the models that met their targets; otherwise halve it."""
+    def after_failure(self, trial: Trial, outcome: RetrainOutcome, next_trial: Trial | None = None) -> list[Trial]:
+        """Keep the trial for the models that met their targets; otherwise halve it, as the authors' code does:
+        the first half (the larger layers) is tried next and the second half after it, unless the first half
+        saves less than ``next_trial``, in which case the failed trial is dropped and the search moves on."""
         kept = _kept_for_passing_models(trial, outcome)
         if kept:
             return [kept]
-        return [trial[: len(trial) // 2]] if len(trial) > 1 else []
+        if len(trial) < 2:
+            return []
+        first, second = trial[: len(trial) // 2], trial[len(trial) // 2 :]
+        if next_trial and self.saving is not None and self.saving(first) < self.saving(next_trial):
+            return []
+        return [first, second]
 
 
 class GemelPlus(Strategy):
@@ -176,7 +191,7 @@ class GemelPlus(Strategy):
             size *= 2
         return trials
 
-    def after_failure(self, trial: Trial, outcome: RetrainOutcome) -> list[Trial]:
+    def after_failure(self, trial: Trial, outcome: RetrainOutcome, next_trial: Trial | None = None) -> list[Trial]:
         """Keep the trial for the models that met their targets when some did (one query that cannot share, a
         detector among classifiers, must not hold back the rest); otherwise split it in halves, larger savings
         first, and try both."""

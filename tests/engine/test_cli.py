@@ -65,7 +65,7 @@ def test_analyze_merge_apply_and_inspect_work_end_to_end(capsys, tmp_path: Path)
         (["analyze", "--model", "a=resnet18", "--model", "a=resnet34"], "repeated: a"),
         (["merge-apply", "--model", "a=resnet18:2@/nope.safetensors", "--plan", "p", "--out", "o"], "not found"),
         (["merge-apply", "--model", "a=resnet18:2", "--plan", "/nope.json", "--out", "o"], "cannot read merge plan"),
-        (["inspect", "/nope"], "not a bundle"),
+        (["inspect", "/nope"], "neither a bundle"),
         (["bench", "nothing"], "unknown benchmark"),
     ],
 )

@@ -64,9 +64,22 @@ def test_gemel_keeps_the_trial_for_models_that_met_their_targets_then_halves():
     trial = [_candidate(f"l{i}", "a", "b", "c").to_instance() for i in range(4)]
     [reduced] = Gemel().after_failure(trial, _outcome({"c"}, {"a", "b", "c"}))
     assert all({m.model for m in i.members} == {"a", "b"} for i in reduced)
-    [halved] = Gemel().after_failure(reduced, _outcome({"a", "b"}, {"a", "b"}))
-    assert _layers(halved) == ["l0", "l1"]
+    # Every model failed: the first half, then the second (the authors' code tries the second half later).
+    halved, rest = Gemel().after_failure(reduced, _outcome({"a", "b"}, {"a", "b"}))
+    assert (_layers(halved), _layers(rest)) == (["l0", "l1"], ["l2", "l3"])
     assert Gemel().after_failure(halved[:1], _outcome({"a", "b"}, {"a", "b"})) == []
+
+
+def test_gemel_moves_on_when_half_a_failed_trial_saves_less_than_the_next_trial():
+    failed = [_candidate(f"l{i}", "a", "b").to_instance() for i in range(4)]
+    everyone_failed = _outcome({"a", "b"}, {"a", "b"})
+    gemel = Gemel()
+    gemel.saving = _bytes_saved  # 100 bytes a layer
+    bigger_next = [_candidate(f"n{i}", "a", "c").to_instance() for i in range(3)]
+    assert gemel.after_failure(failed, everyone_failed, bigger_next) == []
+    smaller_next = [_candidate("n0", "a", "c").to_instance()]
+    assert [_layers(t) for t in gemel.after_failure(failed, everyone_failed, smaller_next)] == [
+        ["l0", "l1"], ["l2", "l3"]]
 
 
 def test_gemel_plus_doubles_its_trials_and_splits_a_failed_one_in_halves_when_every_model_failed():
@@ -134,7 +147,8 @@ def test_gemel_merges_the_tiny_workload_and_every_query_keeps_its_target(tiny_wo
         val = query_data(tiny_workload, entry, frames).val
         accuracy = evaluate(bundle.models[entry.name], val.images, val.targets, entry.query.task)
         merged = next(q["merged_accuracy"] for q in result.queries if q["name"] == entry.name)
-        assert accuracy == pytest.approx(merged, abs=1e-6)
+        # A query no round retrained reports the figure its workload recorded (to four decimals).
+        assert accuracy == pytest.approx(merged, abs=1e-4)
     saved = json.loads((tmp_path / "job" / "result.json").read_text())
     assert saved["savings_fraction"] == pytest.approx(result.savings_fraction)
 
@@ -241,7 +255,7 @@ def test_a_search_killed_with_sigkill_resumes_and_keeps_every_accepted_configura
     resumed = json.loads(state_path.read_text())
     assert resumed["rounds"] > killed["rounds"]
     assert bundles_before <= {b["path"] for b in resumed["bundles"]}
-    assert all(Path(path, "manifest.json").is_file() for path in bundles_before)
+    assert all((job / path / "manifest.json").is_file() for path in bundles_before)  # relative to the job
     assert final["rounds"] == resumed["rounds"]
 
 
