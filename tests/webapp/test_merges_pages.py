@@ -83,7 +83,7 @@ def test_a_first_job_gets_a_budget_hint_from_the_training_pace_the_demo_build_me
     assert 'id="budget-hint"' in page and "No job has saved memory here yet" in page
     assert "the training pace the demo build measured" in page  # says what it is based on
     assert "all 3 timed queries together runs up to 120 steps in about 9.3 min" in page
-    assert "give it more than 10 min" in page
+    assert "give it more than 10 min" in page and "gemel+ sizes each trial to the time left" in page
     queries[0].train_frame_seconds = None
     queries[0].save()
     page = operator_client.get(reverse("merge_jobs")).content.decode()

@@ -68,8 +68,10 @@ def first_merge_budget_hint() -> str | None:
     others = f" ({untimed} other ready quer{'y' if untimed == 1 else 'ies'} not timed)" if untimed else ""
     return (f"No job has saved memory here yet. At the training pace the demo build measured on this machine, "
             f"one round retraining all {len(paces)} timed queries together{others} runs up to {budget.max_steps} "
-            f"steps in about {minutes:.1f} min, and loading and measuring the models comes first: give it more than "
-            f"{math.ceil(minutes)} min, or round 1 will likely be cut with nothing saved.")
+            f"steps in about {minutes:.1f} min, and loading the models comes first: give it more than "
+            f"{math.ceil(minutes)} min, or round 1 will likely be cut with nothing saved. gemel+ sizes each trial to "
+            f"the time left (it leaves out the models it could not retrain in time), so a shorter budget still "
+            f"saves what it can afford.")
 
 
 def merge_job_group(job_id: int) -> str:
