@@ -28,7 +28,7 @@ from gemel_engine.errors import GemelError
 from gemel_engine.events import CancelToken, Progress, emit
 from gemel_engine.fileio import read_versioned_json, write_json_atomically
 from gemel_engine.layers import analyze_models, layer_parameters
-from gemel_engine.memory import footprint
+from gemel_engine.memory import footprint, tensor_bytes
 from gemel_engine.modelset import ModelSet
 from gemel_engine.plan import MergeInstance, MergePlan
 from gemel_engine.search.retrain import (
@@ -192,8 +192,8 @@ def size_trial_to_time(
     leaving out models, not layers, is what makes a round shorter. The trial comes back empty when nothing fits.
     """
     left_out: list[str] = []
-    while trial and estimate(trial) > seconds_left:
-        cost, saved = estimate(trial), saving(trial)
+    while trial and (cost := estimate(trial)) > seconds_left:
+        saved = saving(trial)
 
         def price(model: str, trial: Trial = trial, cost: float = cost, saved: int = saved) -> float:
             reduced = _without_models(trial, frozenset({model}))
@@ -212,7 +212,7 @@ def _trial_saving(models: ModelSet, trial: Trial) -> int:
     saving = 0
     for instance in trial:
         layer = resolve_layer(lookup, instance.members[0])
-        size = sum(p.numel() * p.element_size() for p in layer_parameters(layer).values())
+        size = sum(tensor_bytes(p) for p in layer_parameters(layer).values())
         saving += size * (len(instance.members) - 1)
     return saving
 
@@ -592,10 +592,9 @@ class MergeSearch:
         longest closing work seen so far, or the measured paces' estimate for the next trial if longer."""
         if not self._paces or not state.queue:
             return self._closing_seconds
-        frames = {name: self._frames(name, data) for name in _affected(state.accepted, state.queue[0])}
-        estimate = sum(self._paces[name].closing_seconds(val_frames=counts["val_frames"],
-                                                         test_frames=counts["test_frames"])
-                       for name, counts in frames.items())
+        estimate = sum(self._paces[name].closing_seconds(val_frames=len(data[name].val),
+                                                         test_frames=len(self._test_frames[name]))
+                       for name in _affected(state.accepted, state.queue[0]))
         return max(self._closing_seconds, estimate)
 
     def _fit_first_trial(

@@ -19,8 +19,9 @@ search resumes from a checkpointed queue.
   unmerged models, and optimistic trial sizing: the paper's groups merged into trials of 1, 2, 4, 8...
   groups, so savings come as early as with ``gemel`` and easy workloads merge fully in a few rounds. On
   failure, like ``gemel``, the models that met their targets keep the trial; when none did, both halves are
-  tried (``gemel`` tries only the first). Under a time budget, each trial is sized to the time left: models
-  whose retraining (timed on this machine before the first round) would not finish are left out of it.
+  tried (always, where ``gemel`` moves on when the first half saves less than the next trial). Under a time
+  budget, each trial is sized to the time left: models whose retraining (timed on this machine before the
+  first round) would not finish are left out of it.
 """
 
 from __future__ import annotations
