@@ -33,10 +33,12 @@ __all__ = [
     "chance_accuracy",
     "chance_measurement",
     "chance_shortfall",
+    "TargetTest",
     "lead_over_chance",
     "measure",
     "measure_predictions",
     "measure_sets",
+    "measured_predictions",
 ]
 
 # BatchNorm re-estimation draws its batches with this seed on every measurement, so a figure depends only on
@@ -206,18 +208,108 @@ def measure_sets(
     Raises:
         QueryError: a set is empty.
     """
-    if calibration is not None:
-        recalibrate_batchnorm(model, calibration, task, seed=CALIBRATION_SEED)
-    model.eval()
     measured = []
-    for frames in sets:
-        predictions = predict(model, frames.images, task)
+    for frames, predictions in zip(sets, measured_predictions(model, sets, task, calibration=calibration),
+                                   strict=True):
         if interval:
             measured.append(measure_predictions(predictions, frames, task))
         else:
             accuracy = score(predictions, frames.targets, task)
             measured.append(Measurement(accuracy, accuracy, accuracy, len(frames)))
     return measured
+
+
+def measured_predictions(
+    model: nn.Module, sets: Sequence[LabelledFrames], task: Task, *, calibration: LabelledFrames | None
+) -> list[list[Target]]:
+    """Return the predictions ``measure_sets`` scores: BatchNorm statistics re-estimated once from
+    ``calibration`` with the fixed ``CALIBRATION_SEED`` (None keeps the model's), then the model's answers on each
+    set of ``sets``, in order. The model is left in eval mode."""
+    if calibration is not None:
+        recalibrate_batchnorm(model, calibration, task, seed=CALIBRATION_SEED)
+    model.eval()
+    return [predict(model, frames.images, task) for frames in sets]
+
+
+@dataclass(frozen=True)
+class TargetTest:
+    """How a merged model's accuracy on a frame set is judged against its target: by the point figure
+    (``confidence`` None), or only when the frames show at ``confidence`` (one-sided) that the target is met.
+
+    A relative target (``relative`` × the unmerged model's accuracy) is judged **paired**: ``reference`` holds the
+    unmerged model's predictions on the same frames, and every block-bootstrap resample scores both models on
+    the same time blocks, so the bound is that of the merged model's lead over the target itself, far tighter
+    than the two accuracies' intervals side by side. An absolute target bounds the merged accuracy alone.
+    """
+
+    # Accuracy the merged model must keep on the frames (the point target).
+    required: float
+    # One-sided confidence the margin must be above 0 at (None: the point figure decides).
+    confidence: float | None = None
+    # The unmerged model's predictions on the same frames (relative targets).
+    reference: tuple[Target, ...] | None = None
+    # The target's fraction of the unmerged accuracy (relative targets).
+    relative: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.confidence is not None and not 0.5 <= self.confidence < 1:
+            raise QueryError(f"acceptance confidence must be in [0.5, 1), got {self.confidence!r}")
+        if (self.reference is None) != (self.relative is None):
+            raise QueryError("a paired target test needs both the reference predictions and the relative target")
+
+    def judge(self, predictions: Sequence[Target], frames: LabelledFrames, task: Task) -> tuple[float, float]:
+        """Return ``(accuracy, lower)``: the predictions' score on ``frames``, and the one-sided lower bound at
+        ``confidence`` of its margin above ``required`` (the margin itself when ``confidence`` is None). The bound
+        is the margin less the distance from the full-set figure to the resamples' ``1 - confidence`` quantile
+        (the frame set's own noise). The target is met when ``lower >= 0``.
+
+        Raises:
+            QueryError: the predictions or the reference do not match the frames, or there are none.
+        """
+        accuracy = score(predictions, frames.targets, task)
+        margin = accuracy - self.required
+        if self.confidence is None:
+            return accuracy, margin
+        references = None if self.reference is None else list(self.reference)
+        resampled = _resampled_leads(predictions, references, frames, task, self.relative or 0.0)
+        full = _lead(predictions, references, frames.targets, task, self.relative or 0.0)
+        spread = full - float(np.percentile(resampled, (1 - self.confidence) * 100))
+        return accuracy, margin - max(spread, 0.0)
+
+
+def _lead(
+    predictions: Sequence[Target], reference: Sequence[Target] | None, targets: Sequence[Target], task: Task,
+    relative: float,
+) -> float:
+    own = score(predictions, targets, task)
+    return own if reference is None else own - relative * score(reference, targets, task)
+
+
+def _resampled_leads(
+    predictions: Sequence[Target], reference: Sequence[Target] | None, frames: LabelledFrames, task: Task,
+    relative: float,
+) -> np.ndarray:
+    """Return the block-bootstrap resamples of ``_lead`` (one draw of time blocks shared by both models)."""
+    count = len(frames)
+    if reference is not None and len(reference) != count:
+        raise QueryError(f"cannot pair {len(reference)} reference predictions with {count} frames")
+    resamples = DETECTION_RESAMPLES if task.is_detection else CLASSIFICATION_RESAMPLES
+    starts, ends, drawn = _drawn_time_blocks(len(predictions), count, resamples, 0)
+    targets = frames.targets
+    if task.is_detection:
+        values = []
+        for row in drawn:
+            picks = [i for block in row for i in range(starts[block], ends[block])]
+            values.append(_lead([predictions[i] for i in picks],
+                                None if reference is None else [reference[i] for i in picks],
+                                [targets[i] for i in picks], task, relative))
+        return np.asarray(values)
+    per_frame = np.fromiter((p == t for p, t in zip(predictions, targets, strict=True)), dtype=np.float64,
+                            count=count)
+    if reference is not None:
+        per_frame -= relative * np.fromiter((r == t for r, t in zip(reference, targets, strict=True)),
+                                            dtype=np.float64, count=count)
+    return _resampled_means(per_frame, starts, ends, drawn)
 
 
 def chance_accuracy(targets: Sequence[Target]) -> float | None:
@@ -261,16 +353,10 @@ def lead_over_chance(
     """
     if task.is_detection or not train_targets:
         return None
-    count = len(frames)
-    starts, ends, drawn = _drawn_time_blocks(len(predictions), count, CLASSIFICATION_RESAMPLES, 0)
-    commonest = _commonest(train_targets)
-    lead_per_frame = np.fromiter(
-        ((p == t) - (commonest == t) for p, t in zip(predictions, frames.targets, strict=True)), dtype=np.float64,
-        count=count,
-    )
-    low, high = _percentile_interval(_resampled_means(lead_per_frame, starts, ends, drawn))
-    lead = float(lead_per_frame.mean())
-    return Measurement(lead, min(low, lead), max(high, lead), count)
+    baseline = [_commonest(train_targets)] * len(frames)
+    low, high = _percentile_interval(_resampled_leads(predictions, baseline, frames, task, 1.0))
+    lead = _lead(predictions, baseline, frames.targets, task, 1.0)
+    return Measurement(lead, min(low, lead), max(high, lead), len(frames))
 
 
 def _commonest(targets: Sequence[Target]) -> Target:

@@ -6,6 +6,7 @@ Bad input exits with status 2 and one ``error: ...`` line on stderr, never a tra
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from gemel_engine.memory import footprint
 from gemel_engine.modelset import ModelSet
 from gemel_engine.plan import MATCH_MODES, MergePlan, check_model_name
 from gemel_engine.report import format_table, mib, percent
+from gemel_engine.search.engine import DEFAULT_ACCEPT_CONFIDENCE
 from gemel_engine.sharing import WARM_STARTS, apply_plan
 
 if TYPE_CHECKING:
@@ -303,6 +305,10 @@ class _MergeReporter:
                     f"needs about {event['estimated_seconds'] / 60:.1f} min, {event['seconds_left'] / 60:.1f} left")
         elif kind == "round.finished":
             verdict = "accepted" if event["accepted"] else f"rejected ({event['stopped']})"
+            unsure = sorted(n for n, low in event.get("lower_margin", {}).items()
+                            if low < 0 <= event["accuracy"][n] - event["required"][n])
+            if unsure:
+                verdict += f"; met on validation but not at {event['accept_confidence']:.0%}: {', '.join(unsure)}"
             line = (
                 f"round {event['round']}: {verdict} after {event['steps']} steps; "
                 f"saved {mib(event['bytes_saved'])} MiB at {event['elapsed']:.0f}s"
@@ -333,6 +339,23 @@ class _MergeReporter:
             print(line, file=sys.stderr, flush=True)
 
 
+def _accept_confidence(text: str) -> float | None:
+    """Return ``--accept-confidence``'s value: None for ``point``, else a number in [0.5, 1).
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    if text == "point":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.5 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'point' or a confidence in [0.5, 1), got {text!r}")
+    return value
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     """Run (or resume) a merge search over a workload."""
     from gemel_engine.search import RetrainBudget, SearchConfig, run_search
@@ -342,7 +365,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     _warn_no_better_than_chance(workload)
     config = SearchConfig(
         strategy=args.strategy, budget_minutes=args.budget_minutes, device=args.device,
-        round_budget=RetrainBudget(max_steps=args.round_steps),
+        round_budget=RetrainBudget(max_steps=args.round_steps), accept_confidence=args.accept_confidence,
     )
     result = run_search(workload, args.out, config, progress=_MergeReporter(quiet=args.json))
     if args.json:
@@ -435,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--strategy", default="gemel", help="none, all, stem, gemel or gemel+ (default: gemel)")
     merge.add_argument("--budget-minutes", type=float, help="wall-clock budget of the whole search")
     merge.add_argument("--round-steps", type=int, default=120, help="most joint-retraining steps per round")
+    merge.add_argument(
+        "--accept-confidence", type=_accept_confidence, default=DEFAULT_ACCEPT_CONFIDENCE, metavar="C",
+        help="accept a round only when its validation frames show every target met at this one-sided confidence, "
+             "in [0.5, 1), or 'point' to let the point figure decide (default: point)",
+    )
     merge.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     merge.add_argument("--json", action="store_true", help="print one final JSON object")
     merge.set_defaults(handler=cmd_merge)

@@ -27,6 +27,7 @@ from gemel_engine.bundle import inspect_bundle
 from gemel_engine.demo import build_demo
 from gemel_engine.report import format_table, mib, percent
 from gemel_engine.search import (
+    DEFAULT_ACCEPT_CONFIDENCE,
     RetrainBudget,
     SearchConfig,
     bundle_evaluation,
@@ -57,12 +58,41 @@ def mean_savings(timeline: list[list[float]], seconds: float) -> float:
     return area / seconds if seconds > 0 else 0.0
 
 
-def run_strategy(workload: Workload, strategy: str, budget_minutes: float, round_steps: int) -> dict[str, Any]:
+def contender_name(strategy: str, accept_confidence: float | None) -> str:
+    """Return a contender's label: the strategy and its acceptance rule (``gemel+@90%``, ``gemel@point``)."""
+    return f"{strategy}@{'point' if accept_confidence is None else f'{accept_confidence:.0%}'}"
+
+
+def parse_confidences(text: str) -> list[float | None]:
+    """Return the acceptance confidences of a comma-separated list (``point`` for the point figure).
+
+    Raises:
+        ValueError: an entry is neither ``point`` nor a number in [0.5, 1).
+    """
+    values: list[float | None] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part == "point":
+            values.append(None)
+            continue
+        value = float(part)
+        if not 0.5 <= value < 1:
+            raise ValueError(f"{part}: an acceptance confidence is in [0.5, 1)")
+        values.append(value)
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"{text!r}: list distinct confidences")
+    return values
+
+
+def run_strategy(
+    workload: Workload, strategy: str, budget_minutes: float, round_steps: int,
+    accept_confidence: float | None = DEFAULT_ACCEPT_CONFIDENCE,
+) -> dict[str, Any]:
     """Return one strategy's benchmark row (its search runs in a scratch directory)."""
     job = Path(tempfile.mkdtemp(prefix=f"gemel-bench-{strategy.replace('+', 'plus')}-"))
     try:
         config = SearchConfig(
-            strategy=strategy, budget_minutes=budget_minutes, round_budget=RetrainBudget(max_steps=round_steps)
+            strategy=strategy, budget_minutes=budget_minutes, round_budget=RetrainBudget(max_steps=round_steps),
+            accept_confidence=accept_confidence,
         )
         result = run_search(workload, job, config).to_json()
         gaps = val_test_gaps(workload, job)
@@ -71,6 +101,8 @@ def run_strategy(workload: Workload, strategy: str, budget_minutes: float, round
     test_met = [q["meets_target_on_test"] for q in result["queries"]]
     return {
         "strategy": strategy,
+        "contender": contender_name(strategy, accept_confidence),
+        "accept_confidence": accept_confidence,
         "status": result["status"],
         "rounds": result["rounds"],
         "unmerged_param_bytes": result["unmerged_param_bytes"],
@@ -113,6 +145,8 @@ def summarise(runs: list[dict[str, Any]], budget_seconds: float) -> dict[str, An
     total = sum(r["test_targets_total"] for r in runs)
     return {
         "strategy": runs[0]["strategy"],
+        "contender": runs[0].get("contender", runs[0]["strategy"]),
+        "accept_confidence": runs[0].get("accept_confidence"),
         "runs": len(runs),
         "rounds": statistics.median(r["rounds"] for r in runs),
         "saved_at": {
@@ -127,8 +161,13 @@ def summarise(runs: list[dict[str, Any]], budget_seconds: float) -> dict[str, An
     }
 
 
-def _paired_ratios(by_strategy: dict[str, list[dict[str, Any]]], budget_seconds: float) -> dict[str, float]:
-    pairs = list(zip(by_strategy["gemel+"], by_strategy["gemel"], strict=True))
+def _paired_ratios(
+    by_contender: dict[str, list[dict[str, Any]]], budget_seconds: float, confidence: float | None
+) -> dict[str, float]:
+    """Return gemel+'s median paired ratios over gemel under one acceptance rule (mean savings; how much sooner
+    gemel's final savings were reached)."""
+    pairs = list(zip(by_contender[contender_name("gemel+", confidence)],
+                     by_contender[contender_name("gemel", confidence)], strict=True))
     mean_ratios = [
         mean_savings(ours["timeline"], budget_seconds) / mean_savings(paper["timeline"], budget_seconds)
         for ours, paper in pairs
@@ -157,12 +196,19 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--strategies", default="stem,gemel,gemel+", help="comma-separated strategies")
     parser.add_argument("--budget-minutes", type=float, default=5.0, help="wall-clock budget per strategy")
     parser.add_argument("--round-steps", type=int, default=120, help="most retraining steps per round")
+    parser.add_argument("--accept-confidence", default="point", metavar="LIST",
+                        help="comma-separated acceptance rules, each strategy runs under every one: a one-sided "
+                             "confidence in [0.5, 1) or 'point' (the point figure decides)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per strategy, interleaved (medians reported)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/merge.json"), help="JSON output file")
     args = parser.parse_args(argv)
     strategies = registered_names(parser, args.strategies, list_strategies(), "strategies")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    try:
+        confidences = parse_confidences(args.accept_confidence)
+    except ValueError as exc:
+        parser.error(f"--accept-confidence: {exc}")
     if args.workload is None:
         default = Path("bench-results/workloads/mix")
         built = (default / "workload.json").exists()
@@ -170,21 +216,24 @@ def main(argv: Sequence[str]) -> int:
     else:
         workload = Workload.load(args.workload)
     budget_seconds = args.budget_minutes * 60
-    by_strategy: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
+    contenders = [(s, c) for s in strategies for c in confidences]
+    by_contender: dict[str, list[dict[str, Any]]] = {contender_name(s, c): [] for s, c in contenders}
     for _ in range(args.repeats):
-        for strategy in strategies:
-            by_strategy[strategy].append(run_strategy(workload, strategy, args.budget_minutes, args.round_steps))
-    summaries = [summarise(runs, budget_seconds) for runs in by_strategy.values()]
+        for strategy, confidence in contenders:
+            by_contender[contender_name(strategy, confidence)].append(
+                run_strategy(workload, strategy, args.budget_minutes, args.round_steps, confidence)
+            )
+    summaries = [summarise(runs, budget_seconds) for runs in by_contender.values()]
     print(
         f"workload {workload.name}: {len(workload.queries)} queries; budget {args.budget_minutes:g} min per run; "
         f"medians of {args.repeats} interleaved runs"
     )
     print(format_table(
-        ["strategy", "rounds", *(f"saved MiB @{int(c * 100)}%" for c in CHECKPOINTS), "mean MiB", "saved %",
+        ["strategy@acceptance", "rounds", *(f"saved MiB @{int(c * 100)}%" for c in CHECKPOINTS), "mean MiB", "saved %",
          "val targets met", "test targets met", "val-test gap", "s to final"],
         [
             [
-                r["strategy"], f"{r['rounds']:g}", *(mib(r["saved_at"][str(c)]) for c in CHECKPOINTS),
+                r["contender"], f"{r['rounds']:g}", *(mib(r["saved_at"][str(c)]) for c in CHECKPOINTS),
                 mib(r["mean_saved_param_bytes"]), percent(r["savings_fraction"]),
                 "all" if r["all_targets_met"] else "NOT ALL",
                 "-" if r["test_targets_met_share"] is None else percent(r["test_targets_met_share"]),
@@ -194,13 +243,18 @@ def main(argv: Sequence[str]) -> int:
             for r in summaries
         ],
     ))
-    ratios = _paired_ratios(by_strategy, budget_seconds) if {"gemel", "gemel+"} <= set(strategies) else {}
-    for name, value in ratios.items():
-        print(f"{name.replace('_', ' ')} (median of paired runs): {value:.2f}x")
+    ratios = {}
+    if {"gemel", "gemel+"} <= set(strategies):
+        for confidence in confidences:
+            for name, value in _paired_ratios(by_contender, budget_seconds, confidence).items():
+                rule = contender_name("", confidence).lstrip("@")
+                ratios[name if len(confidences) == 1 else f"{name}@{rule}"] = value
+                print(f"{name.replace('_', ' ')}, acceptance {rule} (median of paired runs): {value:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "merge", "workload": workload.name, "budget_minutes": args.budget_minutes,
-        "repeats": args.repeats, "summary": summaries, "ratios": ratios, "runs": by_strategy,
+        "repeats": args.repeats, "accept_confidences": confidences, "summary": summaries, "ratios": ratios,
+        "runs": by_contender,
     }, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

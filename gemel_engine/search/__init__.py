@@ -1,6 +1,7 @@
 """The merge search: strategies behind one interface, joint retraining, resumable jobs."""
 
 from gemel_engine.search.engine import (
+    DEFAULT_ACCEPT_CONFIDENCE,
     MergeSearch,
     SearchConfig,
     SearchError,
@@ -27,6 +28,7 @@ from gemel_engine.search.strategies import (
 )
 
 __all__ = [
+    "DEFAULT_ACCEPT_CONFIDENCE",
     "MergeSearch",
     "QueryData",
     "RetrainBudget",

@@ -7,7 +7,9 @@ frames (a fixed, evenly spaced subset of its validation frames) the one way mode
 trend shows it cannot get there within the budget, when the step budget is spent, or when the search is
 cancelled. Checks only decide when to stop: once the round stops, one final measurement on the whole
 validation set decides which queries met their targets, so a check that passed on a lucky subset accepts
-nothing.
+nothing. With a confidence-judged target (``TargetTest``) the final measurement must show the target met at
+that confidence; when the checks passed but it does not, and steps are left, the round goes on with that
+query's check bar raised by the shortfall.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from gemel_engine.accuracy import measure
+from gemel_engine.accuracy import TargetTest, measure, measured_predictions
 from gemel_engine.events import CancelToken
 from gemel_engine.modelset import ModelSet
 from gemel_engine.queries import Task, images_to_tensor
@@ -206,7 +208,14 @@ class QueryData:
     teacher_logits: torch.Tensor | None = None
     # The frames of in-round checks (a subset of ``val``; None: all of ``val``).
     check: LabelledFrames | None = None
+    # How the final measurement on ``val`` is judged (None: the point figure against ``required``).
+    acceptance: TargetTest | None = None
     _images: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def target_test(self) -> TargetTest:
+        """Return how the final measurement is judged: ``acceptance``, or the point figure against ``required``."""
+        return self.acceptance or TargetTest(self.required)
 
     def images(self) -> torch.Tensor:
         """Return the training frames as a float tensor (built once)."""
@@ -241,8 +250,13 @@ class RetrainOutcome:
     initial_accuracies: dict[str, float] = field(default_factory=dict)
     # The last in-round check's accuracies (on the check frames).
     check_accuracies: dict[str, float] = field(default_factory=dict)
-    # Seconds of the final measurement on the whole validation set (0 when the last check was final).
+    # Seconds of the final measurements on the whole validation set (0 when the last check was final).
     closing_seconds: float = 0.0
+    # Per affected query, the lower bound of its final margin above target at the acceptance confidence (the
+    # margin itself for point-judged targets): ``met`` is ``lower_margins >= 0``.
+    lower_margins: dict[str, float] = field(default_factory=dict)
+    # Final measurements that did not show every target met although the checks had passed (the round went on).
+    false_stops: int = 0
 
     @property
     def all_met(self) -> bool:
@@ -255,13 +269,23 @@ class RetrainOutcome:
         return frozenset(name for name, ok in self.met.items() if not ok)
 
 
-def _evaluate(models: ModelSet, names: list[str], data: Mapping[str, QueryData], *, final: bool) -> dict[str, float]:
+def _evaluate(models: ModelSet, names: list[str], data: Mapping[str, QueryData]) -> dict[str, float]:
     accuracies = {}
     for name in names:
         query = data[name]
-        frames = query.val if final or query.check is None else query.check
+        frames = query.val if query.check is None else query.check
         accuracies[name] = measure(models[name], frames, query.task, calibration=query.train, interval=False).accuracy
     return accuracies
+
+
+def _judge(models: ModelSet, names: list[str], data: Mapping[str, QueryData]) -> dict[str, tuple[float, float]]:
+    """Return each query's final ``(accuracy, lower margin)`` on its whole validation set (``TargetTest.judge``)."""
+    judged = {}
+    for name in names:
+        query = data[name]
+        (predictions,) = measured_predictions(models[name], (query.val,), query.task, calibration=query.train)
+        judged[name] = query.target_test.judge(predictions, query.val, query.task)
+    return judged
 
 
 def _query_loss(
@@ -283,8 +307,8 @@ def _query_loss(
     return hard + budget.distill * soft * temperature**2
 
 
-def _shortfalls(accuracies: Mapping[str, float], affected: list[str], data: Mapping[str, QueryData]) -> list[float]:
-    return [data[n].required - accuracies[n] for n in affected if accuracies[n] < data[n].required]
+def _shortfalls(accuracies: Mapping[str, float], affected: list[str], bars: Mapping[str, float]) -> list[float]:
+    return [bars[n] - accuracies[n] for n in affected if accuracies[n] < bars[n]]
 
 
 def _hopeless(history: list[dict[str, float]], name: str, required: float, remaining_evals: int) -> bool:
@@ -314,7 +338,9 @@ def joint_retrain(
     come sooner once every lagging query is
     near its target, so a round ends soon after the targets are met. A round that stops for any reason but
     cancellation or the deadline ends with one measurement of every affected query on its whole validation
-    set, and that alone decides ``met``.
+    set, judged by its ``target_test``, and that alone decides ``met``. When the checks had passed but that
+    judgement does not, and steps are left, the round goes on with the overrated queries' check bars raised by
+    their shortfall (``false_stops`` counts these).
 
     Returns:
         Final validation accuracies, which queries met their targets, steps taken and why the round stopped.
@@ -327,69 +353,84 @@ def joint_retrain(
     device = next(unique.parameters()).device
     optimizer = torch.optim.AdamW(unique.parameters(), lr=budget.lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
-    accuracies = _evaluate(models, affected, data, final=False)
+    # What each query's check must reach: its target, raised after a final measurement the checks overrated.
+    bars = {n: data[n].required for n in affected}
+    accuracies = _evaluate(models, affected, data)
     checked_at = 0
     initial = dict(accuracies)
     history = [accuracies]
     steps = 0
-    stopped: StopReason = "budget"
+    closing = 0.0
+    false_stops = 0
     round_ends = None if budget.max_seconds is None else time.monotonic() + budget.max_seconds
-    next_validation = budget.interval(_shortfalls(accuracies, affected, data))
-    while not all(accuracies[n] >= data[n].required for n in affected):
-        if steps >= budget.max_steps or (round_ends is not None and time.monotonic() >= round_ends):
-            stopped = "budget"
-            break
-        if cancel is not None and cancel.cancelled:
-            stopped = "cancelled"
-            break
-        if deadline is not None and time.monotonic() >= deadline:
-            stopped = "deadline"
-            break
-        unique.train()
-        loss = sum(
-            (1.0 + budget.lag_weight * max(0.0, data[n].required - accuracies[n]))
-            * _query_loss(models[n], data[n], budget, generator, device)
-            for n in affected
-        )
-        if not torch.isfinite(loss):
-            raise TrainingError(f"joint loss became {float(loss.detach())} at step {steps}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
-        optimizer.step()
-        steps += 1
-        next_validation -= 1
-        if next_validation == 0 or steps == budget.max_steps:
+    while True:
+        stopped: StopReason = "budget"
+        next_validation = budget.interval(_shortfalls(accuracies, affected, bars))
+        while not all(accuracies[n] >= bars[n] for n in affected):
+            if steps >= budget.max_steps or (round_ends is not None and time.monotonic() >= round_ends):
+                stopped = "budget"
+                break
+            if cancel is not None and cancel.cancelled:
+                stopped = "cancelled"
+                break
             if deadline is not None and time.monotonic() >= deadline:
                 stopped = "deadline"
                 break
-            accuracies = _evaluate(models, affected, data, final=False)
-            checked_at = steps
-            if on_check is not None:
-                on_check(steps, dict(accuracies))
-            next_validation = budget.interval(_shortfalls(accuracies, affected, data))
-            history.append(accuracies)
-            remaining = (budget.max_steps - steps) // budget.eval_every
-            if steps >= budget.hopeless_after * budget.max_steps and any(
-                _hopeless(history, n, data[n].required, remaining)
+            unique.train()
+            loss = sum(
+                (1.0 + budget.lag_weight * max(0.0, bars[n] - accuracies[n]))
+                * _query_loss(models[n], data[n], budget, generator, device)
                 for n in affected
-                if accuracies[n] < data[n].required
-            ):
-                stopped = "hopeless"
-                break
-    else:
-        stopped = "met"
-    unique.eval()
-    checked = accuracies
-    checks_were_final = checked_at == steps and all(data[n].check is None for n in affected)
-    closing_started = time.perf_counter()
-    if stopped in ("cancelled", "deadline") or checks_were_final:
-        final = checked
-    else:
-        final = _evaluate(models, affected, data, final=True)
-    met = {n: final[n] >= data[n].required for n in affected}
+            )
+            if not torch.isfinite(loss):
+                raise TrainingError(f"joint loss became {float(loss.detach())} at step {steps}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[union-attr]
+            optimizer.step()
+            steps += 1
+            next_validation -= 1
+            if next_validation == 0 or steps == budget.max_steps:
+                if deadline is not None and time.monotonic() >= deadline:
+                    stopped = "deadline"
+                    break
+                accuracies = _evaluate(models, affected, data)
+                checked_at = steps
+                if on_check is not None:
+                    on_check(steps, dict(accuracies))
+                next_validation = budget.interval(_shortfalls(accuracies, affected, bars))
+                history.append(accuracies)
+                remaining = (budget.max_steps - steps) // budget.eval_every
+                if steps >= budget.hopeless_after * budget.max_steps and any(
+                    _hopeless(history, n, bars[n], remaining) for n in affected if accuracies[n] < bars[n]
+                ):
+                    stopped = "hopeless"
+                    break
+        else:
+            stopped = "met"
+        unique.eval()
+        checked = accuracies
+        closing_started = time.perf_counter()
+        point_judged = all(data[n].check is None and data[n].acceptance is None for n in affected)
+        if stopped in ("cancelled", "deadline") or (checked_at == steps and point_judged):
+            judged = {n: (checked[n], checked[n] - data[n].required) for n in affected}
+        else:
+            judged = _judge(models, affected, data)
+        closing += time.perf_counter() - closing_started
+        overrated = [n for n in affected if judged[n][1] < 0]
+        if stopped != "met" or not overrated or steps >= budget.max_steps:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        false_stops += 1
+        for name in overrated:
+            bars[name] = max(bars[name], checked[name] - judged[name][1])
+    final = {n: judged[n][0] for n in affected}
+    lower = {n: judged[n][1] for n in affected}
+    met = {n: lower[n] >= 0 for n in affected}
     ended = time.perf_counter()
     return RetrainOutcome(
-        final, met, steps, stopped, ended - started, initial, dict(checked), closing_seconds=ended - closing_started
+        final, met, steps, stopped, ended - started, initial, dict(checked), closing_seconds=closing,
+        lower_margins=lower, false_stops=false_stops,
     )
 
 

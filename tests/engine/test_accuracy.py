@@ -6,6 +6,7 @@ import torch
 
 from gemel_engine import zoo
 from gemel_engine.accuracy import (
+    TargetTest,
     Measurement,
     block_bootstrap_interval,
     chance_measurement,
@@ -123,3 +124,30 @@ def test_the_lead_over_chance_is_paired_so_a_clear_lead_stands_though_the_two_in
 def test_a_detector_whose_map_interval_reaches_0_is_no_better_than_one_that_finds_nothing():
     assert "not clearly above 0" in chance_shortfall(Measurement(0.0, 0.0, 0.0, 300), None, None, detection=True)
     assert chance_shortfall(Measurement(0.6, 0.5, 0.7, 300), None, None, detection=True) is None
+
+
+def test_a_target_met_by_less_than_the_frames_noise_is_met_as_a_point_but_not_at_a_confidence():
+    generator = np.random.default_rng(3)
+    targets = generator.integers(0, 2, size=400).tolist()
+    frames = LabelledFrames(np.zeros((400, 8, 8, 3), dtype=np.uint8), targets)
+    unmerged = [t if generator.random() < 0.9 else 1 - t for t in targets]
+    merged = list(unmerged)
+    for i in [i for i, (p, t) in enumerate(zip(unmerged, targets, strict=True)) if p == t][:8]:
+        merged[i] = 1 - merged[i]  # 8 frames (2%) the merged model now gets wrong
+    reference_accuracy = sum(p == t for p, t in zip(unmerged, targets, strict=True)) / 400
+    required = 0.97 * reference_accuracy
+    accuracy, margin = TargetTest(required).judge(merged, frames, PRESENCE)
+    assert margin == pytest.approx(accuracy - required) and margin > 0
+    paired = TargetTest(required, 0.9, tuple(unmerged), 0.97)
+    same_accuracy, lower = paired.judge(merged, frames, PRESENCE)
+    assert same_accuracy == accuracy and lower < 0 < margin
+    assert TargetTest(required, 0.6, tuple(unmerged), 0.97).judge(merged, frames, PRESENCE)[1] > lower
+    # Unpaired (an absolute target), the same frames' noise weighs on the merged accuracy alone: wider still.
+    assert TargetTest(required, 0.9).judge(merged, frames, PRESENCE)[1] < lower
+    # A merged model that answers as the unmerged one does leads a relative target of 1.0 by exactly 0.
+    assert TargetTest(reference_accuracy, 0.9, tuple(unmerged), 1.0).judge(unmerged, frames, PRESENCE)[1] == (
+        pytest.approx(0.0))
+    with pytest.raises(GemelError):
+        TargetTest(required, 1.0)
+    with pytest.raises(GemelError):
+        TargetTest(required, 0.9, tuple(unmerged))

@@ -55,3 +55,23 @@ def test_the_merge_benchmark_runs_strategies_side_by_side(tiny_workload, tmp_pat
         assert 0.0 <= summary["test_targets_met_share"] <= 1.0
         assert summary["mean_val_test_gap"] is not None  # every run accepted a configuration
     assert "test targets met" in printed and "val-test gap" in printed
+
+
+def test_acceptance_rules_are_parsed_and_named_for_each_contender():
+    from gemel_engine.bench.merge import contender_name, parse_confidences
+
+    assert parse_confidences("0.9, point") == [0.9, None]
+    assert [contender_name("gemel+", c) for c in (0.9, None)] == ["gemel+@90%", "gemel+@point"]
+    for bad in ("1.0", "0.4", "0.9,0.9", "often"):
+        with pytest.raises(ValueError):
+            parse_confidences(bad)
+
+
+def test_the_merge_command_refuses_an_acceptance_confidence_outside_its_range(capsys, tmp_path):
+    from gemel_engine.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["merge", "--workload", str(tmp_path / "w.json"), "--out", str(tmp_path / "j"),
+              "--accept-confidence", "1.2"])
+    assert exited.value.code == 2
+    assert "expected 'point' or a confidence in [0.5, 1)" in capsys.readouterr().err

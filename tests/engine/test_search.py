@@ -317,10 +317,34 @@ def test_a_round_whose_check_passes_but_whose_final_validation_fails_accepts_not
     lucky = LabelledFrames(labelled.val.images[right], [labelled.val.targets[i] for i in right])
     required = (full + 1.0) / 2  # the lucky check frames pass it, the whole validation set does not
     data = {entry.name: QueryData(entry.name, entry.query.task, labelled.train, labelled.val, required, check=lucky)}
-    outcome = joint_retrain(ModelSet({entry.name: model}), [entry.name], data, RetrainBudget())
-    assert outcome.stopped == "met" and outcome.check_accuracies[entry.name] == 1.0
-    assert outcome.accuracies[entry.name] == pytest.approx(full)
+    stops_at_once = RetrainBudget(max_steps=5, eval_every=5)
+    outcome = joint_retrain(ModelSet({entry.name: model}), [entry.name], data, stops_at_once)
+    # The check passed before any step; the final measurement did not, so the round went on, its check bar
+    # raised out of reach, and ended on its step budget (or as hopeless) with nothing accepted.
+    assert outcome.false_stops == 1 and outcome.steps == 5 and outcome.stopped in ("budget", "hopeless")
+    assert outcome.initial_accuracies[entry.name] == 1.0
     assert not outcome.all_met and outcome.failing == {entry.name}
+    assert outcome.lower_margins[entry.name] == pytest.approx(outcome.accuracies[entry.name] - required)
+
+
+def test_a_round_judged_at_a_confidence_pairs_the_merged_model_with_the_unmerged_one(tiny_workload):
+    from gemel_engine.accuracy import TargetTest, measured_predictions
+    from gemel_engine.modelset import ModelSet
+    from gemel_engine.search.retrain import QueryData, joint_retrain
+
+    entry = tiny_workload.queries[0]
+    labelled = query_data(tiny_workload, entry, camera_frames(tiny_workload, tiny_workload.camera(entry.query.camera)))
+    model = tiny_workload.load_model(entry)
+    (reference,) = measured_predictions(model, (labelled.val,), entry.query.task, calibration=labelled.train)
+    accuracy = sum(p == t for p, t in zip(reference, labelled.val.targets, strict=True)) / len(labelled.val)
+    # A relative target of 1.0 that the model meets exactly: the point figure accepts it; at 90% confidence a
+    # merged model identical to the unmerged one leads it by 0 in every resample, so its bound is exactly 0.
+    paired = TargetTest(accuracy, 0.9, tuple(reference), 1.0)
+    assert paired.judge(reference, labelled.val, entry.query.task) == (pytest.approx(accuracy), pytest.approx(0.0))
+    data = {entry.name: QueryData(entry.name, entry.query.task, labelled.train, labelled.val, accuracy,
+                                  acceptance=TargetTest(accuracy, 0.9, tuple(reference), 1.0))}
+    outcome = joint_retrain(ModelSet({entry.name: model}), [entry.name], data, RetrainBudget(max_steps=5))
+    assert outcome.false_stops == 0 and outcome.stopped == "met"  # a margin of exactly 0 is met
 
 
 def test_the_merge_command_names_a_missing_workload(capsys, tmp_path: Path):
