@@ -29,11 +29,11 @@ from gemel_engine.train import LabelledFrames, recalibrate_batchnorm
 __all__ = [
     "CALIBRATION_SEED",
     "Measurement",
+    "TargetTest",
     "block_bootstrap_interval",
     "chance_accuracy",
     "chance_measurement",
     "chance_shortfall",
-    "TargetTest",
     "lead_over_chance",
     "measure",
     "measure_predictions",

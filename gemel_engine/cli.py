@@ -6,8 +6,8 @@ Bad input exits with status 2 and one ``error: ...`` line on stderr, never a tra
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import os
 import re
 import sys

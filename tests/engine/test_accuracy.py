@@ -6,8 +6,8 @@ import torch
 
 from gemel_engine import zoo
 from gemel_engine.accuracy import (
-    TargetTest,
     Measurement,
+    TargetTest,
     block_bootstrap_interval,
     chance_measurement,
     chance_shortfall,
