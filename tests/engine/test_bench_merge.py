@@ -50,7 +50,7 @@ def test_the_merge_benchmark_runs_strategies_side_by_side(tiny_workload, tmp_pat
     assert code == 0 and "gemel+" in printed
     assert [s["strategy"] for s in data["summary"]] == ["gemel", "gemel+"]
     assert all(s["all_targets_met"] for s in data["summary"])
-    assert data["runs"]["gemel"][0]["saved_param_bytes"] > 0
+    assert data["runs"]["gemel@point"][0]["saved_param_bytes"] > 0  # runs are keyed by strategy@acceptance
     for summary in data["summary"]:
         assert 0.0 <= summary["test_targets_met_share"] <= 1.0
         assert summary["mean_val_test_gap"] is not None  # every run accepted a configuration
