@@ -34,11 +34,13 @@ __all__ = [
     "chance_accuracy",
     "chance_measurement",
     "chance_shortfall",
+    "check_accept_confidence",
     "lead_over_chance",
     "measure",
     "measure_predictions",
     "measure_sets",
     "measured_predictions",
+    "parse_accept_confidence",
 ]
 
 # BatchNorm re-estimation draws its batches with this seed on every measurement, so a figure depends only on
@@ -113,20 +115,8 @@ def block_bootstrap_interval(
     Raises:
         QueryError: the two sequences differ in length or are empty.
     """
-    count = len(targets)
-    resamples = resamples or (DETECTION_RESAMPLES if task.is_detection else CLASSIFICATION_RESAMPLES)
-    starts, ends, drawn = _drawn_time_blocks(len(predictions), count, resamples, seed)
-    if task.is_detection:
-        values = []
-        for row in drawn:
-            picks = [i for block in row for i in range(starts[block], ends[block])]
-            values.append(score([predictions[i] for i in picks], [targets[i] for i in picks], task))
-        scores = np.asarray(values)
-    else:
-        correct = np.fromiter((p == t for p, t in zip(predictions, targets, strict=True)), dtype=np.float64,
-                              count=count)
-        scores = _resampled_means(correct, starts, ends, drawn)
-    return _percentile_interval(scores)
+    return _percentile_interval(_resampled_leads(predictions, None, targets, task, 0.0, resamples=resamples,
+                                                 seed=seed))
 
 
 def _drawn_time_blocks(
@@ -231,6 +221,35 @@ def measured_predictions(
     return [predict(model, frames.images, task) for frames in sets]
 
 
+def check_accept_confidence(value: object) -> float | None:
+    """Return ``value`` when it is an acceptance confidence: None (the point figure decides) or a number in
+    [0.5, 1).
+
+    Raises:
+        QueryError: anything else.
+    """
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not 0.5 <= value < 1
+    ):
+        raise QueryError(f"expected 'point' or a confidence in [0.5, 1), got {value!r}")
+    return value
+
+
+def parse_accept_confidence(text: str) -> float | None:
+    """Return the acceptance confidence ``text`` names: None for ``point``, else its number.
+
+    Raises:
+        QueryError: ``text`` is neither ``point`` nor a number in [0.5, 1).
+    """
+    if text.strip() == "point":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise QueryError(f"expected 'point' or a confidence in [0.5, 1), got {text!r}") from None
+    return check_accept_confidence(value)
+
+
 @dataclass(frozen=True)
 class TargetTest:
     """How a merged model's accuracy on a frame set is judged against its target: by the point figure
@@ -252,8 +271,7 @@ class TargetTest:
     relative: float | None = None
 
     def __post_init__(self) -> None:
-        if self.confidence is not None and not 0.5 <= self.confidence < 1:
-            raise QueryError(f"acceptance confidence must be in [0.5, 1), got {self.confidence!r}")
+        check_accept_confidence(self.confidence)
         if (self.reference is None) != (self.relative is None):
             raise QueryError("a paired target test needs both the reference predictions and the relative target")
 
@@ -271,8 +289,9 @@ class TargetTest:
         if self.confidence is None:
             return accuracy, margin
         references = None if self.reference is None else list(self.reference)
-        resampled = _resampled_leads(predictions, references, frames, task, self.relative or 0.0)
-        full = _lead(predictions, references, frames.targets, task, self.relative or 0.0)
+        relative = self.relative or 0.0
+        resampled = _resampled_leads(predictions, references, frames.targets, task, relative)
+        full = accuracy if references is None else accuracy - relative * score(references, frames.targets, task)
         spread = full - float(np.percentile(resampled, (1 - self.confidence) * 100))
         return accuracy, margin - max(spread, 0.0)
 
@@ -286,16 +305,16 @@ def _lead(
 
 
 def _resampled_leads(
-    predictions: Sequence[Target], reference: Sequence[Target] | None, frames: LabelledFrames, task: Task,
-    relative: float,
+    predictions: Sequence[Target], reference: Sequence[Target] | None, targets: Sequence[Target], task: Task,
+    relative: float, *, resamples: int | None = None, seed: int = 0,
 ) -> np.ndarray:
-    """Return the block-bootstrap resamples of ``_lead`` (one draw of time blocks shared by both models)."""
-    count = len(frames)
+    """Return the block-bootstrap resamples of ``_lead`` (one draw of time blocks shared by both models; with no
+    ``reference``, the resamples of the predictions' own score)."""
+    count = len(targets)
     if reference is not None and len(reference) != count:
         raise QueryError(f"cannot pair {len(reference)} reference predictions with {count} frames")
-    resamples = DETECTION_RESAMPLES if task.is_detection else CLASSIFICATION_RESAMPLES
-    starts, ends, drawn = _drawn_time_blocks(len(predictions), count, resamples, 0)
-    targets = frames.targets
+    resamples = resamples or (DETECTION_RESAMPLES if task.is_detection else CLASSIFICATION_RESAMPLES)
+    starts, ends, drawn = _drawn_time_blocks(len(predictions), count, resamples, seed)
     if task.is_detection:
         values = []
         for row in drawn:
@@ -354,7 +373,7 @@ def lead_over_chance(
     if task.is_detection or not train_targets:
         return None
     baseline = [_commonest(train_targets)] * len(frames)
-    low, high = _percentile_interval(_resampled_leads(predictions, baseline, frames, task, 1.0))
+    low, high = _percentile_interval(_resampled_leads(predictions, baseline, frames.targets, task, 1.0))
     lead = _lead(predictions, baseline, frames.targets, task, 1.0)
     return Measurement(lead, min(low, lead), max(high, lead), len(frames))
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 from torch import nn
 
 from gemel_engine import zoo
+from gemel_engine.accuracy import parse_accept_confidence
 from gemel_engine.bundle import ModelRecipe, inspect_bundle, save_bundle
 from gemel_engine.demo import SCALES
 from gemel_engine.errors import GemelError, UsageError
@@ -340,20 +340,15 @@ class _MergeReporter:
 
 
 def _accept_confidence(text: str) -> float | None:
-    """Return ``--accept-confidence``'s value: None for ``point``, else a number in [0.5, 1).
+    """Return ``--accept-confidence``'s value (``accuracy.parse_accept_confidence``).
 
     Raises:
-        argparse.ArgumentTypeError: anything else.
+        argparse.ArgumentTypeError: it is neither ``point`` nor a confidence in [0.5, 1).
     """
-    if text == "point":
-        return None
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.5 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'point' or a confidence in [0.5, 1), got {text!r}")
-    return value
+        return parse_accept_confidence(text)
+    except GemelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

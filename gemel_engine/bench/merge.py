@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gemel_engine.accuracy import parse_accept_confidence
 from gemel_engine.bench import registered_names
 from gemel_engine.bundle import inspect_bundle
 from gemel_engine.demo import build_demo
+from gemel_engine.errors import GemelError
 from gemel_engine.report import format_table, mib, percent
 from gemel_engine.search import (
     DEFAULT_ACCEPT_CONFIDENCE,
@@ -58,27 +60,26 @@ def mean_savings(timeline: list[list[float]], seconds: float) -> float:
     return area / seconds if seconds > 0 else 0.0
 
 
+def _rule_name(accept_confidence: float | None) -> str:
+    return "point" if accept_confidence is None else f"{accept_confidence:.0%}"
+
+
 def contender_name(strategy: str, accept_confidence: float | None) -> str:
     """Return a contender's label: the strategy and its acceptance rule (``gemel+@90%``, ``gemel@point``)."""
-    return f"{strategy}@{'point' if accept_confidence is None else f'{accept_confidence:.0%}'}"
+    return f"{strategy}@{_rule_name(accept_confidence)}"
 
 
 def parse_confidences(text: str) -> list[float | None]:
-    """Return the acceptance confidences of a comma-separated list (``point`` for the point figure).
+    """Return the acceptance confidences of a comma-separated list (``accuracy.parse_accept_confidence``).
 
     Raises:
-        ValueError: an entry is neither ``point`` nor a number in [0.5, 1).
+        ValueError: an entry is neither ``point`` nor a number in [0.5, 1), or an entry repeats.
     """
-    values: list[float | None] = []
-    for part in (p.strip() for p in text.split(",")):
-        if part == "point":
-            values.append(None)
-            continue
-        value = float(part)
-        if not 0.5 <= value < 1:
-            raise ValueError(f"{part}: an acceptance confidence is in [0.5, 1)")
-        values.append(value)
-    if not values or len(set(values)) != len(values):
+    try:
+        values = [parse_accept_confidence(part) for part in text.split(",")]
+    except GemelError as exc:
+        raise ValueError(str(exc)) from None
+    if len(set(values)) != len(values):
         raise ValueError(f"{text!r}: list distinct confidences")
     return values
 
@@ -247,7 +248,7 @@ def main(argv: Sequence[str]) -> int:
     if {"gemel", "gemel+"} <= set(strategies):
         for confidence in confidences:
             for name, value in _paired_ratios(by_contender, budget_seconds, confidence).items():
-                rule = contender_name("", confidence).lstrip("@")
+                rule = _rule_name(confidence)
                 ratios[name if len(confidences) == 1 else f"{name}@{rule}"] = value
                 print(f"{name.replace('_', ' ')}, acceptance {rule} (median of paired runs): {value:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,13 @@ from typing import Any
 
 import torch
 
-from gemel_engine.accuracy import Measurement, TargetTest, measure_sets, measured_predictions
+from gemel_engine.accuracy import (
+    Measurement,
+    TargetTest,
+    check_accept_confidence,
+    measure_sets,
+    measured_predictions,
+)
 from gemel_engine.bundle import MANIFEST_NAME, ModelRecipe, load_bundle, save_bundle
 from gemel_engine.errors import GemelError
 from gemel_engine.events import CancelToken, Progress, emit
@@ -80,11 +86,10 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         get_strategy(self.strategy)
-        if self.accept_confidence is not None and (
-            isinstance(self.accept_confidence, bool) or not isinstance(self.accept_confidence, int | float)
-            or not 0.5 <= self.accept_confidence < 1
-        ):
-            raise SearchError(f"accept_confidence must be in [0.5, 1) or None, got {self.accept_confidence!r}")
+        try:
+            check_accept_confidence(self.accept_confidence)
+        except GemelError as exc:
+            raise SearchError(f"accept_confidence: {exc}") from None
         if self.budget_minutes is not None and (not math.isfinite(self.budget_minutes) or self.budget_minutes <= 0):
             raise SearchError(f"budget_minutes must be a positive number, got {self.budget_minutes!r}")
         resolve_device(self.device)
