@@ -284,6 +284,42 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the named queries' unmerged models on their cameras' labelled frames, measure them and rewrite
+    workload.json after each one."""
+    from gemel_engine.train import TrainArgs, default_recipe
+    from gemel_engine.workload import Workload, camera_frames, train_unmerged
+
+    workload = Workload.load(args.workload, check_weights=False)
+    entries = [workload.query(name) for name in dict.fromkeys(args.query)]
+    frames = {}
+    trained = []
+    for entry in entries:
+        overrides = {key: value for key, value in (("steps", args.steps), ("batch_size", args.batch_size),
+                                                   ("lr", args.lr), ("seed", args.seed)) if value is not None}
+        recipe = TrainArgs(**{**default_recipe(entry.query.task).to_json(), "device": args.device, **overrides})
+        camera = entry.query.camera
+        if camera not in frames:
+            print(f"reading camera {camera}...", file=sys.stderr, flush=True)
+            frames[camera] = camera_frames(workload, workload.camera(camera))
+        print(f"training {entry.name} ({entry.query.arch}, {recipe.steps} steps of {recipe.batch_size} frames)...",
+              file=sys.stderr, flush=True)
+
+        def report(event: dict, steps: int = recipe.steps) -> None:
+            if event["type"] == "train.step" and (event["step"] % 50 == 0 or event["step"] == steps):
+                print(f"  step {event['step']} of {steps}, loss {event['loss']:.3f}", file=sys.stderr, flush=True)
+
+        done, result, _ = train_unmerged(workload, entry, frames[camera], recipe, progress=report)
+        workload = workload.with_queries(tuple(done if e.name == done.name else e for e in workload.queries))
+        workload.save(args.workload)
+        trained.append(done)
+        print(f"  trained in {result.seconds:.0f} s; weights {workload.weights_path(done)}", file=sys.stderr,
+              flush=True)
+    _print_unmerged(workload.with_queries(tuple(trained)))
+    print(f"\nwrote {args.workload}")
+    return 0
+
+
 class _MergeReporter:
     """Turns search events into a one-line progress display on a terminal, or plain lines otherwise."""
 
@@ -468,6 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--workload", type=Path, required=True,
                          help="workload.json to measure and rewrite (also upgrades a version 1 file)")
     measure.set_defaults(handler=cmd_measure)
+
+    train = commands.add_parser(
+        "train", help="train queries' unmerged models on their cameras' labelled frames (annotations or ground truth)"
+    )
+    train.add_argument("--workload", type=Path, required=True, help="workload.json to train in and rewrite")
+    train.add_argument("--query", action="append", required=True, metavar="NAME", help="a query to train; repeat")
+    train.add_argument("--steps", type=int, help="optimizer steps (default: 250, 300 for a detector)")
+    train.add_argument("--batch-size", type=int, help="frames per step (default: 64, 8 for a detector)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default: 0.001, 0.02 for a detector)")
+    train.add_argument("--seed", type=int, help="seed of the initial weights and the batches (default: 0)")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    train.set_defaults(handler=cmd_train)
 
     demo = commands.add_parser("demo", help="demo workloads from synthetic cameras")
     demo_commands = demo.add_subparsers(dest="demo_command", required=True, parser_class=_Parser)

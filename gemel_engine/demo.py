@@ -36,15 +36,14 @@ from gemel_engine.data.sampling import SamplingSpec
 from gemel_engine.errors import UsageError
 from gemel_engine.fileio import write_json_atomically
 from gemel_engine.queries import Query, Task, TaskKind
-from gemel_engine.train import TrainArgs, fit, save_checkpoint, setup
+from gemel_engine.train import CLASSIFIER_RECIPE, DETECTOR_RECIPE, TrainArgs
 from gemel_engine.workload import (
     CameraSpec,
     QueryEntry,
     Workload,
     camera_frames,
-    measure_unmerged,
-    query_data,
     query_from_json,
+    train_unmerged,
 )
 
 Progress = Callable[[dict[str, Any]], None]
@@ -114,11 +113,11 @@ class DemoScale:
         return self.train[entry.query.arch]
 
 
-_classifier = TrainArgs(steps=250, batch_size=64, lr=1e-3)
+_classifier = CLASSIFIER_RECIPE
 # The tests build ``tiny`` once per run: its ResNet-18s learn presence at 32×32 in a fifth of the classifier recipe's
 # frames (the counting MobileNet needs the full recipe to beat the commonest class).
 _quick_classifier = TrainArgs(steps=150, batch_size=32, lr=1e-3)
-_detector = TrainArgs(steps=300, batch_size=8, lr=0.02, optimizer="sgd")
+_detector = DETECTOR_RECIPE
 # Small frames hold small objects: quarter-size anchors, and fewer proposals so a CPU step stays under a second.
 _small_detector_args = {
     "min_size": 128, "max_size": 128, "anchor_scale": 0.25, "rpn_pre_nms_top_n_train": 300,
@@ -294,15 +293,12 @@ def build_demo(scale: str, out_dir: str | Path, *, progress: Progress | None = N
             if progress is not None:
                 progress({"type": "demo.kept", "query": entry.name, "arch": entry.query.arch})
             continue
-        labelled = query_data(workload, entry, frames[entry.query.camera])
         args = spec.train_args(entry)
         if progress is not None:
             progress({"type": "demo.training", "query": entry.name, "arch": entry.query.arch, "steps": args.steps})
-        model = setup(entry.query, args, **entry.builder_args)
-        result = fit(model, labelled.train, entry.query.task, args, progress=_step_relay(entry, progress))
-        measured = measure_unmerged(entry, model, labelled)  # before saving: the weights keep its BatchNorm statistics
-        weights = save_checkpoint(model, out_dir / "weights" / f"{entry.name}.safetensors")
-        done = dataclasses.replace(measured, weights=str(weights.relative_to(out_dir)))
+        done, result, labelled = train_unmerged(
+            workload, entry, frames[entry.query.camera], args, progress=_step_relay(entry, progress)
+        )
         trained.append(done)
         records.append({"recipe": recipe, "query": done.to_json()})
         write_json_atomically(checkpoint, {"scale": spec.name, "trained": records})

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from gemel_engine import zoo
-from gemel_engine.data.frames import Box
+from gemel_engine.data.frames import Box, check_vocabulary
 from gemel_engine.data.synthetic import CLASSES
 from gemel_engine.errors import GemelError
 from gemel_engine.plan import check_model_name
@@ -40,6 +40,7 @@ Target = ClassTarget | DetectionTarget
 
 class QueryError(GemelError):
     """A query, task or accuracy target that is malformed or does not fit its architecture."""
+
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Task:
             raise QueryError(f"task kind must be one of {', '.join(TASK_KINDS)}, got {self.kind!r}")
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "count_edges", tuple(self.count_edges))
-        object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
+        object.__setattr__(self, "vocabulary", check_vocabulary(self.vocabulary, "task vocabulary", error=QueryError))
         if not self.classes or len(set(self.classes)) != len(self.classes):
             raise QueryError(f"task classes must be non-empty and distinct, got {list(self.classes)}")
         unknown = [name for name in self.classes if name not in self.vocabulary]
@@ -139,17 +140,20 @@ class Task:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """Return the task as JSON-ready data."""
-        return {
+        """Return the task as JSON-ready data (with its vocabulary when it is not the synthetic scenes' own)."""
+        data: dict[str, Any] = {
             "kind": self.kind,
             "classes": list(self.classes),
             "count_edges": list(self.count_edges),
             "min_box_area": self.min_box_area,
         }
+        if self.vocabulary != CLASSES:
+            data["vocabulary"] = list(self.vocabulary)
+        return data
 
     @classmethod
-    def from_json(cls, data: object) -> Task:
-        """Return the task described by ``data``.
+    def from_json(cls, data: object, *, vocabulary: Sequence[str] = CLASSES) -> Task:
+        """Return the task described by ``data``; ``vocabulary`` is its class vocabulary when ``data`` names none.
 
         Raises:
             QueryError: missing or malformed fields.
@@ -162,6 +166,7 @@ class Task:
                 classes=tuple(data["classes"]),
                 count_edges=tuple(data.get("count_edges", (1, 3))),
                 min_box_area=data.get("min_box_area", 4.0),
+                vocabulary=data.get("vocabulary", vocabulary),
             )
         except (KeyError, TypeError) as exc:
             raise QueryError(f"malformed task {data!r}: {exc}") from None

@@ -124,6 +124,17 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# How an unmerged model is trained from scratch when nothing says otherwise (the demo workloads' recipes).
+CLASSIFIER_RECIPE = TrainArgs(steps=250, batch_size=64, lr=1e-3)
+DETECTOR_RECIPE = TrainArgs(steps=300, batch_size=8, lr=0.02, optimizer="sgd")
+
+
+def default_recipe(task: Task) -> TrainArgs:
+    """Return the training arguments a model for ``task`` gets by default: ``DETECTOR_RECIPE`` for detection,
+    ``CLASSIFIER_RECIPE`` otherwise."""
+    return DETECTOR_RECIPE if task.is_detection else CLASSIFIER_RECIPE
+
+
 @dataclass(frozen=True, eq=False)
 class LabelledFrames:
     """Frames (N×H×W×3 uint8) with one target per frame."""

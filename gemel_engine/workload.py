@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,15 +25,22 @@ from gemel_engine.accuracy import (
     lead_over_chance,
     measure_sets,
 )
-from gemel_engine.data.annotations import read_coco_annotations, read_yolo_labels
+from gemel_engine.data.annotations import (
+    COCO_CLASSES,
+    AnnotationVocabulary,
+    annotation_vocabulary,
+    read_coco_annotations,
+    read_yolo_labels,
+)
 from gemel_engine.data.folder import ImageFolderSource
-from gemel_engine.data.frames import Box
+from gemel_engine.data.frames import Box, check_vocabulary
 from gemel_engine.data.sampling import FrameCache, FrameSet, SamplingSpec, split_by_time
 from gemel_engine.data.sources import open_source
+from gemel_engine.data.synthetic import CLASSES
 from gemel_engine.errors import GemelError
 from gemel_engine.fileio import read_versioned_json
 from gemel_engine.queries import AccuracyTarget, Query, QueryError, Target, Task, predict, teacher_targets
-from gemel_engine.train import LabelledFrames
+from gemel_engine.train import LabelledFrames, Progress, TrainArgs, TrainResult, fit, save_checkpoint, setup
 
 WORKLOAD_FORMAT = "gemel-workload"
 WORKLOAD_VERSION = 2
@@ -75,10 +82,16 @@ class CameraSpec:
     annotations: str | None = None
     # Frame rate for sources that do not carry one (image folders).
     fps: float | None = None
+    # Class names the camera's labels use, declared ("coco" in the file: COCO_CLASSES). Annotations that name
+    # their own classes need none (see ``camera_vocabulary``).
+    vocabulary: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.labels not in LABEL_KINDS:
             raise WorkloadError(f"camera {self.name!r}: labels must be one of {', '.join(LABEL_KINDS)}")
+        if self.vocabulary is not None:
+            where = f"camera {self.name!r}: vocabulary"
+            object.__setattr__(self, "vocabulary", check_vocabulary(self.vocabulary, where, error=WorkloadError))
         if self.labels in ("yolo", "coco") and not self.annotations:
             raise WorkloadError(f"camera {self.name!r}: {self.labels} labels need an 'annotations' path")
         if (
@@ -98,7 +111,40 @@ class CameraSpec:
             "val_fraction": self.val_fraction, "test_fraction": self.test_fraction, "gap_seconds": self.gap_seconds,
             "labels": self.labels,
             "annotations": self.annotations, "fps": self.fps,
+            **({} if self.vocabulary is None else {
+                "vocabulary": "coco" if self.vocabulary == COCO_CLASSES else list(self.vocabulary)
+            }),
         }
+
+
+def camera_vocabulary(camera: CameraSpec, root: Path) -> AnnotationVocabulary:
+    """Return the class names a camera's labels use and where they come from.
+
+    Annotations that name their classes (YOLO ``classes.txt``/``data.yaml``, COCO categories) decide, and must
+    agree with a declared ``vocabulary``; YOLO labels that name none use the declared vocabulary, else COCO's 80
+    classes. Other cameras use the declared vocabulary, else the synthetic scenes' classes (``CLASSES``).
+
+    Raises:
+        WorkloadError: the annotations are missing or malformed, or disagree with the declared vocabulary.
+    """
+    declared = None if camera.vocabulary is None else AnnotationVocabulary(camera.vocabulary, "the camera's vocabulary")
+    if camera.labels not in ("yolo", "coco"):
+        return declared or AnnotationVocabulary(CLASSES, "the synthetic scenes' classes")
+    try:
+        named = annotation_vocabulary(root / str(camera.annotations), camera.labels)
+    except GemelError as exc:
+        raise WorkloadError(f"camera {camera.name!r}: {exc}") from None
+    if named is None:
+        return declared or AnnotationVocabulary(COCO_CLASSES, "COCO's 80 classes (the labels name no classes)")
+    if declared is not None:
+        if camera.labels == "coco" and set(named.names) <= set(declared.names):
+            return declared
+        if named.names != declared.names:
+            raise WorkloadError(
+                f"camera {camera.name!r}: its vocabulary ({', '.join(declared.names[:5])}...) disagrees with the "
+                f"classes {named.source} names ({', '.join(named.names[:5])}...); drop one of them"
+            )
+    return named
 
 
 @dataclass(frozen=True)
@@ -196,6 +242,18 @@ class Workload:
         for entry in self.queries:
             if entry.query.camera not in camera_names:
                 raise WorkloadError(f"query {entry.name!r} watches unknown camera {entry.query.camera!r}")
+        vocabularies = {camera.name: camera_vocabulary(camera, self.root) for camera in self.cameras}
+        object.__setattr__(self, "queries", tuple(
+            _with_vocabulary(entry, vocabularies[entry.query.camera]) for entry in self.queries
+        ))
+
+    def vocabulary(self, camera: str) -> AnnotationVocabulary:
+        """Return the class names the labels of the camera called ``camera`` use, and where they come from.
+
+        Raises:
+            WorkloadError: there is no such camera, or its annotations cannot be read.
+        """
+        return camera_vocabulary(self.camera(camera), self.root)
 
     def camera(self, name: str) -> CameraSpec:
         """Return the camera called ``name``.
@@ -285,11 +343,16 @@ class Workload:
         if data.get("version") == 1:
             raise WorkloadError(f"{path}: workload version 1 cannot be used: {_VERSION_1_HELP}")
         try:
+            root = path.parent.resolve()
+            cameras = tuple(_camera_from_json(c) for c in data["cameras"])
+            vocabularies = {camera.name: camera_vocabulary(camera, root).names for camera in cameras}
             workload = cls(
                 name=str(data.get("name", path.parent.name)),
-                cameras=tuple(_camera_from_json(c) for c in data["cameras"]),
-                queries=tuple(query_from_json(q) for q in data["queries"]),
-                root=path.parent.resolve(),
+                cameras=cameras,
+                queries=tuple(
+                    query_from_json(q, vocabulary=vocabularies.get(q.get("camera"), CLASSES)) for q in data["queries"]
+                ),
+                root=root,
             )
         except (KeyError, TypeError, ValueError, GemelError) as exc:
             message = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else exc
@@ -298,6 +361,27 @@ class Workload:
             for entry in workload.queries:
                 workload.weights_path(entry)
         return workload
+
+
+def _with_vocabulary(entry: QueryEntry, vocabulary: AnnotationVocabulary) -> QueryEntry:
+    task = entry.query.task
+    if task.vocabulary == vocabulary.names:
+        return entry
+    try:
+        task = dataclasses.replace(task, vocabulary=vocabulary.names)
+    except QueryError as exc:
+        raise WorkloadError(
+            f"query {entry.name!r}: {exc} (camera {entry.query.camera!r} labels with {vocabulary.source})"
+        ) from None
+    return dataclasses.replace(entry, query=dataclasses.replace(entry.query, task=task))
+
+
+def _vocabulary_from_json(value: object) -> tuple[str, ...] | None:
+    if value is None or value == "coco":
+        return None if value is None else COCO_CLASSES
+    if not isinstance(value, list):
+        raise WorkloadError(f"a camera's vocabulary must be \"coco\" or a list of class names, got {value!r:.60}")
+    return tuple(value)
 
 
 def _camera_from_json(data: dict[str, Any]) -> CameraSpec:
@@ -316,11 +400,13 @@ def _camera_from_json(data: dict[str, Any]) -> CameraSpec:
         labels=data.get("labels", "ground_truth"),
         annotations=data.get("annotations"),
         fps=data.get("fps"),
+        vocabulary=_vocabulary_from_json(data.get("vocabulary")),
     )
 
 
-def query_from_json(data: dict[str, Any]) -> QueryEntry:
-    """Return the query entry that ``QueryEntry.to_json`` wrote.
+def query_from_json(data: dict[str, Any], *, vocabulary: tuple[str, ...] = CLASSES) -> QueryEntry:
+    """Return the query entry that ``QueryEntry.to_json`` wrote; ``vocabulary`` is its task's class vocabulary
+    when the task names none (its camera's, see ``camera_vocabulary``).
 
     Raises:
         KeyError, TypeError, ValueError: a missing or malformed field.
@@ -328,7 +414,8 @@ def query_from_json(data: dict[str, Any]) -> QueryEntry:
     """
     query = Query(
         name=data["name"], camera=data["camera"], arch=data["arch"],
-        task=Task.from_json(data["task"]), target=AccuracyTarget.from_json(data.get("target", {"relative": 0.95})),
+        task=Task.from_json(data["task"], vocabulary=vocabulary),
+        target=AccuracyTarget.from_json(data.get("target", {"relative": 0.95})),
     )
     builder_args = data.get("builder_args") or {}
     if not isinstance(builder_args, dict):
@@ -383,27 +470,47 @@ def camera_frames(workload: Workload, camera: CameraSpec, *, cache_dir: Path | N
     ))
 
 
-def _with_annotations(workload: Workload, camera: CameraSpec, source: object, frames: FrameSet) -> FrameSet:
+def _read_annotations(
+    camera: CameraSpec, root: Path, source: object, positions: Sequence[int]
+) -> list[tuple[Box, ...]]:
+    """Return the annotated boxes of the image folder's frames at ``positions``, in the folder's pixels."""
     if not isinstance(source, ImageFolderSource):
         raise WorkloadError(f"camera {camera.name!r}: annotations need an image-folder source")
-    files = [source.files[int(i)] for i in frames.indices]
-    original_sizes = [source.resolution] * len(files)
-    path = workload.root / str(camera.annotations)
-    class_names = _vocabulary(workload, camera)
-    names = [file.name for file in files]
+    names = [source.files[position].name for position in positions]
+    sizes = [source.resolution] * len(names)
+    path = root / str(camera.annotations)
+    class_names = camera_vocabulary(camera, root).names
     if camera.labels == "yolo":
-        boxes = read_yolo_labels(path, names, original_sizes, class_names)
-    else:
-        boxes = read_coco_annotations(path, names, original_sizes, class_names)
+        return read_yolo_labels(path, names, sizes, class_names)
+    return read_coco_annotations(path, names, sizes, class_names)
+
+
+def check_annotations(camera: CameraSpec, root: Path) -> AnnotationVocabulary:
+    """Read a camera's annotations against every frame of its image folder, without decoding the frames.
+
+    Returns:
+        The class names the annotations use and where they come from (``camera_vocabulary``).
+
+    Raises:
+        WorkloadError: the camera is not labelled by annotations, its source is not an image folder, or its
+            annotations cannot be read.
+        SourceError: the source cannot be opened, or the annotations do not match the frames (a label file or
+            image entry without a frame, a frame the COCO file does not mention, an unknown class, a malformed
+            line: the file and line are named).
+    """
+    if camera.labels not in ("yolo", "coco"):
+        raise WorkloadError(f"camera {camera.name!r} is not labelled by annotations")
+    with open_source(camera.source, fps=camera.fps) as source:
+        _read_annotations(camera, root, source, range(len(getattr(source, "files", ()))))
+    return camera_vocabulary(camera, root)
+
+
+def _with_annotations(workload: Workload, camera: CameraSpec, source: object, frames: FrameSet) -> FrameSet:
+    boxes = _read_annotations(camera, workload.root, source, [int(i) for i in frames.indices])
     width, height = frames.resolution
     scale_x, scale_y = width / source.resolution[0], height / source.resolution[1]
     scaled = tuple(tuple(box.scaled(scale_x, scale_y) for box in frame_boxes) for frame_boxes in boxes)
     return FrameSet(frames.images, frames.timestamps, frames.indices, scaled)
-
-
-def _vocabulary(workload: Workload, camera: CameraSpec) -> tuple[str, ...]:
-    vocabularies = {entry.query.task.vocabulary for entry in workload.queries if entry.query.camera == camera.name}
-    return next(iter(vocabularies)) if len(vocabularies) == 1 else tuple(sorted({c for v in vocabularies for c in v}))
 
 
 def _targets(boxes: tuple[tuple[Box, ...] | None, ...], task: Task, camera: CameraSpec) -> list[Target]:
@@ -474,6 +581,45 @@ def measure_unmerged(entry: QueryEntry, model: nn.Module, frames: QueryFrames) -
 
 def _rounded(measured: Measurement | None) -> Measurement | None:
     return None if measured is None else Measurement.from_json(measured.to_json())
+
+
+def weights_file(workload: Workload, entry: QueryEntry) -> Path:
+    """Return where a query's unmerged weights are written when the engine trains them: ``weights/NAME.safetensors``
+    in the workload's folder."""
+    return workload.root / "weights" / f"{entry.name}.safetensors"
+
+
+def train_unmerged(
+    workload: Workload,
+    entry: QueryEntry,
+    frames: CameraFrames,
+    args: TrainArgs,
+    *,
+    progress: Progress | None = None,
+) -> tuple[QueryEntry, TrainResult, QueryFrames]:
+    """Train a query's unmerged model from scratch on its camera's training frames, measure it (``measure_unmerged``)
+    and write its weights to ``weights_file``.
+
+    Returns:
+        The measured entry pointing at its new weights (relative to the workload's folder), the training result,
+        and the labelled frames it was trained and measured on.
+
+    Raises:
+        WorkloadError: the camera is labelled by the query's own model (``teacher``), which is what is missing.
+        TrainingError: the loss diverged.
+        GemelError: the frames cannot be labelled.
+    """
+    if workload.camera(entry.query.camera).labels == "teacher":
+        raise WorkloadError(
+            f"query {entry.name!r}: camera {entry.query.camera!r} is labelled by the query's own model, so there is "
+            "nothing to train it on; label the camera with annotations (yolo, coco) or its ground truth"
+        )
+    labelled = query_data(workload, entry, frames)
+    model = setup(entry.query, args, **entry.builder_args)
+    result = fit(model, labelled.train, entry.query.task, args, progress=progress)
+    measured = measure_unmerged(entry, model, labelled)  # before saving: the weights keep its BatchNorm statistics
+    weights = save_checkpoint(model, weights_file(workload, entry))
+    return dataclasses.replace(measured, weights=str(weights.relative_to(workload.root))), result, labelled
 
 
 def measure_query(workload: Workload, entry: QueryEntry, frames: CameraFrames) -> tuple[QueryEntry, int, int]:

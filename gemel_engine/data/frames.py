@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from gemel_engine.errors import SourceError
+from gemel_engine.errors import GemelError, SourceError
+
+# Bounds of a class vocabulary: how many names, and how long each may be.
+MAX_VOCABULARY = 1000
+MAX_CLASS_NAME = 64
 
 __all__ = ["Box", "CameraSource", "Frame", "FrameSizeError"]
 
@@ -202,3 +206,26 @@ def check_fps(fps: object, what: str) -> float:
     ):
         raise SourceError(f"{what}: fps must be a number in [{MIN_FPS:g}, {MAX_FPS:g}], got {fps!r}")
     return float(fps)
+
+
+def check_vocabulary(names: object, where: str, *, error: type[GemelError]) -> tuple[str, ...]:
+    """Return ``names`` as a class vocabulary: 1 to ``MAX_VOCABULARY`` distinct, non-empty names of at most
+    ``MAX_CLASS_NAME`` characters without surrounding spaces.
+
+    Raises:
+        error: ``names`` is not such a sequence (``where`` names it in the message).
+    """
+    if isinstance(names, str | bytes) or not isinstance(names, Sequence):
+        raise error(f"{where} must be a list of class names, got {type(names).__name__}")
+    if not 1 <= len(names) <= MAX_VOCABULARY:
+        raise error(f"{where} must name 1 to {MAX_VOCABULARY} classes, got {len(names)}")
+    for position, name in enumerate(names):
+        if not isinstance(name, str) or not name or name != name.strip() or len(name) > MAX_CLASS_NAME:
+            raise error(
+                f"{where}: class {position} must be a name of 1 to {MAX_CLASS_NAME} characters without surrounding "
+                f"spaces, got {name!r}"
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise error(f"{where} names a class more than once: {', '.join(repeated)}")
+    return tuple(names)

@@ -115,3 +115,52 @@ def test_the_analyze_benchmark_writes_json_that_matches_its_table(capsys, tmp_pa
     assert code == 0 and "3x resnet50" in stdout
     assert row["measured_exact_savings_bytes"] == row["exact_savings_bytes"]
     assert row["shape_savings_bytes"] >= row["exact_savings_bytes"]
+
+
+def _workload_copy(tiny_workload, tmp_path: Path, *, untrained: str) -> Path:
+    """A copy of the tiny workload in ``tmp_path`` (weights by absolute path, its frame cache shared) whose
+    query ``untrained`` has no model yet."""
+    data = tiny_workload.to_json()
+    for query in data["queries"]:
+        query["weights"] = None if query["name"] == untrained else str(tiny_workload.weights_path(
+            tiny_workload.query(query["name"])))
+        if query["name"] == untrained:
+            for key in ("unmerged_accuracy", "chance_accuracy", "unmerged_test", "unmerged_val_interval",
+                        "chance_test", "chance_lead"):
+                query.pop(key, None)
+    (tmp_path / "cache").symlink_to(tiny_workload.root / "cache")
+    path = tmp_path / "workload.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_train_gives_a_query_a_model_that_beats_the_commonest_class(capsys, tiny_workload, tmp_path: Path):
+    from gemel_engine.workload import Workload
+
+    path = _workload_copy(tiny_workload, tmp_path, untrained="north_vehicles")
+    code, out, err = _run(capsys, "train", "--workload", str(path), "--query", "north_vehicles",
+                          "--steps", "150", "--batch-size", "32", "--device", "cpu")
+    assert code == 0, err
+    trained = Workload.load(path)
+    entry = trained.query("north_vehicles")
+    assert trained.weights_path(entry) == tmp_path / "weights" / "north_vehicles.safetensors"
+    assert entry.unmerged_test is not None and entry.chance_test is not None
+    assert entry.unmerged_test.accuracy > entry.chance_test.accuracy
+    assert "north_vehicles" in out and "step 150 of 150" in err
+    others = [e for e in trained.queries if e.name != "north_vehicles"]
+    assert [e.to_json() for e in others] == [
+        {**tiny_workload.query(e.name).to_json(), "weights": str(tiny_workload.weights_path(e))} for e in others
+    ]
+
+
+def test_train_refuses_an_unknown_query_and_a_camera_labelled_by_the_model_itself(capsys, tiny_workload, tmp_path):
+    path = _workload_copy(tiny_workload, tmp_path, untrained="north_vehicles")
+    code, _, err = _run(capsys, "train", "--workload", str(path), "--query", "nope")
+    assert code == 2 and "no query 'nope'" in err
+    data = json.loads(path.read_text())
+    data["cameras"][0]["labels"] = "teacher"
+    path.write_text(json.dumps(data))
+    camera = tiny_workload.query("north_vehicles").query.camera
+    assert data["cameras"][0]["name"] == camera
+    code, _, err = _run(capsys, "train", "--workload", str(path), "--query", "north_vehicles")
+    assert code == 2 and "labelled by the query's own model" in err

@@ -125,6 +125,7 @@ def test_an_image_folder_with_yolo_annotations_is_labelled_and_scaled(tmp_path: 
         Image.fromarray(np.full((40, 80, 3), index * 10, np.uint8)).save(frames_dir / f"{index:04d}.png")
         if index % 2:
             (labels_dir / f"{index:04d}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (labels_dir / "classes.txt").write_text("car\nbus\ntruck\n")
     camera = CameraSpec(
         "folder", str(frames_dir), SamplingSpec(size=(40, 20)), labels="yolo", annotations="labels", fps=1.0,
         gap_seconds=1.0,
