@@ -33,6 +33,7 @@ from webapp.merges.selectors import (
     merge_bundle_test_rows,
     merge_job_built_name,
 )
+from webapp.workloads.engine import camera_classes
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def deployment_desired_json(deployment: Deployment, *, file_url: Any) -> dict[st
     for query in bundle.job.queries.select_related("camera", "model").order_by("name"):
         camera = query.camera
         try:
-            task = Task.from_json(query.task)
+            task = Task.from_json(query.task, vocabulary=camera_classes(camera))
         except GemelError as exc:
             raise DeploymentError(f"query {query.name!r}: {exc}") from None
         feed = CameraFeed(name=camera.name, source=camera.source, fps=float(camera.fps), width=int(camera.width),

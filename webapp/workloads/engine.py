@@ -13,6 +13,7 @@ from django.conf import settings
 from gemel_engine.accuracy import Measurement, chance_shortfall
 from gemel_engine.data.sampling import SamplingSpec
 from gemel_engine.data.sources import synthetic_config
+from gemel_engine.data.synthetic import CLASSES
 from gemel_engine.errors import GemelError
 from gemel_engine.queries import AccuracyTarget, Task
 from gemel_engine.queries import Query as EngineQuery
@@ -28,6 +29,30 @@ SAMPLING_KEYS = ("every", "count", "max_frames", "val_fraction", "test_fraction"
 def camera_has_ground_truth(source: str) -> bool:
     """Return whether frames of ``source`` carry ground-truth boxes (the synthetic scenes do)."""
     return source.startswith("synthetic://")
+
+
+def camera_labels(camera: Camera) -> str:
+    """Return the engine's label kind of ``camera``: its uploaded annotations' kind (yolo, coco), else the
+    ground truth of a synthetic source, else each query's own model (teacher)."""
+    if camera.labels:
+        return camera.labels
+    return "ground_truth" if camera_has_ground_truth(camera.source) else "teacher"
+
+
+def camera_classes(camera: Camera) -> tuple[str, ...]:
+    """Return the class names a query on ``camera`` may look for: its annotations' vocabulary, else the synthetic
+    scenes' classes."""
+    return tuple(camera.vocabulary) if camera.vocabulary else CLASSES
+
+
+def stored_task(task: Task) -> dict[str, Any]:
+    """Return the task JSON a query row stores: without its vocabulary, which the camera holds."""
+    return {key: value for key, value in task.to_json().items() if key != "vocabulary"}
+
+
+def annotations_path(camera: Camera) -> str | None:
+    """Return the absolute path of the camera's uploaded annotations, or None without any."""
+    return str(Path(settings.MEDIA_ROOT) / camera.annotations) if camera.annotations else None
 
 
 def _may_be_endless(source: str) -> bool:
@@ -64,7 +89,8 @@ def camera_spec(camera: Camera) -> CameraSpec:
         val_fraction=float(options.get("val_fraction", 0.2)),
         test_fraction=float(options.get("test_fraction", 0.2)),
         gap_seconds=float(options.get("gap_seconds", 2.0)),
-        labels="ground_truth" if camera_has_ground_truth(camera.source) else "teacher",
+        labels=camera_labels(camera),  # type: ignore[arg-type]
+        annotations=annotations_path(camera),
         fps=camera.fps,
     )
 
@@ -84,7 +110,7 @@ def engine_query(query: Query) -> EngineQuery:
         name=query.name,
         camera=query.camera.name,
         arch=query.model.arch,
-        task=Task.from_json(query.task),
+        task=Task.from_json(query.task, vocabulary=camera_classes(query.camera)),
         target=AccuracyTarget(relative=query.target_fraction),
     )
 

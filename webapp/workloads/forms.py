@@ -27,6 +27,16 @@ class CameraForm(forms.Form):
     height = forms.IntegerField(initial=64, min_value=16, max_value=2048, help_text="frame height given to the models")
 
 
+class CameraAnnotationsForm(forms.Form):
+    """Upload annotations for an image-folder camera."""
+
+    file = forms.FileField(
+        label="Annotations",
+        help_text="a .zip of YOLO label files (one <frame>.txt per image, with classes.txt or data.yaml naming the "
+        "classes; without one, ids are COCO's 80 classes) or a COCO .json; up to 8 MiB",
+    )
+
+
 class ModelUploadForm(forms.Form):
     """Upload a model: an architecture of the zoo and its weights."""
 
@@ -66,7 +76,10 @@ class QueryForm(forms.Form):
     camera = forms.ModelChoiceField(queryset=Camera.objects.order_by("name"))
     model = forms.ModelChoiceField(queryset=ModelEntry.objects.order_by("name"))
     kind = forms.ChoiceField(label="Task", choices=[(kind, kind) for kind in TASK_KINDS])
-    classes = forms.MultipleChoiceField(choices=[(c, c) for c in CLASSES], widget=forms.CheckboxSelectMultiple)
+    classes = forms.MultipleChoiceField(
+        choices=(), widget=forms.CheckboxSelectMultiple,
+        help_text="from the camera's classes: a synthetic camera's five, or those its annotations name",
+    )
     count_edges = forms.CharField(
         required=False, initial="1,3", label="Count bins", help_text="count task: increasing edges, 1,3 → 0, 1-2, 3+"
     )
@@ -75,6 +88,10 @@ class QueryForm(forms.Form):
 
     def __init__(self, *args: Any, query: Query | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        names = list(CLASSES)
+        for vocabulary in Camera.objects.exclude(vocabulary=[]).values_list("vocabulary", flat=True):
+            names += [name for name in vocabulary if name not in names]
+        self.fields["classes"].choices = [(name, name) for name in names]
         if query is not None:
             for name in ("camera", "model"):
                 self.fields[name].disabled = True

@@ -21,6 +21,18 @@ class Camera(models.Model):
     # Source index of the camera's first held-out test frame, found when a query on it is measured (None before):
     # deployments serve from there, so the monitor's effective accuracy is measured on unseen frames.
     test_start_frame = models.PositiveIntegerField(null=True, blank=True)
+    class Labels(models.TextChoices):
+        AUTO = "", "automatic (ground truth of a synthetic camera, else each query's own model)"
+        YOLO = "yolo", "YOLO label files"
+        COCO = "coco", "COCO json"
+
+    # Where the frames' labels come from; uploaded annotations (image-folder cameras) replace the automatic choice.
+    labels = models.CharField(max_length=8, choices=Labels.choices, default=Labels.AUTO, blank=True)
+    # The uploaded annotations inside MEDIA_ROOT: a folder of YOLO files or a COCO json ("" without).
+    annotations = models.CharField(max_length=300, blank=True)
+    # The class names the annotations use, in id order, and where they were read ([] and "" without).
+    vocabulary = models.JSONField(default=list, blank=True)
+    vocabulary_source = models.CharField(max_length=300, blank=True)
     # A frame grabbed when the camera was registered (proves it decodes).
     thumbnail = models.ImageField(upload_to="thumbnails/", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

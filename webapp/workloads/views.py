@@ -21,6 +21,7 @@ from webapp.field_errors import add_service_error
 from webapp.workloads import selectors, services
 from webapp.workloads.forms import (
     AnalysisForm,
+    CameraAnnotationsForm,
     CameraForm,
     DemoSeedForm,
     ModelRenameForm,
@@ -114,6 +115,19 @@ def camera_edit(request: HttpRequest, pk: int) -> HttpResponse:
     form = CameraForm(request.POST or None, initial=initial)
     return _form_page(request, form, lambda: services.camera_update(camera=camera, **form.cleaned_data),
                       title=f"Edit camera {camera.name}", submit="Save camera", done="Camera saved.")
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def camera_annotations(request: HttpRequest, pk: int) -> HttpResponse:
+    """Upload YOLO or COCO annotations for an image-folder camera."""
+    camera = get_object_or_404(Camera, pk=pk)
+    form = CameraAnnotationsForm(request.POST or None, request.FILES or None)
+    return _form_page(
+        request, form, lambda: services.camera_annotations_upload(camera=camera, file=form.cleaned_data["file"]),
+        title=f"Annotations of camera {camera.name}", submit="Upload annotations",
+        done=f"Annotations of {camera.name} saved; its queries are measured again.", multipart=True,
+    )
 
 
 @operator_required

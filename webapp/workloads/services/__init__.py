@@ -2,7 +2,12 @@
 them), workload export and analysis, and the demo seed. Callers import from here."""
 
 from webapp.workloads.services.analysis import workload_analyze
-from webapp.workloads.services.cameras import camera_delete, camera_register, camera_update
+from webapp.workloads.services.cameras import (
+    camera_annotations_upload,
+    camera_delete,
+    camera_register,
+    camera_update,
+)
 from webapp.workloads.services.demo import demo_seed, demo_seed_start
 from webapp.workloads.services.export import workload_export
 from webapp.workloads.services.model_entries import model_delete, model_register, model_register_file, model_update
@@ -17,6 +22,7 @@ from webapp.workloads.services.queries import (
 
 __all__ = [
     "MEASURE_STALE",
+    "camera_annotations_upload",
     "camera_delete",
     "camera_register",
     "camera_update",

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
 import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
 
+from gemel_engine.data.annotations import YOLO_NAME_FILES
 from gemel_engine.data.frames import check_fps
 from gemel_engine.errors import GemelError
+from gemel_engine.queries import Task
+from gemel_engine.workload import check_annotations
 from webapp.field_errors import about
 from webapp.names import clean_name
-from webapp.workloads.engine import SAMPLING_KEYS
+from webapp.workloads.engine import SAMPLING_KEYS, camera_spec
 from webapp.workloads.models import Camera
 from webapp.workloads.services.common import check_unique_name, delete_media_on_commit, delete_unused
 from webapp.workloads.services.queries import query_remeasure
 from webapp.workloads.sources import first_frame, source_normalize, thumbnail_png
 
 _MIN_SIDE, _MAX_SIDE = 16, 2048
+# Bounds of an uploaded YOLO zip: label files in it, and bytes of any one file once unpacked.
+MAX_LABEL_FILES = 50_000
+MAX_LABEL_FILE_BYTES = 1 << 20
+ANNOTATIONS_DIR = "annotations"
 
 
 def _check_camera_numbers(*, fps: float, width: int, height: int) -> None:
@@ -134,4 +147,111 @@ def camera_delete(*, camera: Camera) -> None:
     Raises:
         ValidationError: queries still watch it (they are named).
     """
+    annotations = (Path(settings.MEDIA_ROOT) / camera.annotations).parent if camera.annotations else None
     delete_unused(camera, "camera", camera.thumbnail)
+    if annotations is not None:
+        transaction.on_commit(lambda: shutil.rmtree(annotations, ignore_errors=True))
+
+
+def _unpacked_yolo(data: bytes, folder: Path) -> None:
+    """Unpack the label files (``*.txt``, ``data.yaml``) of a YOLO zip flat into ``folder``; other members
+    (images, folders) are skipped."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ValidationError({"file": "not a zip file: YOLO labels are uploaded as a zip of .txt files"}) from None
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        wanted = []
+        for member in members:
+            path = PurePosixPath(member.filename.replace("\\", "/"))
+            if path.is_absolute() or ".." in path.parts:
+                raise ValidationError({"file": f"zip member {member.filename!r} points outside the archive"})
+            if path.suffix == ".txt" or path.name in YOLO_NAME_FILES:
+                if path.parts[0] == "__MACOSX" or path.name.startswith("."):
+                    continue
+                wanted.append((member, path.name))
+        if not wanted:
+            raise ValidationError({"file": "the zip holds no YOLO label files (<frame>.txt)"})
+        if len(wanted) > MAX_LABEL_FILES:
+            raise ValidationError({"file": f"the zip holds {len(wanted)} label files; at most {MAX_LABEL_FILES}"})
+        names = [name for _, name in wanted]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValidationError({"file": f"two label files share a name: {', '.join(repeated[:5])}"})
+        folder.mkdir(parents=True)
+        for member, name in wanted:
+            if member.file_size > MAX_LABEL_FILE_BYTES:
+                raise ValidationError({"file": f"{member.filename}: over {MAX_LABEL_FILE_BYTES} bytes unpacked"})
+            with archive.open(member) as source:
+                content = source.read(MAX_LABEL_FILE_BYTES + 1)
+            if len(content) > MAX_LABEL_FILE_BYTES:
+                raise ValidationError({"file": f"{member.filename}: over {MAX_LABEL_FILE_BYTES} bytes unpacked"})
+            (folder / name).write_bytes(content)
+
+
+def _stored_coco(data: bytes, path: Path) -> None:
+    try:
+        json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        raise ValidationError({"file": "not a COCO json file (it does not parse as JSON)"}) from None
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+
+
+def camera_annotations_upload(*, camera: Camera, file: Any) -> Camera:
+    """Label an image-folder camera with uploaded annotations: a zip of YOLO files (``<frame>.txt``, with a
+    ``classes.txt`` or ``data.yaml`` naming the classes, else COCO's 80 classes) or a COCO json.
+
+    The annotations are read against every frame of the folder before anything is kept; the camera then labels
+    its frames with them, its vocabulary is the annotations' class names, and its queries are measured again.
+
+    Returns:
+        The saved camera.
+
+    Raises:
+        ValidationError: the file is neither a zip nor a json, a zip member escapes the archive or is too large,
+            the annotations do not match the frames (the file and line are named), or a query on the camera
+            looks for a class the annotations do not name.
+    """
+    name = str(getattr(file, "name", ""))
+    kind = "yolo" if name.lower().endswith(".zip") else "coco" if name.lower().endswith(".json") else None
+    if kind is None:
+        raise ValidationError({"file": "upload a .zip of YOLO label files or a COCO .json"})
+    data = file.read()
+    relative = Path(ANNOTATIONS_DIR) / f"camera-{camera.pk}-{uuid.uuid4().hex}"
+    folder = Path(settings.MEDIA_ROOT) / relative
+    stored = relative / "labels" if kind == "yolo" else relative / "coco.json"
+    try:
+        if kind == "yolo":
+            _unpacked_yolo(data, folder / "labels")
+        else:
+            _stored_coco(data, folder / "coco.json")
+        candidate = Camera(pk=camera.pk, name=camera.name, source=camera.source, fps=camera.fps,
+                           width=camera.width, height=camera.height, sampling=camera.sampling,
+                           labels=kind, annotations=str(stored))
+        try:
+            vocabulary = check_annotations(camera_spec(candidate), Path(settings.MEDIA_ROOT))
+        except GemelError as exc:
+            raise ValidationError({"file": str(exc).replace(str(folder), "annotations")}) from None
+        for query in camera.queries.all():
+            try:
+                Task.from_json(query.task, vocabulary=vocabulary.names)
+            except GemelError as exc:
+                raise ValidationError({"file": f"query {query.name!r} would break: {exc}"}) from None
+        with transaction.atomic():
+            old = Path(settings.MEDIA_ROOT) / camera.annotations if camera.annotations else None
+            camera.labels, camera.annotations = kind, str(stored)
+            camera.vocabulary = list(vocabulary.names)
+            camera.vocabulary_source = vocabulary.source.replace(str(folder), "annotations")
+            camera.test_start_frame = None
+            camera.full_clean()
+            camera.save()
+            for query in camera.queries.all():
+                query_remeasure(query)
+            if old is not None:
+                transaction.on_commit(lambda: shutil.rmtree(old.parent, ignore_errors=True))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return camera

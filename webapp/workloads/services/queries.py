@@ -21,8 +21,10 @@ from gemel_engine.plan import check_model_name
 from gemel_engine.queries import AccuracyTarget, Task
 from gemel_engine.workload import QueryEntry, camera_frames, measure_query
 from webapp.workloads.engine import (
+    camera_classes,
     camera_has_ground_truth,
     live_workload,
+    stored_task,
 )
 from webapp.workloads.models import Camera, ModelEntry, Query
 from webapp.workloads.services.common import MAX_SLO_MS, check_unique_name
@@ -41,7 +43,7 @@ def _check_query_fields(
             f"query name {name!r} must be 1-64 letters, digits, '_' or '-' (it names the model in merged bundles)"
         )}) from None
     try:
-        engine_task = Task.from_json(task)
+        engine_task = Task.from_json(task, vocabulary=camera_classes(camera))
     except GemelError as exc:
         raise ValidationError(str(exc)) from None
     try:
@@ -71,7 +73,7 @@ def _check_query_fields(
         if missing:
             raise ValidationError(f"camera {camera.name!r} never shows {', '.join(missing)}; it shows "
                                   f"{', '.join(scene_classes)}")
-    return engine_task.to_json()
+    return stored_task(engine_task)
 
 
 def _enqueue_measure(query: Query) -> None:
@@ -144,7 +146,7 @@ def query_update(
     task_json = _check_query_fields(name=name, camera=query.camera, model=query.model, task=new_task,
                                     target_fraction=target_fraction, slo_ms=slo_ms)
     check_unique_name(Query, name, exclude=query.pk)
-    task_changed = task_json != Task.from_json(query.task).to_json()
+    task_changed = task_json != stored_task(Task.from_json(query.task, vocabulary=camera_classes(query.camera)))
     query.name, query.task, query.target_fraction, query.slo_ms = name, task_json, target_fraction, slo_ms
     query.save()
     if task_changed:
