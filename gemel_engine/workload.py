@@ -51,6 +51,8 @@ _VERSION_1_HELP = (
     "(`python -m gemel_engine demo build --scale NAME --out DIR` for a demo) or re-measure its queries with "
     "`python -m gemel_engine measure --workload FILE`"
 )
+# Fewest training frames a model is trained from scratch on.
+MIN_TRAIN_FRAMES = 8
 LabelKind = Literal["ground_truth", "yolo", "coco", "teacher"]
 LABEL_KINDS: tuple[LabelKind, ...] = ("ground_truth", "yolo", "coco", "teacher")
 
@@ -595,17 +597,19 @@ def train_unmerged(
     frames: CameraFrames,
     args: TrainArgs,
     *,
+    weights: Path | None = None,
     progress: Progress | None = None,
 ) -> tuple[QueryEntry, TrainResult, QueryFrames]:
     """Train a query's unmerged model from scratch on its camera's training frames, measure it (``measure_unmerged``)
-    and write its weights to ``weights_file``.
+    and write its weights to ``weights`` (by default ``weights_file``).
 
     Returns:
-        The measured entry pointing at its new weights (relative to the workload's folder), the training result,
-        and the labelled frames it was trained and measured on.
+        The measured entry pointing at its new weights (relative to the workload's folder when they are inside it,
+        else absolute), the training result, and the labelled frames it was trained and measured on.
 
     Raises:
-        WorkloadError: the camera is labelled by the query's own model (``teacher``), which is what is missing.
+        WorkloadError: the camera is labelled by the query's own model (``teacher``), which is what is missing, or
+            gives fewer than ``MIN_TRAIN_FRAMES`` training frames.
         TrainingError: the loss diverged.
         GemelError: the frames cannot be labelled.
     """
@@ -615,11 +619,19 @@ def train_unmerged(
             "nothing to train it on; label the camera with annotations (yolo, coco) or its ground truth"
         )
     labelled = query_data(workload, entry, frames)
+    if len(labelled.train) < MIN_TRAIN_FRAMES:
+        raise WorkloadError(
+            f"query {entry.name!r}: camera {entry.query.camera!r} gives {len(labelled.train)} training frame(s); "
+            f"training needs at least {MIN_TRAIN_FRAMES} (give the camera more frames)"
+        )
     model = setup(entry.query, args, **entry.builder_args)
     result = fit(model, labelled.train, entry.query.task, args, progress=progress)
     measured = measure_unmerged(entry, model, labelled)  # before saving: the weights keep its BatchNorm statistics
-    weights = save_checkpoint(model, weights_file(workload, entry))
-    return dataclasses.replace(measured, weights=str(weights.relative_to(workload.root))), result, labelled
+    written = save_checkpoint(model, weights or weights_file(workload, entry))
+    inside = written.is_relative_to(workload.root)
+    return dataclasses.replace(
+        measured, weights=str(written.relative_to(workload.root) if inside else written)
+    ), result, labelled
 
 
 def measure_query(workload: Workload, entry: QueryEntry, frames: CameraFrames) -> tuple[QueryEntry, int, int]:

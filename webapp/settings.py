@@ -285,6 +285,7 @@ CELERY_TASK_ROUTES = {
     "webapp.merges.tasks.*": {"queue": QUEUE_MERGE},
     "webapp.workloads.tasks.query_measure_task": {"queue": QUEUE_MEASURE},
     "webapp.workloads.tasks.demo_seed_task": {"queue": QUEUE_DEMO},
+    "webapp.workloads.tasks.training_run_task": {"queue": QUEUE_DEMO},
 }
 # Celery's own default queue (tasks routed nowhere), named so that a worker can be told to take it.
 CELERY_TASK_DEFAULT_QUEUE = "celery"

@@ -25,8 +25,11 @@ pytestmark = pytest.mark.django_db
 def _folder_camera(settings, frames: int = 6) -> Camera:
     folder = Path(settings.MEDIA_ROOT) / "street"
     folder.mkdir(parents=True)
-    for index in range(frames):
-        Image.fromarray(np.full((24, 32, 3), 20 * index, np.uint8)).save(folder / f"{index:04d}.png")
+    for index in range(frames):  # odd frames show a bright square, what the tests' labels mark
+        image = np.full((24, 32, 3), 40, np.uint8)
+        if index % 2:
+            image[6:18, 8:24] = 230
+        Image.fromarray(image).save(folder / f"{index:04d}.png")
     return camera_register(name="street", source=str(folder), fps=1.0, width=32, height=24)
 
 

@@ -124,6 +124,23 @@ class QueryForm(forms.Form):
         return task
 
 
+class TrainingForm(QueryForm):
+    """Train a new unmerged model for a query on a labelled camera: the query's fields, an architecture and how
+    long to train."""
+
+    arch = forms.ChoiceField(label="Architecture", choices=())
+    steps = forms.IntegerField(
+        required=False, min_value=1, label="Training steps",
+        help_text="optimizer steps (default: 250 of 64 frames for a classifier, 300 of 8 for a detector)",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self.fields["model"]
+        self.fields["name"].help_text = "names both the new model and its query"
+        self.fields["arch"].choices = [(name, name) for name in zoo.list_models()]
+
+
 class AnalysisForm(forms.Form):
     """Choose the queries to analyse (all when none is ticked) and how layers are matched."""
 

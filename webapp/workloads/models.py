@@ -137,6 +137,39 @@ class DemoSeed(models.Model):
         return f"demo {self.scale} ({self.status})"
 
 
+class TrainingRun(models.Model):
+    """Training an unmerged model from scratch on a labelled camera's frames; it becomes a model and a query."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        TRAINING = "training", "training"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+
+    # The name of the model and of the query it becomes.
+    name = models.CharField(max_length=64)
+    camera = models.ForeignKey(Camera, on_delete=models.CASCADE, related_name="training_runs")
+    arch = models.CharField(max_length=64)
+    # Task JSON of the query (as Query.task).
+    task = models.JSONField()
+    target_fraction = models.FloatField(default=0.95)
+    slo_ms = models.FloatField(default=500.0)
+    steps = models.PositiveIntegerField()
+    steps_done = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    detail = models.TextField(blank=True)
+    # The query it became (None until it succeeds).
+    query = models.ForeignKey(Query, null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"training {self.name} ({self.status})"
+
+
 class WorkloadAnalysis(models.Model):
     """Sharing potential of a set of queries' models (gemel_engine.layers.analyze_models)."""
 

@@ -9,12 +9,17 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 
 from webapp.workloads.engine import query_chance_shortfall
-from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, WorkloadAnalysis
+from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, TrainingRun, WorkloadAnalysis
 
 
 def camera_list() -> QuerySet[Camera]:
     """Return every camera with ``query_count`` annotated, by name."""
     return Camera.objects.annotate(query_count=Count("queries")).order_by("name")
+
+
+def training_run_list(limit: int = 20) -> QuerySet[TrainingRun]:
+    """Return the latest training runs (newest first) with their cameras."""
+    return TrainingRun.objects.select_related("camera", "query").order_by("-created_at")[:limit]
 
 
 def model_list() -> QuerySet[ModelEntry]:

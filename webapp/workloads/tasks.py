@@ -27,6 +27,13 @@ def demo_seed_task(scale: str) -> str:
     return services.demo_seed(scale=scale).status
 
 
+@shared_task(acks_late=True, soft_time_limit=settings.MERGE_SOFT_TIME_LIMIT, time_limit=settings.MERGE_HARD_TIME_LIMIT)
+def training_run_task(run_id: int) -> str | None:
+    """Train the model of training run ``run_id``; returns its final status, or None if nothing was claimed."""
+    run = services.training_run(run_id=run_id)
+    return None if run is None else run.status
+
+
 @worker_ready.connect
 def queue_pending_measurements(**_: Any) -> None:
     """When a worker starts, queue the measurement of every query still pending (one whose task was lost, or

@@ -27,6 +27,7 @@ from webapp.workloads.forms import (
     ModelRenameForm,
     ModelUploadForm,
     QueryForm,
+    TrainingForm,
 )
 from webapp.workloads.models import Camera, ModelEntry, Query
 from webapp.workloads.uploads import upload_too_large_message
@@ -44,6 +45,7 @@ def cameras(request: HttpRequest) -> HttpResponse:
         "models": selectors.model_list(),
         "queries": selectors.query_list_with_chance_verdicts(),
         "demo_seeds": selectors.demo_seed_list(),
+        "training_runs": selectors.training_run_list(),
         "demo_building": building,
         "demo_form": demo_form,
     })
@@ -128,6 +130,22 @@ def camera_annotations(request: HttpRequest, pk: int) -> HttpResponse:
         title=f"Annotations of camera {camera.name}", submit="Upload annotations",
         done=f"Annotations of {camera.name} saved; its queries are measured again.", multipart=True,
     )
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def training_create(request: HttpRequest) -> HttpResponse:
+    """Train a new unmerged model (and its query) on a labelled camera's frames, on a worker."""
+    form = TrainingForm(request.POST or None)
+
+    def start() -> None:
+        data = form.cleaned_data
+        services.training_start(name=data["name"], camera=data["camera"], arch=data["arch"], task=form.task(),
+                                steps=data.get("steps"), target_fraction=data["target_fraction"],
+                                slo_ms=data["slo_ms"])
+
+    return _form_page(request, form, start, title="Train a model", submit="Start training",
+                      done="Training queued; its progress is on this page.")
 
 
 @operator_required

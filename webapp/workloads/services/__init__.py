@@ -19,6 +19,7 @@ from webapp.workloads.services.queries import (
     query_measure_pending,
     query_update,
 )
+from webapp.workloads.services.training import training_run, training_start
 
 __all__ = [
     "MEASURE_STALE",
@@ -37,6 +38,8 @@ __all__ = [
     "query_measure",
     "query_measure_pending",
     "query_update",
+    "training_run",
+    "training_start",
     "workload_analyze",
     "workload_export",
 ]

@@ -32,10 +32,15 @@ from webapp.workloads.services.common import MAX_SLO_MS, check_unique_name
 logger = logging.getLogger(__name__)
 
 
-def _check_query_fields(
+def check_query_fields(
     *, name: str, camera: Camera, model: ModelEntry, task: Any, target_fraction: float, slo_ms: float
 ) -> dict[str, Any]:
-    """Return the task JSON the engine normalised, after checking every field against camera and model."""
+    """Return the task JSON the engine normalised, after checking every field against camera and model.
+
+    Raises:
+        ValidationError: a name the bundles cannot carry, a malformed task, classes the camera never shows, a
+            model whose head or kind does not fit the task, a target outside (0, 1], or a bad latency bound.
+    """
     try:
         check_model_name(name)
     except GemelError:
@@ -110,7 +115,7 @@ def query_create(
             or a latency bound that is not positive.
     """
     name = (name or "").strip()
-    task_json = _check_query_fields(name=name, camera=camera, model=model, task=task,
+    task_json = check_query_fields(name=name, camera=camera, model=model, task=task,
                                     target_fraction=target_fraction, slo_ms=slo_ms)
     check_unique_name(Query, name)
     query = Query.objects.create(
@@ -143,7 +148,7 @@ def query_update(
         new_task = task  # refused below, with the reason
     target_fraction = query.target_fraction if target_fraction is None else target_fraction
     slo_ms = query.slo_ms if slo_ms is None else slo_ms
-    task_json = _check_query_fields(name=name, camera=query.camera, model=query.model, task=new_task,
+    task_json = check_query_fields(name=name, camera=query.camera, model=query.model, task=new_task,
                                     target_fraction=target_fraction, slo_ms=slo_ms)
     check_unique_name(Query, name, exclude=query.pk)
     task_changed = task_json != stored_task(Task.from_json(query.task, vocabulary=camera_classes(query.camera)))
