@@ -347,3 +347,18 @@ def test_a_job_page_links_to_its_best_configuration_on_the_deployments_page(oper
     nothing = make_bundle(meets=False)
     page = operator_client.get(reverse("merge_job_detail", args=[nothing.job_id])).content.decode()
     assert '<p id="best-bundle" hidden>' in page
+
+
+def test_the_monitor_says_live_accuracy_is_not_measurable_for_a_camera_without_labels_on_the_edge(operator_client):
+    from webapp.workloads.models import Camera
+
+    node, _ = make_node()
+    street = make_query("street_people", camera="street")
+    Camera.objects.filter(name="street").update(source="rtsp://10.0.0.5/stream")
+    bundle = make_bundle(queries=[make_query(), street])
+    deployment = Deployment.objects.create(node=node, bundle=bundle, status=Deployment.Status.ACTIVE)
+    EdgeNode.objects.filter(pk=node.pk).update(active_deployment=deployment)
+    page = operator_client.get(reverse("monitor"), {"node": node.pk}).content.decode()
+    notes = re.findall(r'<p class="muted not-measurable" data-camera="([^"]+)">', page)
+    assert notes == ["street"]
+    assert "its frames reach the edge box without labels" in page

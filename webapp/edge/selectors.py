@@ -33,7 +33,7 @@ from webapp.merges.selectors import (
     merge_bundle_test_rows,
     merge_job_built_name,
 )
-from webapp.workloads.engine import camera_classes
+from webapp.workloads.engine import camera_classes, camera_has_ground_truth
 
 logger = logging.getLogger(__name__)
 
@@ -185,12 +185,17 @@ def _bundle_model_for(query: Any, job: MergeJob, manifest_names: list[str]) -> s
 
 def served_frames(node: EdgeNode | None) -> list[dict[str, Any]]:
     """Return, per camera of ``node``'s active deployment, the frame its feed starts from: the camera's first
-    held-out test frame (``start_frame``), or None while no query on it has been measured (served from frame 0)."""
+    held-out test frame (``start_frame``), or None while no query on it has been measured (served from frame 0);
+    and whether its live effective accuracy is measurable there (``measurable``: only frames that carry their
+    ground truth to the edge box, a synthetic camera's, can be scored as they are served)."""
     if node is None or node.active_deployment_id is None:
         return []
     queries = node.active_deployment.bundle.job.queries.select_related("camera")
-    cameras = {query.camera.name: query.camera.test_start_frame for query in queries}
-    return [{"camera": name, "start_frame": start} for name, start in sorted(cameras.items())]
+    cameras = {query.camera.name: query.camera for query in queries}
+    return [
+        {"camera": name, "start_frame": camera.test_start_frame, "measurable": camera_has_ground_truth(camera.source)}
+        for name, camera in sorted(cameras.items())
+    ]
 
 
 def deployment_desired_json(deployment: Deployment, *, file_url: Any) -> dict[str, Any]:
