@@ -37,7 +37,23 @@ def test_it_starts_a_job_from_the_form_and_opens_its_page(operator_client, djang
         })
     job = MergeJob.objects.get()
     assert response.status_code == 302 and response.url == reverse("merge_job_detail", args=[job.pk])
-    assert (job.strategy, job.budget_minutes, job.queries.count()) == ("gemel", 2.5, 3)
+    assert (job.strategy, job.budget_minutes, job.queries.count(), job.accept_confidence) == ("gemel", 2.5, 3, None)
+
+
+def test_a_job_started_at_a_confidence_says_so_on_its_page(operator_client, django_capture_on_commit_callbacks):
+    queries = make_ready_queries()
+    with django_capture_on_commit_callbacks():
+        operator_client.post(reverse("merge_jobs"), {
+            "queries": [q.pk for q in queries], "strategy": "gemel", "accept_confidence": "0.9",
+        })
+    job = MergeJob.objects.get()
+    assert job.accept_confidence == 0.9
+    page = operator_client.get(reverse("merge_job_detail", args=[job.pk])).content.decode()
+    assert "accepts a round when every target is met at 90% confidence" in page
+    response = operator_client.post(reverse("merge_jobs"), {
+        "queries": [q.pk for q in queries], "strategy": "gemel", "accept_confidence": "0.5",
+    })
+    assert response.status_code == 400 and MergeJob.objects.count() == 1
 
 
 def test_it_shows_what_is_wrong_with_the_start_form(operator_client, db):
@@ -185,6 +201,9 @@ def test_the_api_starts_a_job_and_explains_what_it_refuses(operator_client, djan
     assert refused.status_code == 400 and "unknown strategy" in refused.json()["detail"]
     refused = operator_client.post("/api/merge-jobs", {"queries": [9999]}, content_type=JSON)
     assert refused.status_code == 400 and "9999" in refused.json()["detail"]
+    assert job["accept_confidence"] is None
+    refused = operator_client.post("/api/merge-jobs", {"queries": ids, "accept_confidence": 1.5}, content_type=JSON)
+    assert refused.status_code == 400 and "confidence in [0.5, 1)" in refused.json()["detail"]
 
 
 def test_the_api_lists_events_after_a_sequence_number_and_cancels_once(operator_client, db):

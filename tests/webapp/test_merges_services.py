@@ -65,6 +65,25 @@ def test_it_refuses_a_bad_strategy_or_budget(operator, strategy, budget, message
     assert not MergeJob.objects.exists()
 
 
+@pytest.mark.parametrize("confidence", [1.0, 0.4, float("nan"), True])
+def test_it_refuses_an_acceptance_confidence_outside_half_to_one(operator, confidence):
+    with pytest.raises(ValidationError, match=r"acceptance confidence: expected 'point' or a confidence in \[0.5, 1\)"):
+        merge_job_start(queries=make_ready_queries(), strategy="gemel", budget_minutes=None, user=operator,
+                        accept_confidence=confidence)
+    assert not MergeJob.objects.exists()
+
+
+def test_the_acceptance_rule_a_job_was_started_with_is_the_one_its_search_uses(operator):
+    from webapp.merges.services import _search_config
+
+    queries = make_ready_queries()
+    job = merge_job_start(queries=queries, strategy="gemel", budget_minutes=None, user=operator, accept_confidence=0.9)
+    job.refresh_from_db()
+    assert job.accept_confidence == 0.9 and _search_config(job).accept_confidence == 0.9
+    point = merge_job_start(queries=queries, strategy="gemel", budget_minutes=None, user=operator)
+    assert _search_config(point).accept_confidence is None
+
+
 def test_it_refuses_queries_that_are_not_ready_and_leaves_no_folder(operator):
     queries = make_ready_queries()
     Query.objects.filter(pk=queries[0].pk).update(status=Query.Status.MEASURING)

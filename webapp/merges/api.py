@@ -30,6 +30,10 @@ class MergeJobIn(Schema):
     queries: list[DbId] = Field(..., max_length=MAX_IDS, description="ids of ready queries to merge")
     strategy: str = "gemel+"
     budget_minutes: float | None = Field(None, description="wall-clock budget of the search (none: no limit)")
+    accept_confidence: float | None = Field(
+        None, description="accept a round when validation frames show every target met at this one-sided "
+        "confidence, in [0.5, 1) (none: when the point figures meet them)",
+    )
 
 
 class MergeJobOut(Schema):
@@ -37,6 +41,7 @@ class MergeJobOut(Schema):
     strategy: str
     status: str
     budget_minutes: float | None
+    accept_confidence: float | None
     queries: list[QueryRef]
     created_by: str | None
     created_at: str | None
@@ -104,7 +109,8 @@ def start_job(request: HttpRequest, payload: MergeJobIn) -> Status[dict[str, Any
     api_require_operator(request)
     queries = queries_by_ids(payload.queries)
     job = services.merge_job_start(
-        queries=queries, strategy=payload.strategy, budget_minutes=payload.budget_minutes, user=request.user
+        queries=queries, strategy=payload.strategy, budget_minutes=payload.budget_minutes, user=request.user,
+        accept_confidence=payload.accept_confidence,
     )
     return Status(201, selectors.merge_job_data(selectors.merge_job_get(job.pk)))
 

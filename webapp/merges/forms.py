@@ -25,6 +25,16 @@ class MergeJobStartForm(forms.Form):
         help_text="Minutes the search may run (not memory). Leave empty to search until done."
     )
 
+    accept_confidence = forms.ChoiceField(
+        label="Accept a round when", initial="point", required=False, choices=[
+            ("point", "the point figures meet every target (fastest; may accept a lucky draw)"),
+            ("0.75", "every target is met at 75% confidence"),
+            ("0.9", "every target is met at 90% confidence (saves less; rarely misses on test frames)"),
+        ],
+        help_text="How sure the validation frames must be that each query keeps its target before a round's "
+                  "sharing is kept.",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["queries"].queryset = queries_ready()
@@ -34,6 +44,11 @@ class MergeJobStartForm(forms.Form):
             (name, f"{name}: {described[name]}" if described.get(name) else name) for name in strategies
         ]
         self.fields["strategy"].initial = DEFAULT_STRATEGY if DEFAULT_STRATEGY in strategies else strategies[0]
+
+    def clean_accept_confidence(self) -> float | None:
+        """Return the acceptance confidence chosen: None for the point rule, else the number."""
+        value = self.cleaned_data["accept_confidence"]
+        return None if value in ("", "point") else float(value)
 
     def clean(self) -> dict[str, Any]:
         """Return the cleaned data, with every ready query chosen when ``all_ready`` is ticked.

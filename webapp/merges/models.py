@@ -21,6 +21,9 @@ class MergeJob(models.Model):
     strategy = models.CharField(max_length=16, default="gemel+")
     # Wall-clock budget of the search in minutes (null: until the queue is empty).
     budget_minutes = models.FloatField(null=True, blank=True)
+    # A round is accepted when validation frames show every target met at this one-sided confidence (null: when
+    # the point figures meet them; gemel_engine.accuracy.TargetTest).
+    accept_confidence = models.FloatField(null=True, blank=True)
     queries = models.ManyToManyField(Query, related_name="merge_jobs")
     # {query id: its name when the job started}: the names the job's bundles address their models by, so a
     # query renamed afterwards still finds its model (empty for jobs made before this was recorded).

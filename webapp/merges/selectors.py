@@ -232,6 +232,7 @@ def merge_job_data(job: MergeJob) -> dict[str, Any]:
         "strategy": job.strategy,
         "status": job.status,
         "budget_minutes": job.budget_minutes,
+        "accept_confidence": job.accept_confidence,
         "queries": [{"id": query.pk, "name": query.name} for query in job.queries.all()],
         "created_by": job.created_by.get_username() if job.created_by else None,
         "created_at": _iso(job.created_at),

@@ -28,7 +28,9 @@ from django.db.models import F, Max, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from gemel_engine.accuracy import check_accept_confidence
 from gemel_engine.bundle import inspect_bundle
+from gemel_engine.errors import GemelError
 from gemel_engine.events import PATH_FIELDS, CancelToken, Event
 from gemel_engine.runtime.protocol import bundle_file_digests
 from gemel_engine.search import RetrainBudget, SearchConfig, bundle_evaluation, run_search, saved_configs
@@ -69,7 +71,8 @@ def _check_budget(budget_minutes: float | None) -> None:
 
 
 def merge_job_start(
-    *, queries: Iterable[Query], strategy: str, budget_minutes: float | None, user: AbstractBaseUser | AnonymousUser
+    *, queries: Iterable[Query], strategy: str, budget_minutes: float | None, user: AbstractBaseUser | AnonymousUser,
+    accept_confidence: float | None = None,
 ) -> MergeJob:
     """Create a merge job over ``queries``, export its workload into its folder and queue it on commit.
 
@@ -77,13 +80,18 @@ def merge_job_start(
         The queued job.
 
     Raises:
-        ValidationError: unknown strategy, a budget that is not a positive number, no queries, or queries
-            that are not ready (their unmerged accuracy is not measured) or cannot be exported.
+        ValidationError: unknown strategy, a budget that is not a positive number, an acceptance confidence
+            outside [0.5, 1), no queries, or queries that are not ready (their unmerged accuracy is not measured)
+            or cannot be exported.
     """
     chosen = list(queries)
     if strategy not in merge_strategies():
         raise ValidationError(f"unknown strategy {strategy!r}; choose one of {', '.join(merge_strategies())}")
     _check_budget(budget_minutes)
+    try:
+        check_accept_confidence(accept_confidence)
+    except GemelError as exc:
+        raise ValidationError({"accept_confidence": f"acceptance confidence: {exc}"}) from None
     if not chosen:
         raise ValidationError("choose at least one query")
     not_ready = sorted(query.name for query in chosen if query.status != Query.Status.READY)
@@ -95,7 +103,7 @@ def merge_job_start(
     try:
         with transaction.atomic():
             job = MergeJob.objects.create(
-                strategy=strategy, budget_minutes=budget_minutes,
+                strategy=strategy, budget_minutes=budget_minutes, accept_confidence=accept_confidence,
                 created_by=user if user.is_authenticated else None, celery_task_id=str(uuid.uuid4()),
                 query_names={str(query.pk): query.name for query in chosen},
             )
@@ -239,7 +247,8 @@ def _search_config(job: MergeJob) -> SearchConfig:
         eval_every_near=min(defaults.eval_every_near, steps),
     )
     return SearchConfig(
-        strategy=job.strategy, budget_minutes=job.budget_minutes, round_budget=budget, device=settings.MERGE_DEVICE
+        strategy=job.strategy, budget_minutes=job.budget_minutes, round_budget=budget, device=settings.MERGE_DEVICE,
+        accept_confidence=job.accept_confidence,
     )
 
 

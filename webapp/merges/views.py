@@ -48,6 +48,7 @@ def _start(request: HttpRequest) -> HttpResponse:
             job = services.merge_job_start(
                 queries=form.cleaned_data["queries"], strategy=form.cleaned_data["strategy"],
                 budget_minutes=form.cleaned_data["budget_minutes"], user=request.user,
+                accept_confidence=form.cleaned_data["accept_confidence"],
             )
         except ValidationError as exc:
             add_service_error(form, exc)
