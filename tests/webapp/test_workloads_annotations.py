@@ -62,6 +62,8 @@ def test_person_0_yolo_labels_with_classes_txt_label_the_camera_and_its_person_q
     spec = camera_spec(camera)
     assert spec.labels == "yolo" and Path(spec.annotations, "0001.txt").is_file()
     assert "from annotations/labels/classes.txt" in operator_client.get(reverse("cameras")).content.decode()
+    described = operator_client.get(f"/api/cameras/{camera.pk}").json()
+    assert (described["labels"], described["classes"]) == ("yolo", ["person", "car"])
     query = make_query("people", camera=camera, model=make_model(), task={"kind": "presence", "classes": ["person"]},
                        status=Query.Status.PENDING)
     assert engine_query(query).task.vocabulary == ("person", "car")
@@ -121,3 +123,12 @@ def test_a_synthetic_camera_cannot_take_annotations(operator_client):
 def test_a_viewer_cannot_upload_annotations(viewer_client, settings):
     camera = _folder_camera(settings)
     assert _upload(viewer_client, camera, _zip({"0001.txt": "0 0.5 0.5 0.5 0.5\n"})).status_code == 403
+
+
+def test_the_api_takes_annotations_and_names_the_culprit(operator_client, settings):
+    camera = _folder_camera(settings)
+    bad = operator_client.post(f"/api/cameras/{camera.pk}/annotations", {"file": _zip({"0001.txt": "0 0.5\n"})})
+    assert bad.status_code == 400 and "0001.txt:1: expected 'class_id cx cy w h'" in bad.json()["detail"]
+    good = operator_client.post(f"/api/cameras/{camera.pk}/annotations",
+                                {"file": _zip({"0001.txt": "0 0.5 0.5 0.5 0.5\n"})})
+    assert good.status_code == 200 and good.json()["labels"] == "yolo" and len(good.json()["classes"]) == 80

@@ -71,3 +71,20 @@ def test_a_run_that_fails_says_why(settings):
     run = training_run(run_id=run.pk)
     assert run is not None and run.status == TrainingRun.Status.FAILED
     assert run.detail.startswith("training failed: unknown class name(s) ['nope']")
+
+
+def test_the_api_starts_lists_and_refuses_training_runs(operator_client):
+    camera = make_camera()
+    body = {"name": "cars", "camera": camera.pk, "arch": TINY_ARCH, "task": PERSON, "steps": 5}
+    response = operator_client.post("/api/training-runs", body, content_type="application/json")
+    assert response.status_code == 201, response.content
+    assert (response.json()["status"], response.json()["steps"]) == ("queued", 5)
+    assert [run["name"] for run in operator_client.get("/api/training-runs").json()] == ["cars"]
+    refused = operator_client.post("/api/training-runs", {**body, "name": "more", "steps": 0},
+                                   content_type="application/json")
+    assert refused.status_code == 422
+    refused = operator_client.post("/api/training-runs", {**body, "name": "more", "camera": 999},
+                                   content_type="application/json")
+    assert refused.status_code == 404
+    refused = operator_client.post("/api/training-runs", body, content_type="application/json")
+    assert refused.status_code == 400 and "already under way" in refused.json()["detail"]

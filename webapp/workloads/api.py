@@ -21,8 +21,8 @@ from pydantic import Field
 from webapp.accounts.permissions import api_require_operator
 from webapp.api_types import MAX_IDS, DbId, Detail
 from webapp.workloads import selectors, services
-from webapp.workloads.engine import query_chance_shortfall
-from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, WorkloadAnalysis
+from webapp.workloads.engine import camera_classes, camera_labels, query_chance_shortfall
+from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, TrainingRun, WorkloadAnalysis
 from webapp.workloads.uploads import refuse_oversized_upload
 
 router = Router(tags=["workloads"])
@@ -53,6 +53,9 @@ class CameraOut(Schema):
     height: int
     sampling: dict[str, Any]
     thumbnail_url: str | None
+    labels: str = Field(description="yolo, coco (uploaded annotations), ground_truth (a synthetic scene) or "
+                        "teacher (each query's own model)")
+    classes: list[str] = Field(description="the class names a query on this camera may look for")
     created_at: datetime
 
 
@@ -78,6 +81,30 @@ class QueryIn(Schema):
     task: dict[str, Any]
     target_fraction: float = 0.95
     slo_ms: float = 500.0
+
+
+class TrainingIn(Schema):
+    name: str = Field(..., max_length=100, description="names the new model and its query")
+    camera: DbId
+    arch: str = Field(..., max_length=64)
+    task: dict[str, Any]
+    steps: int | None = Field(None, ge=1, description="optimizer steps (default: the architecture's recipe)")
+    target_fraction: float = 0.95
+    slo_ms: float = 500.0
+
+
+class TrainingOut(Schema):
+    id: int
+    name: str
+    camera: str
+    arch: str
+    task: dict[str, Any]
+    status: str
+    steps: int
+    steps_done: int
+    detail: str
+    query: int | None
+    created_at: datetime
 
 
 class QueryPatch(Schema):
@@ -143,6 +170,7 @@ def _camera_out(camera: Camera) -> dict[str, Any]:
         "id": camera.pk, "name": camera.name, "source": camera.source, "fps": camera.fps, "width": camera.width,
         "height": camera.height, "sampling": camera.sampling or {}, "created_at": camera.created_at,
         "thumbnail_url": reverse("camera_thumbnail", args=[camera.pk]) if camera.thumbnail else None,
+        "labels": camera_labels(camera), "classes": list(camera_classes(camera)),
     }
 
 
@@ -264,6 +292,41 @@ def list_queries(request: HttpRequest) -> list[dict[str, Any]]:
 def get_query(request: HttpRequest, query_id: int) -> dict[str, Any]:
     """Return one query."""
     return _query_out(get_object_or_404(Query, pk=query_id))
+
+
+def _training_out(run: TrainingRun) -> dict[str, Any]:
+    return {
+        "id": run.pk, "name": run.name, "camera": run.camera.name, "arch": run.arch, "task": run.task,
+        "status": run.status, "steps": run.steps, "steps_done": run.steps_done, "detail": run.detail,
+        "query": run.query_id, "created_at": run.created_at,
+    }
+
+
+@router.post("/cameras/{camera_id}/annotations", response={200: CameraOut, 400: Detail, 403: Detail, 404: Detail})
+def upload_annotations(request: HttpRequest, camera_id: int, file: File[UploadedFile]) -> dict[str, Any]:
+    """Label an image-folder camera with a zip of YOLO label files or a COCO json (multipart ``file``); they are
+    read against every frame first, and the camera's queries are measured again."""
+    api_require_operator(request)
+    camera = get_object_or_404(Camera, pk=camera_id)
+    return _camera_out(services.camera_annotations_upload(camera=camera, file=file))
+
+
+@router.get("/training-runs", response=list[TrainingOut])
+def list_training_runs(request: HttpRequest) -> list[dict[str, Any]]:
+    """List the latest training runs, newest first."""
+    return [_training_out(run) for run in selectors.training_run_list()]
+
+
+@router.post("/training-runs", response={201: TrainingOut, 400: Detail, 403: Detail, 404: Detail})
+def start_training(request: HttpRequest, payload: TrainingIn) -> Status:
+    """Train a new unmerged model from a labelled camera's frames on a worker; it becomes a model and a query."""
+    api_require_operator(request)
+    camera = get_object_or_404(Camera, pk=payload.camera)
+    run = services.training_start(
+        name=payload.name, camera=camera, arch=payload.arch, task=payload.task, steps=payload.steps,
+        target_fraction=payload.target_fraction, slo_ms=payload.slo_ms,
+    )
+    return Status(201, _training_out(run))
 
 
 @router.post("/queries", response={201: QueryOut, 400: Detail, 403: Detail, 404: Detail})
