@@ -132,3 +132,21 @@ def test_the_api_takes_annotations_and_names_the_culprit(operator_client, settin
     good = operator_client.post(f"/api/cameras/{camera.pk}/annotations",
                                 {"file": _zip({"0001.txt": "0 0.5 0.5 0.5 0.5\n"})})
     assert good.status_code == 200 and good.json()["labels"] == "yolo" and len(good.json()["classes"]) == 80
+
+
+def test_a_new_source_that_the_annotations_do_not_match_is_refused_keeping_both(operator_client, settings):
+    from django.core.exceptions import ValidationError
+
+    from webapp.workloads.services import camera_update
+
+    camera = _folder_camera(settings, frames=4)
+    assert _upload(operator_client, camera, _zip({"0003.txt": "0 0.5 0.5 0.5 0.5\n"})).status_code == 302
+    camera.refresh_from_db()
+    other = Path(settings.MEDIA_ROOT) / "other"
+    other.mkdir()
+    for index in range(3):
+        Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(other / f"{index:04d}.png")
+    with pytest.raises(ValidationError, match=r"annotations do not match the new source .*match no frame: 0003\.txt"):
+        camera_update(camera=camera, source=str(other))
+    camera.refresh_from_db()
+    assert camera.source.endswith("street") and camera.labels == "yolo" and len(_annotation_files(settings)) == 1

@@ -123,6 +123,8 @@ def camera_update(
         with about("source"):
             source = source_normalize(source)
             image = first_frame(source, fps=fps)
+            if camera.annotations:
+                _check_annotations_fit(camera, source)
         frames_change = frames_change or source != camera.source
     with transaction.atomic():
         check_unique_name(Camera, new_name, exclude=camera.pk)
@@ -151,6 +153,20 @@ def camera_delete(*, camera: Camera) -> None:
     delete_unused(camera, "camera", camera.thumbnail)
     if annotations is not None:
         transaction.on_commit(lambda: shutil.rmtree(annotations, ignore_errors=True))
+
+
+def _check_annotations_fit(camera: Camera, source: str) -> None:
+    """Refuse a new source that the camera's uploaded annotations do not match (they are kept as they are)."""
+    moved = Camera(pk=camera.pk, name=camera.name, source=source, fps=camera.fps, width=camera.width,
+                   height=camera.height, sampling=camera.sampling, labels=camera.labels, annotations=camera.annotations)
+    try:
+        check_annotations(camera_spec(moved), Path(settings.MEDIA_ROOT))
+    except GemelError as exc:
+        folder = str((Path(settings.MEDIA_ROOT) / camera.annotations).parent)
+        raise ValidationError(
+            f"the camera's annotations do not match the new source ({str(exc).replace(folder, 'annotations')}); "
+            "upload annotations for it after registering it as a new camera"
+        ) from None
 
 
 def _unpacked_yolo(data: bytes, folder: Path) -> None:
