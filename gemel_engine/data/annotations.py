@@ -12,6 +12,7 @@ Annotations also name their classes: a YOLO label folder by a ``classes.txt`` (o
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +103,17 @@ def _yolo_vocabulary(label_dir: Path) -> AnnotationVocabulary | None:
 
 
 def _coco_vocabulary(path: Path) -> AnnotationVocabulary:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read COCO annotations ({exc})") from None
+    return _coco_vocabulary_of(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _coco_vocabulary_of(path: Path, mtime_ns: int, size: int) -> AnnotationVocabulary:
+    """Return a COCO file's vocabulary; cached per version of the file (a workload reads it each time it is
+    built, and a COCO file may be large)."""
     categories = _coco_categories(_coco_json(path), path)
     names = check_vocabulary([categories[key] for key in sorted(categories)], f"{path}: categories", error=SourceError)
     return AnnotationVocabulary(names, f"{path} (categories)")
