@@ -33,7 +33,7 @@ def assert_once_under(body: str, field: str, label: str, message: str) -> None:
 
 def test_an_unknown_source_is_shown_once_under_the_source(operator_client):
     response = operator_client.post(reverse("camera_create"), {**CAMERA, "source": "ftp://cam.local/live"})
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert_once_under(response.content.decode(), "source", "Source", "unknown camera source scheme 'ftp'")
     assert not Camera.objects.exists()
 

@@ -84,7 +84,7 @@ def test_annotations_that_do_not_match_the_frames_are_refused_keeping_nothing(op
                                                                                message):
     camera = _folder_camera(settings)
     response = _upload(operator_client, camera, _zip(files))
-    assert response.status_code == 200 and message in response.content.decode()
+    assert response.status_code == 400 and message in response.content.decode()
     camera.refresh_from_db()
     assert (camera.labels, camera.annotations, camera.vocabulary) == ("", "", [])
     assert _annotation_files(settings) == []

@@ -69,7 +69,7 @@ def _form_page(
     multipart: bool = False,
 ) -> HttpResponse:
     """Run ``save`` for a valid POSTed form (a service's refusal goes back into the form, under the field it is
-    about) or render the form."""
+    about) or render the form: 400 for a POST that was refused, with what is wrong under each field."""
     if request.method == "POST" and form.is_valid():
         try:
             save()
@@ -80,7 +80,7 @@ def _form_page(
             return redirect("cameras")
     return render(request, "workloads/form.html", {
         "form": form, "title": title, "submit": submit, "multipart": multipart,
-    })
+    }, status=400 if request.method == "POST" else 200)
 
 
 def _confirm_delete(
