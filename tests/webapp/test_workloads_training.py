@@ -65,6 +65,20 @@ def test_a_camera_with_too_few_frames_fails_saying_so(operator_client, settings)
     assert "training frame(s); training needs at least 8" in run.detail
 
 
+def test_a_run_whose_worker_died_is_taken_over_and_a_live_one_is_left_alone(settings):
+    from django.utils import timezone
+
+    from webapp.workloads.services.training import TRAINING_STALE
+
+    run = training_start(name="cars", camera=make_camera(), arch=TINY_ARCH, task=PERSON, steps=2)
+    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.TRAINING)
+    assert training_run(run_id=run.pk) is None  # its worker is still writing progress
+    TrainingRun.objects.filter(pk=run.pk).update(updated_at=timezone.now() - TRAINING_STALE * 2)
+    run = training_run(run_id=run.pk)
+    assert run is not None
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.detail
+
+
 def test_a_run_that_fails_says_why(settings):
     run = training_start(name="cars", camera=make_camera(), arch=TINY_ARCH, task=PERSON, steps=2)
     TrainingRun.objects.filter(pk=run.pk).update(arch="resnet18", task={"kind": "presence", "classes": ["nope"]})

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from gemel_engine.errors import GemelError
@@ -32,6 +34,8 @@ MAX_TRAIN_STEPS = 5000
 # Progress is written to the run every this many steps (and at the last one).
 STEP_REPORT_EVERY = 10
 TRAINING_DIR = "training"
+# A run that has written no progress for this long lost its worker (the task is redelivered): it is taken over.
+TRAINING_STALE = timedelta(minutes=30)
 
 
 def _engine_task(task: Any, camera: Camera) -> Task:
@@ -94,9 +98,11 @@ def training_run(*, run_id: int) -> TrainingRun | None:
     """Train a queued run's model, register it and its query, and record the outcome on the run.
 
     Returns:
-        The run, succeeded (with its query) or failed (with the reason); None when it was not queued.
+        The run, succeeded (with its query) or failed (with the reason); None when it was neither queued nor
+        abandoned (training, with no progress written for ``TRAINING_STALE``: its worker died).
     """
-    claimed = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
+    abandoned = Q(status=TrainingRun.Status.TRAINING, updated_at__lt=timezone.now() - TRAINING_STALE)
+    claimed = TrainingRun.objects.filter(Q(status=TrainingRun.Status.QUEUED) | abandoned, pk=run_id).update(
         status=TrainingRun.Status.TRAINING, detail="reading the camera's labelled frames", updated_at=timezone.now()
     )
     if claimed != 1:
