@@ -150,3 +150,18 @@ def test_a_new_source_that_the_annotations_do_not_match_is_refused_keeping_both(
         camera_update(camera=camera, source=str(other))
     camera.refresh_from_db()
     assert camera.source.endswith("street") and camera.labels == "yolo" and len(_annotation_files(settings)) == 1
+
+
+def test_a_zip_that_unpacks_past_its_bounds_is_refused_keeping_nothing(operator_client, settings, monkeypatch):
+    from webapp.workloads.services import cameras
+
+    camera = _folder_camera(settings)
+    monkeypatch.setattr(cameras, "MAX_LABEL_BYTES", 30)
+    files = {f"{index:04d}.txt": "0 0.5 0.5 0.5 0.5\n" for index in range(6)}  # 108 bytes unpacked
+    response = _upload(operator_client, camera, _zip(files))
+    assert response.status_code == 400 and "over 0 MiB unpacked" in response.content.decode()
+    monkeypatch.setattr(cameras, "MAX_LABEL_BYTES", 64 << 20)
+    monkeypatch.setattr(cameras, "MAX_LABEL_FILE_BYTES", 10)
+    response = _upload(operator_client, camera, _zip(files))
+    assert "0000.txt: over 10 bytes unpacked" in response.content.decode()
+    assert _annotation_files(settings) == []

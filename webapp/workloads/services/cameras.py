@@ -32,6 +32,8 @@ _MIN_SIDE, _MAX_SIDE = 16, 2048
 # Bounds of an uploaded YOLO zip: label files in it, and bytes of any one file once unpacked.
 MAX_LABEL_FILES = 50_000
 MAX_LABEL_FILE_BYTES = 1 << 20
+# ... and of all its label files together, once unpacked.
+MAX_LABEL_BYTES = 64 << 20
 ANNOTATIONS_DIR = "annotations"
 
 
@@ -196,6 +198,7 @@ def _unpacked_yolo(data: bytes, folder: Path) -> None:
         if repeated:
             raise ValidationError({"file": f"two label files share a name: {', '.join(repeated[:5])}"})
         folder.mkdir(parents=True)
+        unpacked = 0
         for member, name in wanted:
             if member.file_size > MAX_LABEL_FILE_BYTES:
                 raise ValidationError({"file": f"{member.filename}: over {MAX_LABEL_FILE_BYTES} bytes unpacked"})
@@ -203,6 +206,9 @@ def _unpacked_yolo(data: bytes, folder: Path) -> None:
                 content = source.read(MAX_LABEL_FILE_BYTES + 1)
             if len(content) > MAX_LABEL_FILE_BYTES:
                 raise ValidationError({"file": f"{member.filename}: over {MAX_LABEL_FILE_BYTES} bytes unpacked"})
+            unpacked += len(content)
+            if unpacked > MAX_LABEL_BYTES:
+                raise ValidationError({"file": f"the label files come to over {MAX_LABEL_BYTES >> 20} MiB unpacked"})
             (folder / name).write_bytes(content)
 
 
