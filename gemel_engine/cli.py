@@ -6,6 +6,7 @@ Bad input exits with status 2 and one ``error: ...`` line on stderr, never a tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -287,7 +288,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the named queries' unmerged models on their cameras' labelled frames, measure them and rewrite
     workload.json after each one."""
-    from gemel_engine.train import TrainArgs, default_recipe
+    from gemel_engine.train import default_recipe
     from gemel_engine.workload import Workload, camera_frames, train_unmerged
 
     workload = Workload.load(args.workload, check_weights=False)
@@ -297,7 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for entry in entries:
         overrides = {key: value for key, value in (("steps", args.steps), ("batch_size", args.batch_size),
                                                    ("lr", args.lr), ("seed", args.seed)) if value is not None}
-        recipe = TrainArgs(**{**default_recipe(entry.query.task).to_json(), "device": args.device, **overrides})
+        recipe = dataclasses.replace(default_recipe(entry.query.task), device=args.device, **overrides)
         camera = entry.query.camera
         if camera not in frames:
             print(f"reading camera {camera}...", file=sys.stderr, flush=True)

@@ -42,7 +42,6 @@ class QueryError(GemelError):
     """A query, task or accuracy target that is malformed or does not fit its architecture."""
 
 
-
 @dataclass(frozen=True)
 class Task:
     """What a query asks of each frame; checked on creation."""

@@ -379,8 +379,10 @@ def _with_vocabulary(entry: QueryEntry, vocabulary: AnnotationVocabulary) -> Que
 
 
 def _vocabulary_from_json(value: object) -> tuple[str, ...] | None:
-    if value is None or value == "coco":
-        return None if value is None else COCO_CLASSES
+    if value is None:
+        return None
+    if value == "coco":
+        return COCO_CLASSES
     if not isinstance(value, list):
         raise WorkloadError(f"a camera's vocabulary must be \"coco\" or a list of class names, got {value!r:.60}")
     return tuple(value)
@@ -472,16 +474,19 @@ def camera_frames(workload: Workload, camera: CameraSpec, *, cache_dir: Path | N
     ))
 
 
-def _read_annotations(
-    camera: CameraSpec, root: Path, source: object, positions: Sequence[int]
-) -> list[tuple[Box, ...]]:
-    """Return the annotated boxes of the image folder's frames at ``positions``, in the folder's pixels."""
+def _image_folder(camera: CameraSpec, source: object) -> ImageFolderSource:
     if not isinstance(source, ImageFolderSource):
         raise WorkloadError(f"camera {camera.name!r}: annotations need an image-folder source")
+    return source
+
+
+def _read_annotations(
+    camera: CameraSpec, root: Path, source: ImageFolderSource, positions: Sequence[int], class_names: Sequence[str]
+) -> list[tuple[Box, ...]]:
+    """Return the annotated boxes of the image folder's frames at ``positions``, in the folder's pixels."""
     names = [source.files[position].name for position in positions]
     sizes = [source.resolution] * len(names)
     path = root / str(camera.annotations)
-    class_names = camera_vocabulary(camera, root).names
     if camera.labels == "yolo":
         return read_yolo_labels(path, names, sizes, class_names)
     return read_coco_annotations(path, names, sizes, class_names)
@@ -502,13 +507,17 @@ def check_annotations(camera: CameraSpec, root: Path) -> AnnotationVocabulary:
     """
     if camera.labels not in ("yolo", "coco"):
         raise WorkloadError(f"camera {camera.name!r} is not labelled by annotations")
-    with open_source(camera.source, fps=camera.fps) as source:
-        _read_annotations(camera, root, source, range(len(getattr(source, "files", ()))))
-    return camera_vocabulary(camera, root)
+    vocabulary = camera_vocabulary(camera, root)
+    with open_source(camera.source, fps=camera.fps) as opened:
+        source = _image_folder(camera, opened)
+        _read_annotations(camera, root, source, range(len(source.files)), vocabulary.names)
+    return vocabulary
 
 
 def _with_annotations(workload: Workload, camera: CameraSpec, source: object, frames: FrameSet) -> FrameSet:
-    boxes = _read_annotations(camera, workload.root, source, [int(i) for i in frames.indices])
+    positions = [int(i) for i in frames.indices]
+    class_names = camera_vocabulary(camera, workload.root).names
+    boxes = _read_annotations(camera, workload.root, _image_folder(camera, source), positions, class_names)
     width, height = frames.resolution
     scale_x, scale_y = width / source.resolution[0], height / source.resolution[1]
     scaled = tuple(tuple(box.scaled(scale_x, scale_y) for box in frame_boxes) for frame_boxes in boxes)
