@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import uuid
 import zipfile
@@ -15,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
 
-from gemel_engine.data.annotations import YOLO_NAME_FILES
+from gemel_engine.data.annotations import YOLO_NAME_FILES, AnnotationVocabulary
 from gemel_engine.data.frames import check_fps
 from gemel_engine.errors import GemelError
 from gemel_engine.queries import Task
@@ -151,22 +150,42 @@ def camera_delete(*, camera: Camera) -> None:
     Raises:
         ValidationError: queries still watch it (they are named).
     """
-    annotations = (Path(settings.MEDIA_ROOT) / camera.annotations).parent if camera.annotations else None
+    annotations = _annotations_folder(camera.annotations)
     delete_unused(camera, "camera", camera.thumbnail)
     if annotations is not None:
         transaction.on_commit(lambda: shutil.rmtree(annotations, ignore_errors=True))
 
 
+def _annotations_folder(annotations: str) -> Path | None:
+    """Return the folder an upload of annotations was stored in (holding its ``labels/`` or ``coco.json``)."""
+    return (Path(settings.MEDIA_ROOT) / annotations).parent if annotations else None
+
+
+def _checked_annotations(camera: Camera, *, source: str, labels: str, annotations: str) -> AnnotationVocabulary:
+    """Return the vocabulary of ``annotations`` after reading them against every frame of ``source`` as
+    ``camera`` samples it (``check_annotations``); paths in it and in refusals read ``annotations/…``, not the
+    server's folders.
+
+    Raises:
+        ValidationError: the annotations do not match the frames, or cannot be read.
+    """
+    candidate = Camera(pk=camera.pk, name=camera.name, source=source, fps=camera.fps, width=camera.width,
+                       height=camera.height, sampling=camera.sampling, labels=labels, annotations=annotations)
+    folder = str(_annotations_folder(annotations))
+    try:
+        found = check_annotations(camera_spec(candidate), Path(settings.MEDIA_ROOT))
+    except GemelError as exc:
+        raise ValidationError(str(exc).replace(folder, "annotations")) from None
+    return AnnotationVocabulary(found.names, found.source.replace(folder, "annotations"))
+
+
 def _check_annotations_fit(camera: Camera, source: str) -> None:
     """Refuse a new source that the camera's uploaded annotations do not match (they are kept as they are)."""
-    moved = Camera(pk=camera.pk, name=camera.name, source=source, fps=camera.fps, width=camera.width,
-                   height=camera.height, sampling=camera.sampling, labels=camera.labels, annotations=camera.annotations)
     try:
-        check_annotations(camera_spec(moved), Path(settings.MEDIA_ROOT))
-    except GemelError as exc:
-        folder = str((Path(settings.MEDIA_ROOT) / camera.annotations).parent)
+        _checked_annotations(camera, source=source, labels=camera.labels, annotations=camera.annotations)
+    except ValidationError as exc:
         raise ValidationError(
-            f"the camera's annotations do not match the new source ({str(exc).replace(folder, 'annotations')}); "
+            f"the camera's annotations do not match the new source ({exc.messages[0]}); "
             "upload annotations for it after registering it as a new camera"
         ) from None
 
@@ -212,15 +231,6 @@ def _unpacked_yolo(data: bytes, folder: Path) -> None:
             (folder / name).write_bytes(content)
 
 
-def _stored_coco(data: bytes, path: Path) -> None:
-    try:
-        json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        raise ValidationError({"file": "not a COCO json file (it does not parse as JSON)"}) from None
-    path.parent.mkdir(parents=True)
-    path.write_bytes(data)
-
-
 def camera_annotations_upload(*, camera: Camera, file: Any) -> Camera:
     """Label an image-folder camera with uploaded annotations: a zip of YOLO files (``<frame>.txt``, with a
     ``classes.txt`` or ``data.yaml`` naming the classes, else COCO's 80 classes) or a COCO json.
@@ -248,31 +258,29 @@ def camera_annotations_upload(*, camera: Camera, file: Any) -> Camera:
         if kind == "yolo":
             _unpacked_yolo(data, folder / "labels")
         else:
-            _stored_coco(data, folder / "coco.json")
-        candidate = Camera(pk=camera.pk, name=camera.name, source=camera.source, fps=camera.fps,
-                           width=camera.width, height=camera.height, sampling=camera.sampling,
-                           labels=kind, annotations=str(stored))
+            folder.mkdir(parents=True)
+            (folder / "coco.json").write_bytes(data)  # the engine's reader says what is wrong with it
         try:
-            vocabulary = check_annotations(camera_spec(candidate), Path(settings.MEDIA_ROOT))
-        except GemelError as exc:
-            raise ValidationError({"file": str(exc).replace(str(folder), "annotations")}) from None
+            vocabulary = _checked_annotations(camera, source=camera.source, labels=kind, annotations=str(stored))
+        except ValidationError as exc:
+            raise ValidationError({"file": exc.messages}) from None
         for query in camera.queries.all():
             try:
                 Task.from_json(query.task, vocabulary=vocabulary.names)
             except GemelError as exc:
                 raise ValidationError({"file": f"query {query.name!r} would break: {exc}"}) from None
         with transaction.atomic():
-            old = Path(settings.MEDIA_ROOT) / camera.annotations if camera.annotations else None
+            old = _annotations_folder(camera.annotations)
             camera.labels, camera.annotations = kind, str(stored)
             camera.vocabulary = list(vocabulary.names)
-            camera.vocabulary_source = vocabulary.source.replace(str(folder), "annotations")
+            camera.vocabulary_source = vocabulary.source
             camera.test_start_frame = None
             camera.full_clean()
             camera.save()
             for query in camera.queries.all():
                 query_remeasure(query)
             if old is not None:
-                transaction.on_commit(lambda: shutil.rmtree(old.parent, ignore_errors=True))
+                transaction.on_commit(lambda: shutil.rmtree(old, ignore_errors=True))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

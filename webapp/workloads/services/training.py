@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from datetime import timedelta
@@ -17,7 +18,7 @@ from django.utils import timezone
 from gemel_engine.errors import GemelError
 from gemel_engine.queries import AccuracyTarget, Task
 from gemel_engine.queries import Query as EngineQuery
-from gemel_engine.train import TrainArgs, default_recipe
+from gemel_engine.train import default_recipe
 from gemel_engine.workload import QueryEntry, Workload, camera_frames, train_unmerged
 from webapp.field_errors import about
 from webapp.names import clean_name
@@ -116,7 +117,7 @@ def training_run(*, run_id: int) -> TrainingRun | None:
         entry = QueryEntry(EngineQuery(run.name, spec.name, run.arch, task, AccuracyTarget(run.target_fraction)))
         workload = Workload("training", (spec,), (entry,), Path(settings.MEDIA_ROOT))
         frames = camera_frames(workload, spec)
-        args = TrainArgs(**{**default_recipe(task).to_json(), "steps": run.steps})
+        args = dataclasses.replace(default_recipe(task), steps=run.steps)
 
         def report(event: dict[str, Any]) -> None:
             step = int(event.get("step", 0))
