@@ -165,3 +165,12 @@ def test_a_zip_that_unpacks_past_its_bounds_is_refused_keeping_nothing(operator_
     response = _upload(operator_client, camera, _zip(files))
     assert "0000.txt: over 10 bytes unpacked" in response.content.decode()
     assert _annotation_files(settings) == []
+
+
+def test_a_coco_upload_that_is_not_json_is_refused_naming_the_file(operator_client, settings):
+    camera = _folder_camera(settings, frames=2)
+    upload = SimpleUploadedFile("coco.json", b"{not json", content_type="application/json")
+    response = _upload(operator_client, camera, upload)
+    assert response.status_code == 400 and "annotations/coco.json: cannot read COCO annotations" in (
+        response.content.decode())
+    assert _annotation_files(settings) == []
