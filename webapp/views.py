@@ -31,8 +31,10 @@ def favicon(request: HttpRequest) -> HttpResponsePermanentRedirect:
 
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
-    """Render the overview: nodes online/offline, GPU memory now (shared vs per model), queries and status."""
+    """Render the overview: the fleet (every site and box, most urgent first), GPU memory now (shared vs per
+    model), queries and their status."""
     nodes = edge_selectors.overview_nodes()
+    fleet = edge_selectors.fleet_overview()
     chart = [
         {"name": row["node"].name, "shared_bytes": row["shared_bytes"], "per_model_bytes": row["per_model_bytes"],
          "budget_bytes": row["budget_bytes"], "simulated": bool(row["sample"] and row["sample"].simulated)}
@@ -41,6 +43,9 @@ def overview(request: HttpRequest) -> HttpResponse:
     context = {
         "nodes": nodes, "queries": edge_selectors.overview_queries(nodes), "memory_data": chart,
         "demo_builds": workload_selectors.demo_seeds_building(),
+        "fleet": fleet, "fleet_nodes": any(entry["nodes"] for entry in fleet),
+        "fleet_empty_sites": [entry for entry in fleet if not entry["nodes"]],
+        "fleet_data": {"offline_after_s": edge_selectors.node_offline_after().total_seconds()},
     }
     return render(request, "overview.html", context)
 

@@ -98,7 +98,10 @@
     tokenForm.addEventListener("submit", async (event) => {
       event.preventDefault();
       try {
-        const created = await gemel.api("POST", "/api/agent-tokens", { name: document.getElementById("token-name").value });
+        const site = document.getElementById("token-site");
+        const created = await gemel.api("POST", "/api/agent-tokens", {
+          name: document.getElementById("token-name").value, site: site && site.value ? Number(site.value) : null,
+        });
         document.getElementById("token-value").textContent = created.token;
         document.getElementById("token-created").hidden = false;
       } catch (err) { showError(err.message); }

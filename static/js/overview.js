@@ -37,3 +37,48 @@
   }
   setTimeout(loop, 3000);
 })();
+
+// The fleet table, kept live: each box's summary (node.summary, at most every few seconds a box) and status changes
+// arrive on the fleet channel; a box that stops reporting turns offline here when its last report grows too old.
+(() => {
+  const table = document.getElementById("fleet-nodes");
+  if (!table) return;
+  const { offline_after_s: offlineAfter } = JSON.parse(document.getElementById("overview-fleet-data").textContent);
+  const badge = (cls, text) => Object.assign(document.createElement("span"), { className: "badge " + cls, textContent: text });
+  const muted = (text) => Object.assign(document.createElement("span"), { className: "muted", textContent: text });
+  function fill(cell, ...parts) { cell.replaceChildren(...parts.flatMap((p) => [p, " "]).slice(0, -1)); }
+  function showOnline(row, online) {
+    fill(row.querySelector("[data-field=online]"), badge(online ? "ok" : "offline", online ? "online" : "offline"));
+  }
+  function update(node) {
+    const row = table.querySelector(`tr[data-node="${node.id}"]`);
+    if (!row) return;  // a box registered after the page loaded appears on the next visit
+    row.dataset.lastSeen = node.last_seen_at || "";
+    showOnline(row, node.online);
+    fill(row.querySelector("[data-field=status]"), badge(node.status, node.status), muted(node.status_detail || ""));
+    if (!("queries_served" in node)) return;  // a status change: the summary fields come with the next summary
+    const memory = (node.resident_bytes == null ? "—" : gemel.mib(node.resident_bytes)) + " / "
+      + (node.memory_budget_bytes ? gemel.mib(node.memory_budget_bytes) : "no budget");
+    fill(row.querySelector("[data-field=memory]"), memory, ...(node.simulated ? [badge("", "simulated")] : []));
+    const serving = node.serving;
+    fill(row.querySelector("[data-field=serving]"), serving
+      ? `job ${serving.job} config ${serving.config} (saves ${gemel.mib(serving.saved_bytes)})` : muted("nothing"));
+    fill(row.querySelector("[data-field=targets]"), node.queries_measured
+      ? `${node.queries_met} of ${node.queries_measured}`
+      : (node.queries_served ? muted(`${node.queries_served} served, not measurable live`) : "—"));
+    const alerts = node.alerts.map((a) => badge("failed query-alert", `${a.query}: ${a.alert}`));
+    fill(row.querySelector("[data-field=attention]"), ...(alerts.length ? alerts : ["—"]));
+  }
+  setInterval(() => {
+    for (const row of table.querySelectorAll("tr[data-node]")) {
+      const seen = Date.parse(row.dataset.lastSeen);
+      if (!Number.isNaN(seen) && Date.now() - seen > offlineAfter * 1000) showOnline(row, false);
+    }
+  }, 5000);
+  gemel.live("/ws/nodes/", {
+    status: document.getElementById("conn"),
+    onMessage(message) {
+      if ((message.type === "node.summary" || message.type === "node.status") && message.node) update(message.node);
+    },
+  });
+})();

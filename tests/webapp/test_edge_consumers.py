@@ -40,20 +40,29 @@ async def test_it_refuses_an_unknown_node(viewer_client):
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
-async def test_it_pushes_metrics_of_one_node_to_its_watchers(viewer_client):
+async def test_a_nodes_watchers_get_every_report_and_the_fleet_a_summary_at_most_every_few_seconds(viewer_client):
     node, _ = await sync_to_async(make_node)()
     one = _connect(f"/ws/nodes/{node.pk}/", viewer_client)
-    every = _connect("/ws/nodes/", viewer_client)
-    assert (await one.connect())[0] and (await every.connect())[0]
-    sample = await sync_to_async(metrics_record)(
-        node=node, at=timezone.now(), deployment=None, simulated=True,
-        memory={"resident_bytes": 7, "shared_bytes": 3}, queries={"q": {"fps": 2.0}},
-    )
-    for communicator in (one, every):
-        message = await communicator.receive_json_from(timeout=5)
+    fleet = _connect("/ws/nodes/", viewer_client)
+    assert (await one.connect())[0] and (await fleet.connect())[0]
+    samples = [
+        await sync_to_async(metrics_record)(
+            node=node, at=timezone.now(), deployment=None, simulated=True,
+            memory={"resident_bytes": 7 + i, "shared_bytes": 3}, queries={"q": {"fps": 2.0}},
+        )
+        for i in range(3)
+    ]
+    for sample in samples:
+        message = await one.receive_json_from(timeout=5)
         assert message["type"] == "node.metrics"
         assert message["sample"]["id"] == sample.pk and message["sample"]["queries"]["q"]["fps"] == 2.0
-        await communicator.disconnect()
+    summary = await fleet.receive_json_from(timeout=5)
+    assert summary["type"] == "node.summary" and summary["node"]["id"] == node.pk
+    assert summary["node"]["resident_bytes"] == 7 and summary["node"]["queries_served"] == 1
+    assert summary["at"] == samples[0].at.isoformat()
+    assert await fleet.receive_nothing(timeout=0.5)  # the next two came within FLEET_SUMMARY_SECONDS of it
+    await one.disconnect()
+    await fleet.disconnect()
 
 
 @pytest.mark.asyncio
@@ -103,6 +112,6 @@ async def test_signing_out_closes_the_sockets_the_session_opened(viewer_client, 
         node=node, at=timezone.now(), deployment=None, simulated=True, memory={}, queries={},
     )
     message = await others.receive_json_from(timeout=5)  # another session keeps streaming
-    assert message["sample"]["id"] == sample.pk
+    assert message["type"] == "node.summary" and message["at"] == sample.at.isoformat()
     await mine.disconnect()
     await others.disconnect()

@@ -12,7 +12,7 @@ from tests.webapp.test_workloads_factories import measured
 from webapp.edge.models import EdgeNode
 from webapp.edge.services import agent_token_create
 from webapp.merges.models import MergeBundle, MergeJob
-from webapp.workloads.models import Camera, ModelEntry, Query
+from webapp.workloads.models import Camera, ModelEntry, Query, Site
 
 PRESENCE = {"kind": "presence", "classes": ["car", "bus", "truck"]}
 
@@ -56,8 +56,9 @@ def make_bundle(
 ) -> MergeBundle:
     """Return a bundle of a succeeded merge job over ``queries`` (one ready query by default)."""
     if job is None:
-        job = MergeJob.objects.create(status=MergeJob.Status.SUCCEEDED)
-        job.queries.set(queries if queries is not None else [make_query()])
+        queries = queries if queries is not None else [make_query()]
+        job = MergeJob.objects.create(status=MergeJob.Status.SUCCEEDED, site=queries[0].camera.site)
+        job.queries.set(queries)
     folder = folder or fake_bundle_folder(f"job-{job.pk}-{job.bundles.count()}")
     names = list(job.queries.values_list("name", flat=True))
     accuracy = 0.9 if meets else 0.5
@@ -69,7 +70,10 @@ def make_bundle(
     )
 
 
-def make_node(name: str = "edge-1", *, token_name: str = "edge-1") -> tuple[EdgeNode, str]:  # noqa: S107
-    """Return a registered-looking node and the plain token its agent holds."""
-    token, plain = agent_token_create(name=token_name)
-    return EdgeNode.objects.create(name=name, token=token, budget_bytes=256 << 20), plain
+def make_node(
+    name: str = "edge-1", *, token_name: str = "edge-1", site: Site | None = None,  # noqa: S107
+) -> tuple[EdgeNode, str]:
+    """Return a registered-looking node of ``site`` (the default site when None) and the plain token its agent
+    holds."""
+    token, plain = agent_token_create(name=token_name, site=site)
+    return EdgeNode.objects.create(name=name, token=token, site=token.site, budget_bytes=256 << 20), plain

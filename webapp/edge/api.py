@@ -18,6 +18,7 @@ from webapp.api_types import DbId, Detail
 from webapp.edge import selectors, services
 from webapp.edge.models import AgentToken, EdgeNode
 from webapp.merges.models import MergeBundle
+from webapp.workloads.selectors import site_by_id
 
 router = Router(tags=["edge"])
 
@@ -30,11 +31,12 @@ class DeploymentIn(Schema):
 
 class TokenIn(Schema):
     name: str
+    site: DbId | None = Field(None, description="the site of the box it registers (default: the default site)")
 
 
 def _token_json(token: AgentToken) -> dict[str, Any]:
     return {
-        "id": token.pk, "name": token.name, "prefix": token.prefix,
+        "id": token.pk, "name": token.name, "site": token.site_id, "prefix": token.prefix,
         "created_at": token.created_at.isoformat(),
         "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
     }
@@ -102,7 +104,7 @@ def list_tokens(request: HttpRequest) -> list[dict[str, Any]]:
 def create_token(request: HttpRequest, body: TokenIn) -> Status[dict[str, Any]]:
     """Create an agent token; the answer holds the token itself, shown this once (operators only)."""
     api_require_operator(request)
-    token, plain = services.agent_token_create(name=body.name, user=request.user)
+    token, plain = services.agent_token_create(name=body.name, site=site_by_id(body.site), user=request.user)
     return Status(201, {**_token_json(token), "token": plain})
 
 

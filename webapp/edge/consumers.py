@@ -12,8 +12,9 @@ from webapp.live import AuthenticatedJsonConsumer
 
 
 class NodeMetricsConsumer(AuthenticatedJsonConsumer):
-    """``ws/nodes/`` (every node) or ``ws/nodes/<id>/`` (one node); forwards each event as JSON
-    ``{"type": "node.metrics" | "node.status" | "deployment.status", ...payload}``."""
+    """``ws/nodes/`` (the fleet: every node's status, deployments and a summary of each at most every
+    FLEET_SUMMARY_SECONDS) or ``ws/nodes/<id>/`` (one node, every metrics report); forwards each event as JSON
+    ``{"type": "node.metrics" | "node.summary" | "node.status" | "deployment.status", ...payload}``."""
 
     async def group_names(self) -> list[str] | None:
         node_id = self.scope["url_route"]["kwargs"].get("node_id")
@@ -26,6 +27,9 @@ class NodeMetricsConsumer(AuthenticatedJsonConsumer):
         await self.send_json({"type": event["type"], **event["payload"]})
 
     async def node_metrics(self, event: dict[str, Any]) -> None:
+        await self._forward(event)
+
+    async def node_summary(self, event: dict[str, Any]) -> None:
         await self._forward(event)
 
     async def node_status(self, event: dict[str, Any]) -> None:

@@ -6,12 +6,14 @@ from django.conf import settings
 from django.db import models
 
 from webapp.merges.models import MergeBundle
+from webapp.workloads.models import Site, default_site_id
 
 
 class AgentToken(models.Model):
-    """A bearer token an edge agent presents; only its sha256 is stored."""
+    """A bearer token an edge agent presents; only its sha256 is stored. The node it registers serves its site."""
 
     name = models.CharField(max_length=100)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, default=default_site_id, related_name="agent_tokens")
     token_hash = models.CharField(max_length=64, unique=True)
     # First characters of the token, to tell tokens apart in the UI.
     prefix = models.CharField(max_length=12)
@@ -24,7 +26,7 @@ class AgentToken(models.Model):
 
 
 class EdgeNode(models.Model):
-    """An edge box running the agent."""
+    """An edge box running the agent, serving the cameras of its site (its agent token's)."""
 
     class Status(models.TextChoices):
         IDLE = "idle", "idle"
@@ -33,6 +35,7 @@ class EdgeNode(models.Model):
         DEGRADED = "degraded", "degraded"
 
     name = models.CharField(max_length=100, unique=True)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, default=default_site_id, related_name="nodes")
     token = models.ForeignKey(AgentToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes")
     device_kind = models.CharField(max_length=8, default="cpu")
     device_name = models.CharField(max_length=200, blank=True)
@@ -47,6 +50,12 @@ class EdgeNode(models.Model):
     active_deployment = models.ForeignKey(
         "Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Its newest metrics report (the fleet overview reads every node's in one query) and when the fleet channel
+    # last had a summary of it (summaries are sent at most every FLEET_SUMMARY_SECONDS per node).
+    latest_sample = models.ForeignKey(
+        "MetricSample", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    summary_sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

@@ -62,8 +62,8 @@ def agent_token_find(*, token: str) -> AgentToken | None:
 
 
 def agent_tokens_list() -> QuerySet[AgentToken]:
-    """Return every agent token, newest first, with the nodes that used it."""
-    return AgentToken.objects.order_by("-created_at").prefetch_related("nodes")
+    """Return every agent token, newest first, with its site and the nodes that used it."""
+    return AgentToken.objects.select_related("site").order_by("-created_at").prefetch_related("nodes")
 
 
 def node_offline_after() -> timedelta:
@@ -79,8 +79,8 @@ def node_is_online(node: EdgeNode, *, now: datetime | None = None) -> bool:
 
 
 def nodes_list() -> QuerySet[EdgeNode]:
-    """Return every edge node by name, with its active deployment and bundle."""
-    return EdgeNode.objects.select_related("active_deployment__bundle").order_by("name")
+    """Return every edge node by name, with its site, active deployment and bundle."""
+    return EdgeNode.objects.select_related("site", "active_deployment__bundle").order_by("name")
 
 
 def node_for_token(*, token: AgentToken, name: str) -> EdgeNode | None:
@@ -137,6 +137,7 @@ def node_to_json(node: EdgeNode, *, now: datetime | None = None) -> dict[str, An
     return {
         "id": node.pk,
         "name": node.name,
+        "site": node.site_id,
         "status": node.status,
         "status_detail": node.status_detail,
         "online": node_is_online(node, now=now),
@@ -165,6 +166,15 @@ def bundle_deployable(bundle: MergeBundle, required_now: dict[str, float | None]
     it, when the caller has it)."""
     ok, reason = merge_bundle_deployable(bundle, required_now)
     return bool(ok), str(reason or "")
+
+
+def bundle_fits_node(bundle: MergeBundle, node: EdgeNode) -> tuple[bool, str]:
+    """Return whether ``node`` may serve ``bundle`` (both of one site: the bundle's queries watch that site's
+    cameras) and, when not, why."""
+    if bundle.job.site_id == node.site_id:
+        return True, ""
+    return False, (f"it was made from the queries of site {bundle.job.site.name!r}, and node {node.name!r} serves "
+                   f"site {node.site.name!r}")
 
 
 def _manifest_model_names(bundle: MergeBundle) -> list[str]:
@@ -254,7 +264,7 @@ def bundles_for_deployment() -> list[dict[str, Any]]:
     """Return the bundles of running or finished merge jobs, newest first, each with (deployable, reason)."""
     bundles = (
         MergeBundle.objects.filter(job__status__in=[MergeJob.Status.SUCCEEDED, MergeJob.Status.RUNNING])
-        .select_related("job")
+        .select_related("job__site")
         .order_by("-job__created_at", "-index")
     )
     rows = []
@@ -344,8 +354,8 @@ def overview_nodes() -> list[dict[str, Any]]:
     """Return each node with online state and its memory now (shared vs per model, from the newest sample)."""
     now = timezone.now()
     rows = []
-    for node in nodes_list():
-        sample = node_latest_sample(node=node)
+    for node in nodes_list().select_related("latest_sample"):
+        sample = node.latest_sample
         report = sample_report(sample)
         rows.append({
             "node": node,
@@ -416,3 +426,92 @@ def query_alert(query: Any, figures: dict[str, Any]) -> str | None:
         if accuracy < required:
             return f"below target: effective accuracy {accuracy:.3f} < {required:.3f} required"
     return None
+
+
+# -- the fleet: every site and box -------------------------------------------------------------------------
+
+# Attention ranks of a box on the fleet overview, most urgent first.
+ATTENTION_OFFLINE, ATTENTION_ALERT, ATTENTION_DEGRADED, ATTENTION_OK, ATTENTION_IDLE = range(5)
+
+
+def _queries_by_name(names: set[str]) -> dict[str, Any]:
+    from webapp.workloads.models import Query
+
+    return {query.name: query for query in Query.objects.filter(name__in=names)}
+
+
+def fleet_node_json(node: EdgeNode, queries: dict[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
+    """Return one box as the fleet overview shows it (``node_to_json`` plus its site's name, memory in use and
+    budget from its newest report, the bundle it serves, its served queries meeting their targets, their alerts,
+    and ``attention``: an ATTENTION_* rank); ``queries`` maps query names to Query rows (``_queries_by_name``)."""
+    report = sample_report(node.latest_sample)
+    online = node_is_online(node, now=now)
+    alerts = []
+    measured = met = 0
+    for name, figures in sorted(report.queries.items()):
+        query = queries.get(name)
+        alert = query_alert(query, figures.to_json()) if query is not None else None
+        if alert is not None:
+            alerts.append({"query": name, "alert": alert})
+        if figures.effective_accuracy is not None:
+            measured += 1
+            met += alert is None
+    deployment = node.active_deployment
+    if not online:
+        attention = ATTENTION_OFFLINE if deployment is not None else ATTENTION_IDLE
+    elif alerts:
+        attention = ATTENTION_ALERT
+    elif node.status == EdgeNode.Status.DEGRADED:
+        attention = ATTENTION_DEGRADED
+    else:
+        attention = ATTENTION_OK if deployment is not None else ATTENTION_IDLE
+    return {
+        **node_to_json(node, now=now),
+        "site_name": node.site.name,
+        "resident_bytes": report.memory.resident_bytes if node.latest_sample_id else None,
+        "memory_budget_bytes": report.memory.budget_bytes or node.budget_bytes,
+        "simulated": bool(node.latest_sample and node.latest_sample.simulated),
+        "serving": None if deployment is None else {
+            "deployment": deployment.pk, "job": deployment.bundle.job_id, "config": deployment.bundle.index,
+            "saved_bytes": deployment.bundle.saved_param_bytes,
+        },
+        "queries_served": len(report.queries),
+        "queries_measured": measured,
+        "queries_met": met,
+        "alerts": alerts,
+        "attention": attention,
+    }
+
+
+def fleet_node_summary(node: EdgeNode) -> dict[str, Any]:
+    """Return ``fleet_node_json`` of one box, read fresh from the database (what the fleet channel sends)."""
+    node = EdgeNode.objects.select_related("site", "latest_sample", "active_deployment__bundle").get(pk=node.pk)
+    return fleet_node_json(node, _queries_by_name(set(sample_report(node.latest_sample).queries)))
+
+
+def fleet_overview() -> list[dict[str, Any]]:
+    """Return every site with its boxes, the sites and boxes that need attention first: each site as
+    ``{"site", "nodes": [fleet_node_json...], "attention", "online", "queries"}`` (``queries``: the number of
+    queries on its cameras). Reads every box's newest report in one query."""
+    from webapp.workloads.models import Query, Site
+
+    now = timezone.now()
+    nodes = list(EdgeNode.objects.select_related("site", "latest_sample", "active_deployment__bundle"))
+    names = {name for node in nodes for name in sample_report(node.latest_sample).queries}
+    queries = _queries_by_name(names)
+    query_counts: dict[int, int] = {}
+    for site_id in Query.objects.values_list("camera__site_id", flat=True):
+        query_counts[site_id] = query_counts.get(site_id, 0) + 1
+    by_site: dict[int, list[dict[str, Any]]] = {}
+    for node in nodes:
+        by_site.setdefault(node.site_id, []).append(fleet_node_json(node, queries, now=now))
+    sites = []
+    for site in Site.objects.order_by("name"):
+        rows = sorted(by_site.get(site.pk, []), key=lambda row: (row["attention"], row["name"]))
+        sites.append({
+            "site": site, "nodes": rows, "online": sum(row["online"] for row in rows),
+            "attention": min((row["attention"] for row in rows), default=ATTENTION_IDLE),
+            "queries": query_counts.get(site.pk, 0),
+        })
+    sites.sort(key=lambda entry: (entry["attention"], entry["site"].name))
+    return sites

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from gemel_engine.runtime.protocol import MetricsReport, ProtocolError, list_schedulers
@@ -25,10 +26,15 @@ from webapp.errors import Conflict
 from webapp.live import group_send_on_commit
 from webapp.merges.models import MergeBundle
 from webapp.names import clean_name
+from webapp.workloads.models import Site
+from webapp.workloads.services import site_or_default
 
 logger = logging.getLogger(__name__)
 
 ALL_NODES_GROUP = "nodes"
+# The fleet channel (ALL_NODES_GROUP) has a summary of a box at most this often: a dashboard watching a hundred
+# boxes gets a few messages a second, not one per report of each (one box's monitor gets every report).
+FLEET_SUMMARY_SECONDS = 5.0
 # Statuses an agent may report for a deployment (docs/agent-protocol.md §4).
 REPORTABLE = (
     Deployment.Status.DOWNLOADING, Deployment.Status.LOADING, Deployment.Status.WARMING,
@@ -71,8 +77,11 @@ def agent_token_new() -> str:
     return AGENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def agent_token_create(*, name: str, user: AbstractBaseUser | None = None) -> tuple[AgentToken, str]:
-    """Create an agent token called ``name``; return the row and the plain token (shown this once only).
+def agent_token_create(
+    *, name: str, site: Site | None = None, user: AbstractBaseUser | None = None,
+) -> tuple[AgentToken, str]:
+    """Create an agent token called ``name`` for a box of ``site`` (the default site when None); return the row and
+    the plain token (shown this once only). The node it registers serves that site.
 
     Raises:
         ValidationError: an empty or over-long name.
@@ -80,7 +89,7 @@ def agent_token_create(*, name: str, user: AbstractBaseUser | None = None) -> tu
     name = clean_name(name, "agent token")
     plain = agent_token_new()
     token = AgentToken.objects.create(
-        name=name, token_hash=selectors.token_hash(plain), prefix=plain[:12],
+        name=name, site=site_or_default(site), token_hash=selectors.token_hash(plain), prefix=plain[:12],
         created_by=user if user is not None and user.is_authenticated else None,
     )
     return token, plain
@@ -120,9 +129,10 @@ def node_register(
 ) -> EdgeNode:
     """Create or update the node ``name`` for the agent holding ``token``; return it.
 
-    A node belongs to the token that first registered it: another token may take it over only once that
-    token is revoked (how an operator moves a node to a new agent). A token registers at most NODES_PER_TOKEN
-    nodes. The active deployment the agent reports is kept when it is one of this node's deployments.
+    A node belongs to the token that first registered it and serves that token's site: another token may take it
+    over only once that token is revoked (how an operator moves a node to a new agent, or to another site). A
+    token registers at most NODES_PER_TOKEN nodes. The active deployment the agent reports is kept when it is one
+    of this node's deployments.
 
     Raises:
         ValidationError: empty or over-long name, unknown device kind, negative sizes.
@@ -135,13 +145,16 @@ def node_register(
     if memory_total_bytes < 0 or (budget_bytes is not None and budget_bytes <= 0):
         raise ValidationError("memory sizes must be positive")
     _check_token_has_room(token, name)
-    node, _ = EdgeNode.objects.select_for_update().get_or_create(name=name, defaults={"token": token})
+    node, _ = EdgeNode.objects.select_for_update().get_or_create(
+        name=name, defaults={"token": token, "site_id": token.site_id}
+    )
     owner = node.token
     if owner is not None and owner.pk != token.pk and owner.revoked_at is None:
         raise PermissionDenied(
             f"node {name!r} belongs to another agent token ({owner.prefix}…); revoke that token to move the node"
         )
     node.token = token
+    node.site_id = token.site_id
     node.device_kind = device_kind
     node.device_name = device_name[:200]
     node.memory_total_bytes = memory_total_bytes
@@ -200,11 +213,14 @@ def deployment_create(
 
     Raises:
         ValidationError: the bundle is not deployable (a query misses its accuracy target; the reason is
-            in the message), the budget is not positive, or the scheduler is not one the engine knows.
+            in the message), it was made from another site's queries than the node serves, the budget is not
+            positive, or the scheduler is not one the engine knows.
     """
     if scheduler not in list_schedulers():
         raise ValidationError(f"unknown scheduler {scheduler!r}; known: {', '.join(list_schedulers())}")
-    ok, reason = selectors.bundle_deployable(bundle)
+    ok, reason = selectors.bundle_fits_node(bundle, node)
+    if ok:
+        ok, reason = selectors.bundle_deployable(bundle)
     if not ok:
         raise ValidationError(f"bundle cannot be deployed: {reason}")
     if budget_bytes is not None and budget_bytes <= 0:
@@ -319,7 +335,8 @@ def metrics_record(
     *, node: EdgeNode, at: datetime, deployment: int | None, simulated: bool, memory: dict[str, Any],
     queries: dict[str, Any],
 ) -> MetricSample:
-    """Store one metrics report of ``node`` and send it to the live monitor after commit; return the sample.
+    """Store one metrics report of ``node`` and send it to the node's live monitor after commit, and a summary of
+    the node to the fleet channel when its last one is FLEET_SUMMARY_SECONDS old; return the sample.
 
     The node keeps its newest samples: at most METRICS_RETENTION of them, and at most METRICS_RETENTION_BYTES
     of payload (a node sending large reports keeps fewer).
@@ -340,6 +357,13 @@ def metrics_record(
         payload=payload, payload_bytes=len(json.dumps(payload, separators=(",", ":"))),
     )
     _metrics_expire(node)
-    EdgeNode.objects.filter(pk=node.pk).update(last_seen_at=timezone.now())
-    _broadcast(node, "node.metrics", {"node": node.pk, "sample": selectors.sample_to_json(sample)})
+    now = timezone.now()
+    EdgeNode.objects.filter(pk=node.pk).update(last_seen_at=now, latest_sample=sample)
+    group_send_on_commit(node_group(node.pk), "node.metrics",
+                         {"node": node.pk, "sample": selectors.sample_to_json(sample)})
+    due = Q(summary_sent_at__isnull=True) | Q(summary_sent_at__lte=now - timedelta(seconds=FLEET_SUMMARY_SECONDS))
+    if EdgeNode.objects.filter(due, pk=node.pk).update(summary_sent_at=now):
+        group_send_on_commit(ALL_NODES_GROUP, "node.summary", {
+            "node": selectors.fleet_node_summary(node), "at": sample.at.isoformat(),
+        })
     return sample

@@ -11,21 +11,27 @@ from webapp.accounts.selectors import user_is_operator
 from webapp.api_types import database_id
 from webapp.edge import selectors
 from webapp.edge.models import EdgeNode
+from webapp.workloads.selectors import site_list
 
 
 @require_GET
 def deployments(request: HttpRequest) -> HttpResponse:
-    """Render bundles with a Deploy button per node (gated with the reason), live status, history,
-    rollback buttons and, for operators, the agent tokens."""
+    """Render bundles with a Deploy button per node of the bundle's site (gated with the reason), live status,
+    history, rollback buttons and, for operators, the agent tokens (each made for a site)."""
     nodes = list(selectors.nodes_list())
     history = selectors.deployment_history()
+    node_rows = [
+        {"node": n, "online": selectors.node_is_online(n), "rollback_to": selectors.node_rollback_target(n),
+         "serving_bundle": n.active_deployment.bundle_id if n.active_deployment else None}
+        for n in nodes
+    ]
+    bundles = selectors.bundles_for_deployment()
+    for row in bundles:  # a bundle deploys only to the boxes of the site whose queries it was made from
+        row["nodes"] = [n for n in node_rows if n["node"].site_id == row["bundle"].job.site_id]
     context = {
-        "nodes": [
-            {"node": n, "online": selectors.node_is_online(n), "rollback_to": selectors.node_rollback_target(n),
-             "serving_bundle": n.active_deployment.bundle_id if n.active_deployment else None}
-            for n in nodes
-        ],
-        "bundles": selectors.bundles_for_deployment(),
+        "nodes": node_rows,
+        "bundles": bundles,
+        "sites": list(site_list()),
         "history": history,
         "tokens": list(selectors.agent_tokens_list()) if user_is_operator(request.user) else [],
         "live_data": {

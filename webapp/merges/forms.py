@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 
 from webapp.merges.selectors import merge_strategies, merge_strategy_descriptions
-from webapp.workloads.selectors import queries_ready
+from webapp.workloads.selectors import queries_ready, site_list
 
 DEFAULT_STRATEGY = "gemel+"
 
@@ -37,7 +37,10 @@ class MergeJobStartForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["queries"].queryset = queries_ready()
+        self.fields["queries"].queryset = queries_ready().select_related("camera__site")
+        if site_list().count() > 1:  # a job is over one site's queries: say which site each is of
+            self.fields["queries"].label_from_instance = lambda query: f"{query.name} (site {query.camera.site.name})"
+            self.fields["all_ready"].help_text = "Every ready query of one site; or tick one site's queries below."
         strategies = merge_strategies()
         described = merge_strategy_descriptions()
         self.fields["strategy"].choices = [

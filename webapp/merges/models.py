@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from webapp.workloads.models import Query
+from webapp.workloads.models import Query, Site, default_site_id
 
 
 class MergeJob(models.Model):
@@ -25,6 +25,8 @@ class MergeJob(models.Model):
     # the point figures meet them; gemel_engine.accuracy.TargetTest).
     accept_confidence = models.FloatField(null=True, blank=True)
     queries = models.ManyToManyField(Query, related_name="merge_jobs")
+    # The site whose queries it merges (all of them are on its cameras); its bundles deploy to this site's boxes.
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, default=default_site_id, related_name="merge_jobs")
     # {query id: its name when the job started}: the names the job's bundles address their models by, so a
     # query renamed afterwards still finds its model (empty for jobs made before this was recorded).
     query_names = models.JSONField(default=dict, blank=True)

@@ -46,7 +46,7 @@ from webapp.merges.selectors import (
     merge_job_workdir,
     merge_strategies,
 )
-from webapp.workloads.models import Query
+from webapp.workloads.models import Query, Site
 from webapp.workloads.services import workload_export
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,23 @@ def _check_budget(budget_minutes: float | None) -> None:
         )
 
 
+def _one_site(queries: list[Query]) -> Site:
+    """Return the one site whose cameras ``queries`` watch.
+
+    Raises:
+        ValidationError: the queries watch cameras of several sites (each site is named with its queries).
+    """
+    by_site: dict[Site, list[str]] = {}
+    for query in queries:
+        by_site.setdefault(query.camera.site, []).append(query.name)
+    if len(by_site) > 1:
+        listed = "; ".join(f"{site.name}: {', '.join(sorted(names))}" for site, names in sorted(
+            by_site.items(), key=lambda item: item[0].name))
+        raise ValidationError(f"a merge job is over the queries of one site (its bundles serve that site's boxes); "
+                              f"these are of {len(by_site)} sites ({listed})")
+    return next(iter(by_site))
+
+
 def merge_job_start(
     *, queries: Iterable[Query], strategy: str, budget_minutes: float | None, user: AbstractBaseUser | AnonymousUser,
     accept_confidence: float | None = None,
@@ -81,8 +98,8 @@ def merge_job_start(
 
     Raises:
         ValidationError: unknown strategy, a budget that is not a positive number, an acceptance confidence
-            outside [0.5, 1), no queries, or queries that are not ready (their unmerged accuracy is not measured)
-            or cannot be exported.
+            outside [0.5, 1), no queries, queries of more than one site (a bundle serves one site's boxes),
+            or queries that are not ready (their unmerged accuracy is not measured) or cannot be exported.
     """
     chosen = list(queries)
     if strategy not in merge_strategies():
@@ -94,6 +111,7 @@ def merge_job_start(
         raise ValidationError({"accept_confidence": f"acceptance confidence: {exc}"}) from None
     if not chosen:
         raise ValidationError("choose at least one query")
+    site = _one_site(chosen)
     not_ready = sorted(query.name for query in chosen if query.status != Query.Status.READY)
     if not_ready:
         raise ValidationError(f"queries not ready (unmerged accuracy not measured): {', '.join(not_ready)}")
@@ -103,7 +121,7 @@ def merge_job_start(
     try:
         with transaction.atomic():
             job = MergeJob.objects.create(
-                strategy=strategy, budget_minutes=budget_minutes, accept_confidence=accept_confidence,
+                site=site, strategy=strategy, budget_minutes=budget_minutes, accept_confidence=accept_confidence,
                 created_by=user if user.is_authenticated else None, celery_task_id=str(uuid.uuid4()),
                 query_names={str(query.pk): query.name for query in chosen},
             )

@@ -22,14 +22,25 @@ from webapp.accounts.permissions import api_require_operator
 from webapp.api_types import MAX_IDS, DbId, Detail
 from webapp.workloads import selectors, services
 from webapp.workloads.engine import camera_classes, camera_labels, query_chance_shortfall
-from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, TrainingRun, WorkloadAnalysis
+from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, Site, TrainingRun, WorkloadAnalysis
 from webapp.workloads.uploads import refuse_oversized_upload
 
 router = Router(tags=["workloads"])
 
 
+class SiteIn(Schema):
+    name: str = Field(..., max_length=100)
+
+
+class SiteOut(Schema):
+    id: int
+    name: str
+    created_at: datetime
+
+
 class CameraIn(Schema):
     name: str
+    site: DbId | None = Field(None, description="the camera's site (default: the default site)")
     source: str
     fps: float = 10.0
     width: int = 64
@@ -38,6 +49,7 @@ class CameraIn(Schema):
 
 class CameraPatch(Schema):
     name: str | None = None
+    site: DbId | None = Field(None, description="move the camera to this site (only while no query watches it)")
     source: str | None = None
     fps: float | None = None
     width: int | None = None
@@ -47,6 +59,7 @@ class CameraPatch(Schema):
 class CameraOut(Schema):
     id: int
     name: str
+    site: int
     source: str
     fps: float
     width: int
@@ -167,8 +180,9 @@ def _camera_out(camera: Camera) -> dict[str, Any]:
     from django.urls import reverse
 
     return {
-        "id": camera.pk, "name": camera.name, "source": camera.source, "fps": camera.fps, "width": camera.width,
-        "height": camera.height, "sampling": camera.sampling or {}, "created_at": camera.created_at,
+        "id": camera.pk, "name": camera.name, "site": camera.site_id, "source": camera.source, "fps": camera.fps,
+        "width": camera.width, "height": camera.height, "sampling": camera.sampling or {},
+        "created_at": camera.created_at,
         "thumbnail_url": reverse("camera_thumbnail", args=[camera.pk]) if camera.thumbnail else None,
         "labels": camera_labels(camera), "classes": list(camera_classes(camera)),
     }
@@ -192,6 +206,22 @@ def _analysis_out(analysis: WorkloadAnalysis) -> dict[str, Any]:
     }
 
 
+# --- sites ---------------------------------------------------------------------------------------------
+
+
+@router.get("/sites", response=list[SiteOut])
+def list_sites(request: HttpRequest) -> list[Site]:
+    """List the sites."""
+    return list(selectors.site_list())
+
+
+@router.post("/sites", response={201: SiteOut, 400: Detail, 403: Detail})
+def create_site(request: HttpRequest, payload: SiteIn) -> Status:
+    """Add a site."""
+    api_require_operator(request)
+    return Status(201, services.site_create(name=payload.name))
+
+
 # --- cameras -------------------------------------------------------------------------------------------
 
 
@@ -211,7 +241,9 @@ def get_camera(request: HttpRequest, camera_id: int) -> dict[str, Any]:
 def create_camera(request: HttpRequest, payload: CameraIn) -> Status:
     """Register a camera (its source is checked and its first frame decoded)."""
     api_require_operator(request)
-    return Status(201, _camera_out(services.camera_register(**payload.dict())))
+    fields = payload.dict()
+    fields["site"] = selectors.site_by_id(fields["site"])
+    return Status(201, _camera_out(services.camera_register(**fields)))
 
 
 @router.patch("/cameras/{camera_id}", response={200: CameraOut, 400: Detail, 403: Detail, 404: Detail})
@@ -219,7 +251,10 @@ def update_camera(request: HttpRequest, camera_id: int, payload: CameraPatch) ->
     """Change a camera."""
     api_require_operator(request)
     camera = get_object_or_404(Camera, pk=camera_id)
-    return _camera_out(services.camera_update(camera=camera, **payload.dict(exclude_unset=True)))
+    fields = payload.dict(exclude_unset=True)
+    if "site" in fields:
+        fields["site"] = selectors.site_by_id(fields["site"])
+    return _camera_out(services.camera_update(camera=camera, **fields))
 
 
 @router.delete("/cameras/{camera_id}", response={204: None, 400: Detail, 403: Detail, 404: Detail})

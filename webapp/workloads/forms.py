@@ -10,13 +10,23 @@ from django import forms
 from gemel_engine import zoo
 from gemel_engine.data.synthetic import CLASSES
 from gemel_engine.queries import TASK_KINDS
-from webapp.workloads.models import Camera, ModelEntry, Query
+from webapp.workloads.models import Camera, ModelEntry, Query, Site
+
+
+class SiteForm(forms.Form):
+    """Add a site."""
+
+    name = forms.CharField(max_length=100, help_text="a place with its own cameras and edge boxes: a junction, a store")
 
 
 class CameraForm(forms.Form):
     """Register or edit a camera."""
 
     name = forms.CharField(max_length=100)
+    site = forms.ModelChoiceField(
+        queryset=Site.objects.all(), required=False, empty_label="default",
+        help_text="where the camera is: its queries are merged with that site's queries and deployed to its boxes",
+    )
     source = forms.CharField(
         max_length=500, strip=False,
         help_text="synthetic://name?seed=1&width=160&height=120&frames=600, rtsp://…, http(s)://…, "

@@ -5,12 +5,35 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+DEFAULT_SITE = "default"
+
+
+class Site(models.Model):
+    """A place with its own cameras and the edge boxes that watch them (a junction, a store): a merge job is over
+    one site's queries, and its bundles deploy only to that site's boxes."""
+
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def default_site_id() -> int:
+    """Return the id of the default site, creating it the first time (the default of every site field: a row made
+    without naming a site belongs to it)."""
+    return Site.objects.get_or_create(name=DEFAULT_SITE)[0].pk
+
 
 class Camera(models.Model):
-    """A video source the edge box watches."""
+    """A video source the edge boxes of its site watch."""
 
     # Operator-chosen name; any text (rendered escaped everywhere).
     name = models.CharField(max_length=100, unique=True)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, default=default_site_id, related_name="cameras")
     # Source URI: synthetic://..., rtsp://..., http(s)://..., file:// or a path inside an allowed root.
     source = models.CharField(max_length=500)
     fps = models.FloatField(default=10.0)

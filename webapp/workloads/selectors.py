@@ -9,12 +9,31 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 
 from webapp.workloads.engine import query_chance_shortfall
-from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, TrainingRun, WorkloadAnalysis
+from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, Site, TrainingRun, WorkloadAnalysis
 
 
 def camera_list() -> QuerySet[Camera]:
-    """Return every camera with ``query_count`` annotated, by name."""
-    return Camera.objects.annotate(query_count=Count("queries")).order_by("name")
+    """Return every camera with ``query_count`` annotated and its site, by name."""
+    return Camera.objects.select_related("site").annotate(query_count=Count("queries")).order_by("name")
+
+
+def site_list() -> QuerySet[Site]:
+    """Return every site by name."""
+    return Site.objects.order_by("name")
+
+
+def site_by_id(site_id: int | None) -> Site | None:
+    """Return the site ``site_id`` names (None for None).
+
+    Raises:
+        ValidationError: no site has that id.
+    """
+    if site_id is None:
+        return None
+    site = Site.objects.filter(pk=site_id).first()
+    if site is None:
+        raise ValidationError({"site": f"no site with id {site_id}"})
+    return site
 
 
 def training_run_list(limit: int = 20) -> QuerySet[TrainingRun]:

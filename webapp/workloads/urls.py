@@ -5,6 +5,7 @@ from django.urls import URLPattern, path
 from webapp.workloads import views
 
 urlpatterns: list[URLPattern] = [
+    path("sites/new/", views.site_create, name="site_create"),
     path("cameras/", views.cameras, name="cameras"),
     path("cameras/new/", views.camera_create, name="camera_create"),
     path("cameras/<int:pk>/edit/", views.camera_edit, name="camera_edit"),

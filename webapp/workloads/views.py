@@ -27,6 +27,7 @@ from webapp.workloads.forms import (
     ModelRenameForm,
     ModelUploadForm,
     QueryForm,
+    SiteForm,
     TrainingForm,
 )
 from webapp.workloads.models import Camera, ModelEntry, Query
@@ -66,10 +67,11 @@ def camera_thumbnail(request: HttpRequest, pk: int) -> FileResponse:
 
 def _form_page(
     request: HttpRequest, form: forms.Form, save: Callable[[], Any], *, title: str, submit: str, done: str,
-    multipart: bool = False,
+    multipart: bool = False, then: str = "cameras",
 ) -> HttpResponse:
-    """Run ``save`` for a valid POSTed form (a service's refusal goes back into the form, under the field it is
-    about) or render the form: 400 for a POST that was refused, with what is wrong under each field."""
+    """Run ``save`` for a valid POSTed form and go to the page ``then`` names (a service's refusal goes back into
+    the form, under the field it is about) or render the form: 400 for a POST that was refused, with what is
+    wrong under each field."""
     if request.method == "POST" and form.is_valid():
         try:
             save()
@@ -77,7 +79,7 @@ def _form_page(
             add_service_error(form, exc)
         else:
             messages.success(request, done)
-            return redirect("cameras")
+            return redirect(then)
     return render(request, "workloads/form.html", {
         "form": form, "title": title, "submit": submit, "multipart": multipart,
     }, status=400 if request.method == "POST" else 200)
@@ -100,6 +102,15 @@ def _confirm_delete(
 
 @operator_required
 @require_http_methods(["GET", "POST"])
+def site_create(request: HttpRequest) -> HttpResponse:
+    """Add a site (its boxes register with agent tokens made for it; its cameras are registered into it)."""
+    form = SiteForm(request.POST or None)
+    return _form_page(request, form, lambda: services.site_create(**form.cleaned_data), title="Add a site",
+                      submit="Add site", done="Site added.", then="overview")
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
 def camera_create(request: HttpRequest) -> HttpResponse:
     """Register a camera."""
     form = CameraForm(request.POST or None)
@@ -112,8 +123,8 @@ def camera_create(request: HttpRequest) -> HttpResponse:
 def camera_edit(request: HttpRequest, pk: int) -> HttpResponse:
     """Edit a camera."""
     camera = get_object_or_404(Camera, pk=pk)
-    initial = {"name": camera.name, "source": camera.source, "fps": camera.fps, "width": camera.width,
-               "height": camera.height}
+    initial = {"name": camera.name, "site": camera.site_id, "source": camera.source, "fps": camera.fps,
+               "width": camera.width, "height": camera.height}
     form = CameraForm(request.POST or None, initial=initial)
     return _form_page(request, form, lambda: services.camera_update(camera=camera, **form.cleaned_data),
                       title=f"Edit camera {camera.name}", submit="Save camera", done="Camera saved.")

@@ -19,6 +19,7 @@ from webapp.workloads.services.queries import (
     query_measure_pending,
     query_update,
 )
+from webapp.workloads.services.sites import site_create, site_default, site_or_default
 from webapp.workloads.services.training import training_run, training_start
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "query_measure",
     "query_measure_pending",
     "query_update",
+    "site_create",
+    "site_default",
+    "site_or_default",
     "training_run",
     "training_start",
     "workload_analyze",

@@ -22,9 +22,10 @@ from gemel_engine.workload import check_annotations
 from webapp.field_errors import about
 from webapp.names import clean_name
 from webapp.workloads.engine import SAMPLING_KEYS, camera_spec
-from webapp.workloads.models import Camera
+from webapp.workloads.models import Camera, Site
 from webapp.workloads.services.common import check_unique_name, delete_media_on_commit, delete_unused
 from webapp.workloads.services.queries import query_remeasure
+from webapp.workloads.services.sites import site_or_default
 from webapp.workloads.sources import first_frame, source_normalize, thumbnail_png
 
 _MIN_SIDE, _MAX_SIDE = 16, 2048
@@ -63,9 +64,10 @@ def _store_thumbnail(camera: Camera, image: Any) -> None:
 
 def camera_register(
     *, name: str, source: str, fps: float = 10.0, width: int = 64, height: int = 64,
-    sampling: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None, site: Site | None = None,
 ) -> Camera:
-    """Register a camera after checking its source and decoding its first frame (kept as a thumbnail).
+    """Register a camera of ``site`` (the default site when None) after checking its source and decoding its
+    first frame (kept as a thumbnail).
 
     The probe runs before the transaction, so a slow stream never holds the database's write lock.
 
@@ -82,7 +84,8 @@ def camera_register(
     _check_camera_numbers(fps=fps, width=width, height=height)
     with about("source"):
         source = source_normalize(source)
-    camera = Camera(name=name, source=source, fps=fps, width=width, height=height, sampling=_check_sampling(sampling))
+    camera = Camera(name=name, site=site_or_default(site), source=source, fps=fps, width=width, height=height,
+                    sampling=_check_sampling(sampling))
     with about("source"):
         image = first_frame(source, fps=fps)
     _store_thumbnail(camera, image)
@@ -99,10 +102,11 @@ def camera_register(
 
 def camera_update(
     *, camera: Camera, name: str | None = None, source: str | None = None, fps: float | None = None,
-    width: int | None = None, height: int | None = None,
+    width: int | None = None, height: int | None = None, site: Site | None = None,
 ) -> Camera:
-    """Change a camera's name, source, rate or frame size; a new source is checked and probed again (before the
-    transaction, so a slow stream never holds the database's write lock).
+    """Change a camera's name, site, source, rate or frame size; a new source is checked and probed again (before
+    the transaction, so a slow stream never holds the database's write lock). A camera moves to another site only
+    while no query watches it (a query's merge jobs and deployments stay with the site it was made in).
 
     Queries of the camera go back to pending (and are measured again) when its frames change.
 
@@ -110,8 +114,12 @@ def camera_update(
         The saved camera.
 
     Raises:
-        ValidationError: as for ``camera_register``.
+        ValidationError: as for ``camera_register``; a new site for a camera that queries watch.
     """
+    if site is not None and site.pk != camera.site_id and camera.queries.exists():
+        users = ", ".join(camera.queries.order_by("name").values_list("name", flat=True)[:5])
+        raise ValidationError({"site": f"camera {camera.name!r} is watched by queries ({users}) made in site "
+                                       f"{camera.site.name!r}; delete them before moving it to {site.name!r}"})
     with about("name"):
         new_name = camera.name if name is None else clean_name(name, "camera")
     fps = camera.fps if fps is None else fps
@@ -133,6 +141,8 @@ def camera_update(
             _store_thumbnail(camera, image)
             camera.source = source
         camera.name, camera.fps, camera.width, camera.height = new_name, fps, width, height
+        if site is not None:
+            camera.site = site
         if frames_change:
             camera.test_start_frame = None  # found again when its queries are measured
         camera.full_clean()

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from webapp.workloads.models import Camera, ModelEntry, Query
+from webapp.workloads.models import Camera, ModelEntry, Query, Site
 
 # Longest latency bound a query may have: an hour.
 MAX_SLO_MS = 3_600_000.0
@@ -19,7 +19,9 @@ def delete_media_on_commit(name: str) -> None:
     transaction.on_commit(lambda: default_storage.delete(name) if default_storage.exists(name) else None)
 
 
-def check_unique_name(model: type[Camera | ModelEntry | Query], name: str, *, exclude: int | None = None) -> None:
+def check_unique_name(
+    model: type[Camera | ModelEntry | Query | Site], name: str, *, exclude: int | None = None,
+) -> None:
     """Refuse a ``name`` another row of ``model`` (other than ``exclude``) already has.
 
     Raises:
