@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from webapp.embedded_redis import EmbeddedRedis
-from webapp.stack import ManagedProcess, celery_worker_command, child_environment, daphne_command
+from webapp.stack import ManagedProcess, child_environment, daphne_command, worker_processes
 
 AGENT_NODE = "edge-local"
 # Printed at start under DEBUG: what this is, and where production's settings are written down.
@@ -34,7 +34,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--agent-metrics-port", default=os.environ.get("GEMEL_AGENT_METRICS_PORT"),
                         help="serve the agent's Prometheus metrics on this port")
     parser.add_argument("--no-agent", action="store_true", help="do not start the local edge agent")
-    return parser.parse_args(argv)
+    parser.add_argument("--merge-workers", type=int, default=int(os.environ.get("GEMEL_MERGE_WORKERS", "2")),
+                        help="Celery workers taking merge jobs (one job each at a time) and measurements")
+    args = parser.parse_args(argv)
+    if args.merge_workers < 1:
+        parser.error("--merge-workers (GEMEL_MERGE_WORKERS) must be at least 1")
+    return args
 
 
 def _setup_django() -> None:
@@ -86,12 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{args.host}:{args.port}/"
     processes = [
         ManagedProcess("web (daphne)", daphne_command(args.host, args.port), env, logs / "daphne.log"),
-        # Two workers: a demo build holds only its own, so merges and measurements go on meanwhile.
-        ManagedProcess("worker (merges, measurements)", celery_worker_command(
-            queues=(settings.QUEUE_MERGE, settings.QUEUE_MEASURE, settings.CELERY_TASK_DEFAULT_QUEUE), name="worker"),
-            env, logs / "worker.log"),
-        ManagedProcess("worker (demo builds, measurements)", celery_worker_command(
-            queues=(settings.QUEUE_DEMO, settings.QUEUE_MEASURE), name="builder"), env, logs / "builder.log"),
+        *worker_processes(env, logs, merge_workers=args.merge_workers),
     ]
     if not args.no_agent:
         token = _agent_token(Path(settings.DATA_DIR) / "agent" / "token")

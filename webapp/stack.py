@@ -77,6 +77,25 @@ def celery_worker_command(*, queues: Sequence[str] = ALL_QUEUES, name: str = "wo
     ]
 
 
+def worker_processes(env: Mapping[str, str], logs: Path, *, merge_workers: int) -> list[ManagedProcess]:
+    """Return the Celery workers of one machine, not started: ``merge_workers`` workers taking merge jobs and
+    measurements (several jobs run at once, one a worker, each holding its claim), and a builder taking demo builds
+    and training runs, and measurements too: a long build holds only the builder, so measurements and merges go
+    on meanwhile. Several workers on one machine wait for OpenMP passively instead of spinning on shared cores."""
+    env = {**env}
+    if merge_workers > 1:
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    general = (settings.QUEUE_MERGE, settings.QUEUE_MEASURE, settings.CELERY_TASK_DEFAULT_QUEUE)
+    workers = [
+        ManagedProcess(f"worker {i} (merges, measurements)", celery_worker_command(queues=general, name=f"worker{i}"),
+                       env, logs / f"worker{i}.log")
+        for i in range(1, merge_workers + 1)
+    ]
+    builder = ManagedProcess("builder (demo builds, training, measurements)", celery_worker_command(
+        queues=(settings.QUEUE_DEMO, settings.QUEUE_MEASURE), name="builder"), env, logs / "builder.log")
+    return [*workers, builder]
+
+
 @dataclass
 class ManagedProcess:
     """A child process with a name, its log file and a readiness probe."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from tests.webapp.test_workloads_factories import make_camera, make_model, make_query, measured, synthetic_source
 from webapp.merges.models import MergeBundle, MergeJob
-from webapp.workloads.models import Query
+from webapp.workloads.models import Query, Site
 
 # Three small architectures whose layers match in several groups: the `gemel` search runs a handful of rounds.
 FIVE_ROUNDS = ("mobilenet_v3_small", "mobilenet_v2", "mobilenet_v3_large")
@@ -21,16 +21,21 @@ THREE_ROUNDS = ("mobilenet_v3_small", "mobilenet_v3_small", "mobilenet_v2")
 EASY_UNMERGED_ACCURACY = 1e-6
 
 
-def make_ready_queries(archs: Sequence[str] = THREE_ROUNDS, *, names: Sequence[str] | None = None) -> list[Query]:
-    """Return ready queries on one short synthetic camera, one model of each of ``archs`` (seeded weights)."""
-    camera = make_camera(
-        "north", source=synthetic_source("north", frames=200),
-        sampling={"every": 2, "val_fraction": 0.3, "gap_seconds": 1.0},
+def make_ready_queries(
+    archs: Sequence[str] = THREE_ROUNDS, *, names: Sequence[str] | None = None, camera: str = "north",
+    site: Site | None = None,
+) -> list[Query]:
+    """Return ready queries on one short synthetic camera (of ``site``; the default site when None), one model of
+    each of ``archs`` (seeded weights)."""
+    fields = {} if site is None else {"site": site}
+    watched = make_camera(
+        camera, source=synthetic_source(camera, frames=200),
+        sampling={"every": 2, "val_fraction": 0.3, "gap_seconds": 1.0}, **fields,
     )
-    names = list(names or [f"q{i}_{arch}" for i, arch in enumerate(archs)])
+    names = list(names or [f"{'' if camera == 'north' else camera + '_'}q{i}_{arch}" for i, arch in enumerate(archs)])
     return [
         make_query(
-            name, camera=camera, model=make_model(f"model-{i}", arch=arch),
+            name, camera=watched, model=make_model(f"{'' if camera == 'north' else camera + '-'}model-{i}", arch=arch),
             unmerged_accuracy=EASY_UNMERGED_ACCURACY, chance_accuracy=0.5,
         )
         for i, (name, arch) in enumerate(zip(names, archs, strict=True))

@@ -136,6 +136,36 @@ async def test_it_runs_a_job_on_a_real_worker_and_streams_its_progress(operator,
 
 
 @TRANSACTIONAL
+def test_two_merge_jobs_of_different_sites_run_at_once_on_two_workers(operator, start_worker):
+    from webapp.workloads.services import site_create
+
+    depot = site_create(name="depot")
+    workers = [start_worker("merge-a"), start_worker("merge-b")]  # both idle first: each takes one job, not both
+    jobs = [
+        merge_job_start(queries=make_ready_queries(FIVE_ROUNDS), strategy="gemel", budget_minutes=None, user=operator),
+        merge_job_start(queries=make_ready_queries(FIVE_ROUNDS, camera="gate", site=depot), strategy="gemel",
+                        budget_minutes=None, user=operator),
+    ]
+    both_running = {}
+
+    def running_together() -> bool:
+        rows = list(MergeJob.objects.filter(pk__in=[job.pk for job in jobs]))
+        if all(row.status == Status.RUNNING and row.bundles.exists() for row in rows):
+            both_running.update({row.pk: row.worker for row in rows})
+            return True
+        return False
+
+    _wait_for(running_together, timeout=240, what="both jobs to run and accept a configuration at once",
+              worker=workers[0])
+    assert len(set(both_running.values())) == 2  # each on its own worker, holding its own claim
+    for job in jobs:
+        _wait_for(lambda job=job: _finished(job.pk), timeout=300, what=f"job {job.pk} to finish", worker=workers[1])
+        job.refresh_from_db()
+        assert job.status == Status.SUCCEEDED, job.error
+    assert {job.site.name for job in jobs} == {"default", "depot"}
+
+
+@TRANSACTIONAL
 def test_it_resumes_a_job_from_its_checkpoint_after_its_worker_is_killed(operator, start_worker):
     job = merge_job_start(queries=make_ready_queries(FIVE_ROUNDS), strategy="gemel", budget_minutes=None, user=operator)
     first = start_worker("merge-a")
