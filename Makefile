@@ -6,7 +6,7 @@ REQUIREMENTS_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQUIREMENTS_HASH)
 DEMO_DIR ?= var/demo
 STRATEGY ?= gemel+
-DEMO_SCALE ?= small
+DEMO_SCALE ?= tiny,small
 STRESS_TESTS ?= tests/webapp
 STRESS_ROUNDS ?= 3
 

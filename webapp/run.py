@@ -28,8 +28,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m webapp.run", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("GEMEL_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GEMEL_PORT", "8000")))
-    parser.add_argument("--demo-scale", default=os.environ.get("DEMO_SCALE", "small"),
-                        help="demo workload built in the background (tiny, mix, small; 'none' to skip)")
+    parser.add_argument("--demo-scale", default=os.environ.get("DEMO_SCALE", "tiny,small"),
+                        help="demo workloads built in the background, in this order (tiny, mix, small, hard, paper, "
+                        "comma-separated; 'none' to skip)")
     parser.add_argument("--agent-budget-mb", type=int, default=int(os.environ.get("GEMEL_AGENT_BUDGET_MB", "512")))
     parser.add_argument("--agent-metrics-port", default=os.environ.get("GEMEL_AGENT_METRICS_PORT"),
                         help="serve the agent's Prometheus metrics on this port")
@@ -39,6 +40,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.merge_workers < 1:
         parser.error("--merge-workers (GEMEL_MERGE_WORKERS) must be at least 1")
+    from gemel_engine.demo import SCALES
+
+    args.demo_scales = [] if args.demo_scale.strip() == "none" else [
+        scale.strip() for scale in args.demo_scale.split(",") if scale.strip()]
+    unknown = [scale for scale in args.demo_scales if scale not in SCALES]
+    if unknown:
+        parser.error(f"unknown demo scale(s) {', '.join(unknown)}; known: {', '.join(SCALES)}, or none")
     return args
 
 
@@ -119,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         web.start().wait_for_http(f"{url}healthz", timeout=60)
         for process in others:
             process.start()
-        if args.demo_scale != "none":
-            from webapp.workloads.services import demo_seed_start
+        from webapp.workloads.services import demo_seed_start
 
-            demo_seed_start(scale=args.demo_scale)
-            print(f"demo       building the {args.demo_scale!r} workload in the background (see the Cameras page)")
+        for scale in args.demo_scales:  # one builder takes them in this order: the quick one is ready first
+            demo_seed_start(scale=scale)
+        if args.demo_scales:
+            print(f"demo       building {' then '.join(map(repr, args.demo_scales))} in the background (see the "
+                  "Overview)")
         print(f"logs       {logs}/")
         print(f"dashboard  {url}")
         if settings.DEBUG:

@@ -11,6 +11,7 @@ import gemel_engine
 from gemel_engine import zoo
 from webapp.body_limit import refusal_body, request_body_limit_message
 from webapp.edge import selectors as edge_selectors
+from webapp.onboarding import next_step
 from webapp.workloads import selectors as workload_selectors
 
 
@@ -46,6 +47,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "fleet": fleet, "fleet_nodes": any(entry["nodes"] for entry in fleet),
         "fleet_empty_sites": [entry for entry in fleet if not entry["nodes"]],
         "fleet_data": {"offline_after_s": edge_selectors.node_offline_after().total_seconds()},
+        "guide": next_step(),
     }
     return render(request, "overview.html", context)
 

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.urls import reverse
 
@@ -19,18 +20,39 @@ from webapp.workloads.services import demo_seed
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def built_tiny_demo(settings) -> Path:
-    """Write the tiny demo's workload.json with untrained weights, as a finished build leaves it (no training)."""
-    spec = SCALES["tiny"]
-    out = Path(settings.MEDIA_ROOT) / "demo" / "tiny"
+def _write_built_demo(scale: str) -> Path:
+    """Write the ``scale`` demo's workload.json with untrained weights, as a finished build leaves it (no
+    training)."""
+    spec = SCALES[scale]
+    out = Path(settings.MEDIA_ROOT) / "demo" / scale
     entries = []
     for i, entry in enumerate(spec.queries):
         path = write_weights(out / "weights" / f"{entry.name}.safetensors", arch=entry.query.arch,
                              num_classes=entry.query.task.num_outputs)
         entries.append(dataclasses.replace(entry, weights=str(path.relative_to(out)), unmerged_accuracy=0.8 + i / 100,
                                            chance_accuracy=0.5, unmerged_test=Measurement(0.75, 0.7, 0.8, 200)))
-    return Workload("tiny", spec.cameras, tuple(entries), out).save(out / "workload.json")
+    return Workload(scale, spec.cameras, tuple(entries), out).save(out / "workload.json")
+
+
+@pytest.fixture
+def built_tiny_demo(settings) -> Path:
+    """The tiny demo, built (untrained weights)."""
+    return _write_built_demo("tiny")
+
+
+def test_a_second_demo_whose_camera_names_another_demo_took_registers_under_its_scales_prefix(built_tiny_demo):
+    from webapp.workloads.services.demo import demo_name_prefix
+
+    _write_built_demo("mix")  # cameras north, east and south, as tiny's north and east but other scenes
+    assert demo_seed(scale="tiny").status == DemoSeed.Status.READY
+    assert demo_name_prefix("mix") == "mix_" and demo_name_prefix("tiny") == ""
+    assert demo_seed(scale="mix").status == DemoSeed.Status.READY
+    cameras = sorted(Camera.objects.values_list("name", flat=True))
+    assert cameras == ["east", "mix_east", "mix_north", "mix_south", "north"]
+    assert Query.objects.filter(name="mix_south_traffic", camera__name="mix_south").exists()
+    assert Query.objects.get(name="north_vehicles").camera.name == "north"  # tiny's rows are untouched
+    assert demo_seed(scale="mix").status == DemoSeed.Status.READY  # a rerun reuses the prefixed rows
+    assert Query.objects.count() == 3 + 6
 
 
 def test_it_registers_a_built_demo_as_ready_queries_and_reuses_them_on_a_rerun(built_tiny_demo):

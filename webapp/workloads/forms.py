@@ -10,7 +10,7 @@ from django import forms
 from gemel_engine import zoo
 from gemel_engine.data.synthetic import CLASSES
 from gemel_engine.queries import TASK_KINDS
-from webapp.workloads.models import Camera, ModelEntry, Query, Site
+from webapp.workloads.models import Camera, ModelEntry, Query, Site, default_site_id
 
 
 class SiteForm(forms.Form):
@@ -24,7 +24,7 @@ class CameraForm(forms.Form):
 
     name = forms.CharField(max_length=100)
     site = forms.ModelChoiceField(
-        queryset=Site.objects.all(), required=False, empty_label="default",
+        queryset=Site.objects.all(), required=False, empty_label=None,
         help_text="where the camera is: its queries are merged with that site's queries and deployed to its boxes",
     )
     source = forms.CharField(
@@ -35,6 +35,12 @@ class CameraForm(forms.Form):
     fps = forms.FloatField(initial=10.0, min_value=0.01, max_value=1000, label="Frames per second")
     width = forms.IntegerField(initial=64, min_value=16, max_value=2048, help_text="frame width given to the models")
     height = forms.IntegerField(initial=64, min_value=16, max_value=2048, help_text="frame height given to the models")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["site"].queryset = Site.objects.order_by("name")
+        if not self.is_bound and "site" not in self.initial:
+            self.initial["site"] = default_site_id()
 
 
 class CameraAnnotationsForm(forms.Form):

@@ -117,14 +117,29 @@ def demo_seed(*, scale: str) -> DemoSeed:
     return DemoSeed.objects.get(scale=scale)
 
 
+def demo_name_prefix(scale: str) -> str:
+    """Return what the dashboard puts before the names of the demo ``scale``'s cameras, models and queries: nothing,
+    unless a camera of another demo scale, registered before, already has one of its cameras' names (``tiny`` and
+    ``small`` both have a ``north`` camera, for instance); then ``"<scale>_"`` for all of them."""
+    others = {(camera.name, camera.source) for name, other in DEMO_SCALES.items() if name != scale
+              for camera in other.cameras}
+    for camera in DEMO_SCALES[scale].cameras:
+        taken = Camera.objects.filter(name=camera.name).exclude(source=camera.source).values_list("source", flat=True)
+        if any((camera.name, source) in others for source in taken):
+            return f"{scale}_"
+    return ""
+
+
 def _demo_build(scale: str) -> None:
     spec = DEMO_SCALES[scale]
     out_dir = _demo_dir(scale)
     cameras = {camera.name: camera for camera in spec.cameras}
     registered: set[str] = set()
+    prefix = demo_name_prefix(scale)
 
     def register(entry: QueryEntry, train_frame_seconds: float | None = None) -> None:
-        _demo_register(entry, cameras[entry.query.camera], out_dir, train_frame_seconds=train_frame_seconds)
+        _demo_register(entry, cameras[entry.query.camera], out_dir, prefix=prefix,
+                       train_frame_seconds=train_frame_seconds)
         registered.add(entry.name)
         _seed_progress(scale, queries_registered=len(registered), detail=f"registered {entry.name}")
 
@@ -153,32 +168,33 @@ def _demo_build(scale: str) -> None:
 
 
 def _demo_register(
-    entry: QueryEntry, spec: CameraSpec, out_dir: Path, *, train_frame_seconds: float | None = None
+    entry: QueryEntry, spec: CameraSpec, out_dir: Path, *, prefix: str, train_frame_seconds: float | None = None
 ) -> Query:
-    """Register (or reuse) the camera, model and query of one trained demo query, with the seconds per training
-    frame the build measured (None when it was not trained by this build)."""
-    camera = Camera.objects.filter(name=spec.name).first()
+    """Register (or reuse) the camera, model and query of one trained demo query, each named with ``prefix``, with
+    the seconds per training frame the build measured (None when it was not trained by this build)."""
+    camera_name, name = prefix + spec.name, prefix + entry.name
+    camera = Camera.objects.filter(name=camera_name).first()
     if camera is None:
         _, scene = synthetic_config(spec.source)
         size = spec.sampling.size or (scene.width, scene.height)
         sampling = {key: value for key, value in spec.sampling.to_json().items() if key != "size" and value is not None}
         camera = camera_register(
-            name=spec.name, source=spec.source, fps=scene.fps, width=size[0], height=size[1],
+            name=camera_name, source=spec.source, fps=scene.fps, width=size[0], height=size[1],
             sampling={
                 **sampling, "val_fraction": spec.val_fraction, "test_fraction": spec.test_fraction,
                 "gap_seconds": spec.gap_seconds,
             },
         )
     elif camera.source != spec.source:
-        raise ValidationError(f"a camera called {spec.name!r} exists with another source; rename it to seed the demo")
-    model = ModelEntry.objects.filter(name=entry.name).first() or model_register_file(
-        name=entry.name, arch=entry.query.arch, path=out_dir / str(entry.weights), builder_args=entry.recipe_args()
+        raise ValidationError(f"a camera called {camera_name!r} exists with another source; rename it to seed the demo")
+    model = ModelEntry.objects.filter(name=name).first() or model_register_file(
+        name=name, arch=entry.query.arch, path=out_dir / str(entry.weights), builder_args=entry.recipe_args()
     )
-    query = Query.objects.filter(name=entry.name).first()
+    query = Query.objects.filter(name=name).first()
     if query is not None:
         return query
     return Query.objects.create(
-        name=entry.name, camera=camera, model=model, task=entry.query.task.to_json(),
+        name=name, camera=camera, model=model, task=entry.query.task.to_json(),
         target_fraction=entry.query.target.relative or 0.95, status=Query.Status.READY,
         unmerged_accuracy=entry.unmerged_accuracy, chance_accuracy=entry.chance_accuracy,
         unmerged_test=entry.unmerged_test.to_json() if entry.unmerged_test else None,
