@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.urls import reverse
 
 from webapp.edge.models import Deployment, EdgeNode
-from webapp.edge.selectors import bundle_deployable, bundle_fits_node, node_is_online
+from webapp.edge.selectors import IN_FLIGHT, bundle_deployable, node_is_online
 from webapp.merges.models import MergeBundle, MergeJob
 from webapp.units import mib
 from webapp.workloads.models import DemoSeed, Query
@@ -44,8 +44,7 @@ def _best_undeployed_bundle() -> tuple[MergeBundle, EdgeNode | None] | None:
     for bundle in bundles:
         if not bundle_deployable(bundle)[0]:
             continue
-        boxes = [node for node in EdgeNode.objects.filter(site=bundle.job.site_id).select_related("site")
-                 if bundle_fits_node(bundle, node)[0]]
+        boxes = EdgeNode.objects.filter(site=bundle.job.site_id).order_by("name")  # the boxes it may deploy to
         online = next((node for node in boxes if node_is_online(node)), None)
         return bundle, online
     return None
@@ -62,7 +61,7 @@ def next_step() -> Guide:
                      f"{mib(bundle.saved_param_bytes)}: watch its memory, frame rate, drops and accuracy live. The "
                      "Attention column below flags any query starved or below its target.",
                      f"{reverse('monitor')}?node={serving.pk}", f"Watch {serving.name} live")
-    in_flight = Deployment.objects.filter(status__in=("pending", "downloading", "loading", "warming")).first()
+    in_flight = Deployment.objects.filter(status__in=IN_FLIGHT).first()
     if in_flight is not None:
         return Guide("deploy", f"Deployment #{in_flight.pk} is {in_flight.get_status_display()} on its box; it "
                      "serves once loaded and warmed up.", reverse("deployments"), "Follow it on Deployments")

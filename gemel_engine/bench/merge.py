@@ -190,8 +190,47 @@ def _paired_ratios(
 CHECKPOINTS = (0.25, 0.5, 1.0)
 
 
+def runs_file(out: Path) -> Path:
+    """Return where the benchmark writing ``out`` records each finished run as it ends (one JSON line each)."""
+    return out.with_name(out.name + ".runs.jsonl")
+
+
+def _run_key(workload: Workload, budget_minutes: float, round_steps: int) -> dict[str, Any]:
+    return {"workload": str(workload.root.resolve()), "budget_minutes": budget_minutes, "round_steps": round_steps}
+
+
+def _record_run(out: Path, workload: Workload, budget_minutes: float, round_steps: int, contender: str,
+                repeat: int, row: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with runs_file(out).open("a") as handle:
+        handle.write(json.dumps({**_run_key(workload, budget_minutes, round_steps), "contender": contender,
+                                 "repeat": repeat, "row": row}) + "\n")
+
+
+def finished_runs(out: Path, workload: Workload, budget_minutes: float, round_steps: int,
+                  ) -> dict[tuple[str, int], dict[str, Any]]:
+    """Return the runs an earlier, interrupted benchmark into ``out`` finished with the same workload, budget and
+    round steps, by (contender, repeat): a rerun keeps them and runs only the rest. Lines that do not parse (a
+    run cut while it was written) are ignored."""
+    key = _run_key(workload, budget_minutes, round_steps)
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    try:
+        lines = runs_file(out).read_text().splitlines()
+    except OSError:
+        return done
+    for line in lines:
+        try:
+            item = json.loads(line)
+            if all(item.get(name) == value for name, value in key.items()):
+                done[(str(item["contender"]), int(item["repeat"]))] = dict(item["row"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
 def main(argv: Sequence[str]) -> int:
-    """Run the benchmark from the command line; print a table, write JSON; return 0."""
+    """Run the benchmark from the command line; print a table, write JSON; return 0. Each finished run is recorded
+    beside the JSON (``runs_file``) as it ends, so an interrupted benchmark run again keeps the runs it finished."""
     parser = argparse.ArgumentParser(prog="python -m gemel_engine bench merge", description=__doc__)
     parser.add_argument("--workload", type=Path, help="workload.json (default: build the 'mix' demo once)")
     parser.add_argument("--strategies", default="stem,gemel,gemel+", help="comma-separated strategies")
@@ -201,7 +240,8 @@ def main(argv: Sequence[str]) -> int:
                         help="comma-separated acceptance rules, each strategy runs under every one: a one-sided "
                              "confidence in [0.5, 1) or 'point' (the point figure decides)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per strategy, interleaved (medians reported)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/merge.json"), help="JSON output file")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/merge.json"),
+                        help="JSON output file; finished runs are kept beside it, and a rerun keeps them")
     args = parser.parse_args(argv)
     strategies = registered_names(parser, args.strategies, list_strategies(), "strategies")
     if args.repeats < 1:
@@ -219,11 +259,17 @@ def main(argv: Sequence[str]) -> int:
     budget_seconds = args.budget_minutes * 60
     contenders = [(s, c) for s in strategies for c in confidences]
     by_contender: dict[str, list[dict[str, Any]]] = {contender_name(s, c): [] for s, c in contenders}
-    for _ in range(args.repeats):
+    done = finished_runs(args.out, workload, args.budget_minutes, args.round_steps)
+    for repeat in range(args.repeats):
         for strategy, confidence in contenders:
-            by_contender[contender_name(strategy, confidence)].append(
-                run_strategy(workload, strategy, args.budget_minutes, args.round_steps, confidence)
-            )
+            name = contender_name(strategy, confidence)
+            row = done.get((name, repeat))
+            if row is None:
+                row = run_strategy(workload, strategy, args.budget_minutes, args.round_steps, confidence)
+                _record_run(args.out, workload, args.budget_minutes, args.round_steps, name, repeat, row)
+            else:
+                print(f"kept {name} run {repeat + 1} from {runs_file(args.out)}")
+            by_contender[name].append(row)
     summaries = [summarise(runs, budget_seconds) for runs in by_contender.values()]
     print(
         f"workload {workload.name}: {len(workload.queries)} queries; budget {args.budget_minutes:g} min per run; "

@@ -57,6 +57,15 @@ def test_the_merge_benchmark_runs_strategies_side_by_side(tiny_workload, tmp_pat
         assert (summary["mean_val_test_gap"] is not None) == saved  # a gap for every accepted configuration
     assert "test targets met" in printed and "val-test gap" in printed
 
+    # Run again (as after an interruption): the finished runs are kept, none is run again.
+    assert main([
+        "bench", "merge", "--workload", str(tiny_workload.root / "workload.json"), "--strategies", "gemel,gemel+",
+        "--repeats", "1", "--budget-minutes", "2", "--out", str(out),
+    ]) == 0
+    again = capsys.readouterr().out
+    assert "kept gemel@point run 1" in again and "kept gemel+@point run 1" in again
+    assert json.loads(out.read_text())["runs"] == data["runs"]
+
 
 def test_acceptance_rules_are_parsed_and_named_for_each_contender():
     from gemel_engine.bench.merge import contender_name, parse_confidences
