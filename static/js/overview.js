@@ -38,8 +38,8 @@
   setTimeout(loop, 3000);
 })();
 
-// The fleet table, kept live: each box's summary (node.summary, at most every few seconds a box) and status changes
-// arrive on the fleet channel; a box that stops reporting turns offline here when its last report grows too old.
+// The fleet table, kept live: the summaries of the boxes that reported (fleet.summary, one message every few seconds)
+// and status changes arrive on the fleet channel; a box that stops reporting turns offline here when its last report grows too old.
 (() => {
   const table = document.getElementById("fleet-nodes");
   if (!table) return;
@@ -78,7 +78,8 @@
   gemel.live("/ws/nodes/", {
     status: document.getElementById("conn"),
     onMessage(message) {
-      if ((message.type === "node.summary" || message.type === "node.status") && message.node) update(message.node);
+      if (message.type === "fleet.summary") message.nodes.forEach(update);
+      else if (message.type === "node.status" && message.node) update(message.node);
     },
   });
 })();

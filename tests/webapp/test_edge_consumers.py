@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from tests.webapp.test_edge_factories import make_bundle, make_node
 from webapp.asgi import application
-from webapp.edge.services import deployment_create, metrics_record
+from webapp.edge.services import FLEET_SUMMARY_PERIOD, deployment_create, metrics_record
+from webapp.live import claim_period_reset
 
 
 def _connect(path: str, client=None) -> WebsocketCommunicator:
@@ -40,7 +41,9 @@ async def test_it_refuses_an_unknown_node(viewer_client):
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
-async def test_a_nodes_watchers_get_every_report_and_the_fleet_a_summary_at_most_every_few_seconds(viewer_client):
+async def test_a_nodes_watchers_get_every_report_and_the_fleet_one_summary_a_period(viewer_client, settings):
+    settings.FLEET_SUMMARY_SECONDS = 600  # one period for the whole test
+    await sync_to_async(claim_period_reset)(FLEET_SUMMARY_PERIOD)
     node, _ = await sync_to_async(make_node)()
     one = _connect(f"/ws/nodes/{node.pk}/", viewer_client)
     fleet = _connect("/ws/nodes/", viewer_client)
@@ -57,10 +60,15 @@ async def test_a_nodes_watchers_get_every_report_and_the_fleet_a_summary_at_most
         assert message["type"] == "node.metrics"
         assert message["sample"]["id"] == sample.pk and message["sample"]["queries"]["q"]["fps"] == 2.0
     summary = await fleet.receive_json_from(timeout=5)
-    assert summary["type"] == "node.summary" and summary["node"]["id"] == node.pk
-    assert summary["node"]["resident_bytes"] == 7 and summary["node"]["queries_served"] == 1
-    assert summary["at"] == samples[0].at.isoformat()
-    assert await fleet.receive_nothing(timeout=0.5)  # the next two came within FLEET_SUMMARY_SECONDS of it
+    assert summary["type"] == "fleet.summary" and [n["id"] for n in summary["nodes"]] == [node.pk]
+    assert summary["nodes"][0]["resident_bytes"] == 7 and summary["nodes"][0]["queries_served"] == 1
+    assert summary["nodes"][0]["sample_at"] == samples[0].at.isoformat()
+    assert await fleet.receive_nothing(timeout=0.5)  # the next two came within the period
+    await sync_to_async(claim_period_reset)(FLEET_SUMMARY_PERIOD)
+    later = await sync_to_async(metrics_record)(node=node, at=timezone.now(), deployment=None, simulated=True,
+                                                memory={"resident_bytes": 9}, queries={})
+    summary = await fleet.receive_json_from(timeout=5)  # a new period: the box's newest figures
+    assert summary["nodes"][0]["sample_at"] == later.at.isoformat() and summary["nodes"][0]["resident_bytes"] == 9
     await one.disconnect()
     await fleet.disconnect()
 
@@ -108,10 +116,11 @@ async def test_signing_out_closes_the_sockets_the_session_opened(viewer_client, 
     await sync_to_async(viewer_client.logout)()
     closed = await mine.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4401}
+    await sync_to_async(claim_period_reset)(FLEET_SUMMARY_PERIOD)
     sample = await sync_to_async(metrics_record)(
         node=node, at=timezone.now(), deployment=None, simulated=True, memory={}, queries={},
     )
     message = await others.receive_json_from(timeout=5)  # another session keeps streaming
-    assert message["type"] == "node.summary" and message["at"] == sample.at.isoformat()
+    assert message["type"] == "fleet.summary" and message["nodes"][0]["sample_at"] == sample.at.isoformat()
     await mine.disconnect()
     await others.disconnect()

@@ -12,9 +12,9 @@ from webapp.live import AuthenticatedJsonConsumer
 
 
 class NodeMetricsConsumer(AuthenticatedJsonConsumer):
-    """``ws/nodes/`` (the fleet: every node's status, deployments and a summary of each at most every
-    FLEET_SUMMARY_SECONDS) or ``ws/nodes/<id>/`` (one node, every metrics report); forwards each event as JSON
-    ``{"type": "node.metrics" | "node.summary" | "node.status" | "deployment.status", ...payload}``."""
+    """``ws/nodes/`` (the fleet: every node's status and deployments, and one summary of the boxes that reported at
+    most every FLEET_SUMMARY_SECONDS) or ``ws/nodes/<id>/`` (one node, every metrics report); forwards each event
+    as JSON ``{"type": "node.metrics" | "fleet.summary" | "node.status" | "deployment.status", ...payload}``."""
 
     async def group_names(self) -> list[str] | None:
         node_id = self.scope["url_route"]["kwargs"].get("node_id")
@@ -29,7 +29,7 @@ class NodeMetricsConsumer(AuthenticatedJsonConsumer):
     async def node_metrics(self, event: dict[str, Any]) -> None:
         await self._forward(event)
 
-    async def node_summary(self, event: dict[str, Any]) -> None:
+    async def fleet_summary(self, event: dict[str, Any]) -> None:
         await self._forward(event)
 
     async def node_status(self, event: dict[str, Any]) -> None:

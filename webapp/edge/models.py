@@ -51,7 +51,7 @@ class EdgeNode(models.Model):
         "Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     # Its newest metrics report (the fleet overview reads every node's in one query) and when the fleet channel
-    # last had a summary of it (summaries are sent at most every FLEET_SUMMARY_SECONDS per node).
+    # last had a summary of it (services.fleet_summary_send).
     latest_sample = models.ForeignKey(
         "MetricSample", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -471,6 +471,7 @@ def fleet_node_json(node: EdgeNode, queries: dict[str, Any], *, now: datetime | 
         "resident_bytes": report.memory.resident_bytes if node.latest_sample_id else None,
         "memory_budget_bytes": report.memory.budget_bytes or node.budget_bytes,
         "simulated": bool(node.latest_sample and node.latest_sample.simulated),
+        "sample_at": node.latest_sample.at.isoformat() if node.latest_sample else None,
         "serving": None if deployment is None else {
             "deployment": deployment.pk, "job": deployment.bundle.job_id, "config": deployment.bundle.index,
             "saved_bytes": deployment.bundle.saved_param_bytes,
@@ -483,10 +484,18 @@ def fleet_node_json(node: EdgeNode, queries: dict[str, Any], *, now: datetime | 
     }
 
 
-def fleet_node_summary(node: EdgeNode) -> dict[str, Any]:
-    """Return ``fleet_node_json`` of one box, read fresh from the database (what the fleet channel sends)."""
-    node = EdgeNode.objects.select_related("site", "latest_sample", "active_deployment__bundle").get(pk=node.pk)
-    return fleet_node_json(node, _queries_by_name(set(sample_report(node.latest_sample).queries)))
+def _fleet_nodes(ids: list[int] | None = None) -> list[EdgeNode]:
+    rows = EdgeNode.objects.select_related("site", "latest_sample", "active_deployment__bundle").order_by("name")
+    return list(rows if ids is None else rows.filter(pk__in=ids))
+
+
+def fleet_nodes_json(ids: list[int]) -> list[dict[str, Any]]:
+    """Return ``fleet_node_json`` of the boxes ``ids`` names, read fresh from the database in two queries (what
+    the fleet channel sends)."""
+    now = timezone.now()
+    nodes = _fleet_nodes(ids)
+    queries = _queries_by_name({name for node in nodes for name in sample_report(node.latest_sample).queries})
+    return [fleet_node_json(node, queries, now=now) for node in nodes]
 
 
 def fleet_overview() -> list[dict[str, Any]]:
@@ -496,7 +505,7 @@ def fleet_overview() -> list[dict[str, Any]]:
     from webapp.workloads.models import Query, Site
 
     now = timezone.now()
-    nodes = list(EdgeNode.objects.select_related("site", "latest_sample", "active_deployment__bundle"))
+    nodes = _fleet_nodes()
     names = {name for node in nodes for name in sample_report(node.latest_sample).queries}
     queries = _queries_by_name(names)
     query_counts: dict[int, int] = {}

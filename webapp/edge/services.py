@@ -9,21 +9,21 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q, Sum, Window
 from django.utils import timezone
 
 from gemel_engine.runtime.protocol import MetricsReport, ProtocolError, list_schedulers
 from webapp.edge import selectors
 from webapp.edge.models import AgentToken, Deployment, DeploymentStatusChange, EdgeNode, MetricSample
 from webapp.errors import Conflict
-from webapp.live import group_send_on_commit
+from webapp.live import claim_period, group_send_now, group_send_on_commit
 from webapp.merges.models import MergeBundle
 from webapp.names import clean_name
 from webapp.workloads.models import Site
@@ -32,9 +32,8 @@ from webapp.workloads.services import site_or_default
 logger = logging.getLogger(__name__)
 
 ALL_NODES_GROUP = "nodes"
-# The fleet channel (ALL_NODES_GROUP) has a summary of a box at most this often: a dashboard watching a hundred
-# boxes gets a few messages a second, not one per report of each (one box's monitor gets every report).
-FLEET_SUMMARY_SECONDS = 5.0
+# The period whose first report sends the fleet channel's summary (webapp.live.claim_period).
+FLEET_SUMMARY_PERIOD = "fleet-summary"
 # Statuses an agent may report for a deployment (docs/agent-protocol.md §4).
 REPORTABLE = (
     Deployment.Status.DOWNLOADING, Deployment.Status.LOADING, Deployment.Status.WARMING,
@@ -318,16 +317,20 @@ def deployment_report_status(*, deployment: Deployment, status: str, detail: str
     return deployment
 
 
-def _metrics_expire(node: EdgeNode) -> None:
-    """Delete the node's oldest samples beyond METRICS_RETENTION samples or METRICS_RETENTION_BYTES bytes."""
+def _metrics_expire(node: EdgeNode, newest: MetricSample) -> None:
+    """Delete the node's oldest samples beyond METRICS_RETENTION samples or METRICS_RETENTION_BYTES bytes (the
+    ``newest`` is always kept), in two indexed queries: the id METRICS_RETENTION places down, and the newest id at
+    which the payloads' running total from the newest passes the bytes."""
     samples = MetricSample.objects.filter(node=node)
-    kept_bytes = 0
-    newest_first = samples.order_by("-id").values_list("id", "payload_bytes")
-    for position, (sample_id, size) in enumerate(newest_first.iterator()):
-        kept_bytes += size
-        if position >= settings.METRICS_RETENTION or (position > 0 and kept_bytes > settings.METRICS_RETENTION_BYTES):
-            samples.filter(id__lte=sample_id).delete()  # this one and every older one
-            return
+    beyond_count = samples.order_by("-id").values_list("id", flat=True)[
+        settings.METRICS_RETENTION:settings.METRICS_RETENTION + 1]
+    running = samples.annotate(kept_bytes=Window(Sum("payload_bytes"), order_by=F("id").desc()))
+    # (Another filter here would apply before the running total is taken: the newest is left out afterwards.)
+    over = running.filter(kept_bytes__gt=settings.METRICS_RETENTION_BYTES).order_by("-id").values_list("id", flat=True)
+    beyond_bytes = [sample_id for sample_id in over[:2] if sample_id != newest.pk][:1]
+    cut = max([*beyond_count, *beyond_bytes], default=None)
+    if cut is not None:
+        samples.filter(id__lte=cut).delete()  # that one and every older one
 
 
 @transaction.atomic
@@ -335,8 +338,8 @@ def metrics_record(
     *, node: EdgeNode, at: datetime, deployment: int | None, simulated: bool, memory: dict[str, Any],
     queries: dict[str, Any],
 ) -> MetricSample:
-    """Store one metrics report of ``node`` and send it to the node's live monitor after commit, and a summary of
-    the node to the fleet channel when its last one is FLEET_SUMMARY_SECONDS old; return the sample.
+    """Store one metrics report of ``node`` and send it to the node's live monitor after commit (and the fleet
+    channel its summary, when this report opens a period: ``fleet_summary_send``); return the sample.
 
     The node keeps its newest samples: at most METRICS_RETENTION of them, and at most METRICS_RETENTION_BYTES
     of payload (a node sending large reports keeps fewer).
@@ -356,14 +359,31 @@ def metrics_record(
         gpu_used_bytes=None if report.memory.gpu is None else report.memory.gpu.used_bytes,
         payload=payload, payload_bytes=len(json.dumps(payload, separators=(",", ":"))),
     )
-    _metrics_expire(node)
-    now = timezone.now()
-    EdgeNode.objects.filter(pk=node.pk).update(last_seen_at=now, latest_sample=sample)
+    _metrics_expire(node, sample)
+    EdgeNode.objects.filter(pk=node.pk).update(last_seen_at=timezone.now(), latest_sample=sample)
     group_send_on_commit(node_group(node.pk), "node.metrics",
                          {"node": node.pk, "sample": selectors.sample_to_json(sample)})
-    due = Q(summary_sent_at__isnull=True) | Q(summary_sent_at__lte=now - timedelta(seconds=FLEET_SUMMARY_SECONDS))
-    if EdgeNode.objects.filter(due, pk=node.pk).update(summary_sent_at=now):
-        group_send_on_commit(ALL_NODES_GROUP, "node.summary", {
-            "node": selectors.fleet_node_summary(node), "at": sample.at.isoformat(),
-        })
+    transaction.on_commit(_fleet_summary_if_due)
     return sample
+
+
+def _fleet_summary_if_due() -> None:
+    if claim_period(FLEET_SUMMARY_PERIOD, settings.FLEET_SUMMARY_SECONDS):
+        fleet_summary_send()
+
+
+def fleet_summary_send() -> int:
+    """Send the fleet channel one ``fleet.summary`` message with ``fleet_node_json`` of every box that reported
+    since its last summary, and mark them summarised; return how many boxes it named (0: nothing sent).
+
+    ``metrics_record`` calls it for the first report of each FLEET_SUMMARY_SECONDS (in any process), so a box's
+    summary reaches the fleet within that period and one report interval."""
+    now = timezone.now()
+    due = EdgeNode.objects.filter(Q(summary_sent_at__isnull=True) | Q(summary_sent_at__lt=F("last_seen_at")),
+                                  last_seen_at__isnull=False)
+    ids = list(due.values_list("pk", flat=True))
+    if not ids:
+        return 0
+    EdgeNode.objects.filter(pk__in=ids).update(summary_sent_at=now)
+    group_send_now(ALL_NODES_GROUP, "fleet.summary", {"nodes": selectors.fleet_nodes_json(ids), "at": now.isoformat()})
+    return len(ids)
