@@ -24,10 +24,11 @@ from typing import Any
 
 from gemel_engine.accuracy import parse_accept_confidence
 from gemel_engine.bench import registered_names
+from gemel_engine.bench.svg import Series, line_chart
 from gemel_engine.bundle import inspect_bundle
 from gemel_engine.demo import build_demo
 from gemel_engine.errors import GemelError
-from gemel_engine.report import format_table, mib, percent
+from gemel_engine.report import MIB, format_table, mib, percent
 from gemel_engine.search import (
     DEFAULT_ACCEPT_CONFIDENCE,
     RetrainBudget,
@@ -190,6 +191,26 @@ def _paired_ratios(
 CHECKPOINTS = (0.25, 0.5, 1.0)
 
 
+def savings_plot(by_contender: dict[str, list[dict[str, Any]]], budget_seconds: float, title: str) -> str:
+    """Return an SVG of every run's savings over time (MiB saved against seconds into the search), one colour per
+    contender, repeats dashed after the first."""
+    series = [
+        Series(f"{name} run {repeat + 1}", [(0.0, 0.0), *((at, saved / MIB) for at, saved in run["timeline"]),
+                                            (budget_seconds, run["saved_param_bytes"] / MIB)],
+               colour_key=name, steps=True, dashed=repeat > 0)
+        for name, runs in by_contender.items() for repeat, run in enumerate(runs)
+    ]
+    top = max((saved for line in series for _, saved in line.points), default=0.0)
+    top = max(1.0, top * 1.1)
+    ticks = [top * i / 4 for i in range(5)]
+    return line_chart(
+        series, title=title, x_label="seconds into the search", y_label="MiB saved, every target met (val)",
+        x_range=(0.0, budget_seconds), y_range=(0.0, top),
+        x_ticks=[(budget_seconds * i / 4, f"{budget_seconds * i / 4:.0f}") for i in range(5)],
+        y_ticks=[(tick, f"{tick:.0f}") for tick in ticks],
+    )
+
+
 def runs_file(out: Path) -> Path:
     """Return where the benchmark writing ``out`` records each finished run as it ends (one JSON line each)."""
     return out.with_name(out.name + ".runs.jsonl")
@@ -303,5 +324,9 @@ def main(argv: Sequence[str]) -> int:
         "repeats": args.repeats, "accept_confidences": confidences, "summary": summaries, "ratios": ratios,
         "runs": by_contender,
     }, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    plot = args.out.with_suffix(".svg")
+    plot.write_text(savings_plot(
+        by_contender, budget_seconds,
+        f"{workload.name}: savings over time, {args.budget_minutes:g} min budget, {args.repeats} repeat(s)"))
+    print(f"wrote {args.out} and {plot}")
     return 0

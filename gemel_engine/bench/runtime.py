@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gemel_engine.bench import registered_names
+from gemel_engine.bench.svg import Series, line_chart
 from gemel_engine.bundle import ModelRecipe, load_bundle
 from gemel_engine.errors import RuntimeBudgetError, UsageError
 from gemel_engine.fileio import write_json_atomically
@@ -61,45 +62,18 @@ def resident_inference_ratio(
 
 
 def _svg(rows: list[dict[str, Any]], schedulers: Sequence[str]) -> str:
-    width, height, pad = 560, 340, 50
     budgets = sorted({r["budget_bytes"] for r in rows})
     lo, hi = budgets[0], budgets[-1] if budgets[-1] > budgets[0] else budgets[0] + 1
-    palette = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
-    colours = {name: palette[index % len(palette)] for index, name in enumerate(schedulers)}
-
-    def x(value: float) -> float:
-        return pad + (value - lo) / (hi - lo) * (width - 2 * pad)
-
-    def y(value: float) -> float:
-        return height - pad - value * (height - 2 * pad)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-        'font-size="11">',
-        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
-        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
-        f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">memory budget (MiB)</text>',
-        f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">'
-        "mean effective accuracy</text>",
+    series = [
+        Series(scheduler, [(r["budget_bytes"], r["mean_effective_accuracy"]) for r in rows
+                           if r["scheduler"] == scheduler and r.get("mean_effective_accuracy") is not None])
+        for scheduler in schedulers
     ]
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        parts.append(f'<text x="{pad - 6}" y="{y(tick) + 4}" text-anchor="end">{tick:.2f}</text>')
-    for budget in budgets:
-        parts.append(f'<text x="{x(budget)}" y="{height - pad + 14}" text-anchor="middle">{mib(budget)}</text>')
-    for index, scheduler in enumerate(schedulers):
-        points = [
-            (x(r["budget_bytes"]), y(r["mean_effective_accuracy"]))
-            for r in rows
-            if r["scheduler"] == scheduler and r.get("mean_effective_accuracy") is not None
-        ]
-        if points:
-            path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-            parts.append(f'<polyline fill="none" stroke="{colours[scheduler]}" stroke-width="2" points="{path}"/>')
-        parts.append(
-            f'<text x="{width - pad - 110}" y="{pad + 14 * index}" fill="{colours[scheduler]}">{scheduler}</text>'
-        )
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+    return line_chart(
+        series, x_label="memory budget (MiB)", y_label="mean effective accuracy", x_range=(lo, hi),
+        y_range=(0.0, 1.0), x_ticks=[(budget, mib(budget)) for budget in budgets],
+        y_ticks=[(tick, f"{tick:.2f}") for tick in (0.0, 0.25, 0.5, 0.75, 1.0)],
+    )
 
 
 # The paper's budgets: the smallest in which every model fits alone, 50% and 75% of the way to everything

@@ -56,6 +56,7 @@ def test_the_merge_benchmark_runs_strategies_side_by_side(tiny_workload, tmp_pat
         saved = any(run["saved_param_bytes"] > 0 for run in data["runs"][f"{summary['strategy']}@point"])
         assert (summary["mean_val_test_gap"] is not None) == saved  # a gap for every accepted configuration
     assert "test targets met" in printed and "val-test gap" in printed
+    assert out.with_suffix(".svg").read_text().count("<polyline") == 2  # one savings curve per run
 
     # Run again (as after an interruption): the finished runs are kept, none is run again.
     assert main([
@@ -65,6 +66,19 @@ def test_the_merge_benchmark_runs_strategies_side_by_side(tiny_workload, tmp_pat
     again = capsys.readouterr().out
     assert "kept gemel@point run 1" in again and "kept gemel+@point run 1" in again
     assert json.loads(out.read_text())["runs"] == data["runs"]
+
+
+def test_the_savings_plot_draws_each_run_as_steps_held_to_the_end_of_the_budget():
+    from gemel_engine.bench.merge import savings_plot
+
+    run = {"timeline": [[10.0, 0.0], [20.0, 2 * 1024 * 1024], [40.0, 4 * 1024 * 1024]],
+           "saved_param_bytes": 4 * 1024 * 1024}
+    svg = savings_plot({"gemel@point": [run, run], "gemel+@point": [run]}, 60.0, "w <&> title")
+    assert svg.count("<polyline") == 3 and svg.count('stroke-dasharray="5,3"') == 1  # the second repeat is dashed
+    assert "w &lt;&amp;&gt; title" in svg and "gemel+@point" in svg
+    curve = svg.split('<polyline')[1].split('points="')[1].split('"')[0].split()
+    xs = [float(point.split(",")[0]) for point in curve]
+    assert xs == sorted(xs) and xs[-1] == 544.0  # a step curve, held to the end of the budget (the axis' end)
 
 
 def test_acceptance_rules_are_parsed_and_named_for_each_contender():
