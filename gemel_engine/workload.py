@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from torch import nn
 
 from gemel_engine import zoo
@@ -27,6 +28,7 @@ from gemel_engine.accuracy import (
 )
 from gemel_engine.data.annotations import (
     COCO_CLASSES,
+    VIDEO_FRAME_PREFIX,
     AnnotationVocabulary,
     annotation_vocabulary,
     read_coco_annotations,
@@ -37,9 +39,11 @@ from gemel_engine.data.frames import Box, check_vocabulary
 from gemel_engine.data.sampling import FrameCache, FrameSet, SamplingSpec, split_by_time
 from gemel_engine.data.sources import open_source
 from gemel_engine.data.synthetic import CLASSES
-from gemel_engine.errors import GemelError
+from gemel_engine.data.video import VideoFileSource
+from gemel_engine.errors import GemelError, SourceError
 from gemel_engine.fileio import read_versioned_json
 from gemel_engine.queries import AccuracyTarget, Query, QueryError, Target, Task, predict, teacher_targets
+from gemel_engine.teacher import TeacherSpec, detect, labels_key, load_labels, save_labels
 from gemel_engine.train import LabelledFrames, Progress, TrainArgs, TrainResult, fit, save_checkpoint, setup
 
 WORKLOAD_FORMAT = "gemel-workload"
@@ -78,7 +82,8 @@ class CameraSpec:
     # Seconds dropped between train and validation, and between validation and test (no leakage between
     # neighbouring frames).
     gap_seconds: float = 2.0
-    # Where labels come from: the source's ground truth, YOLO or COCO annotations, or the query's model.
+    # Where labels come from: the source's ground truth, YOLO or COCO annotations, or a teacher: the named
+    # ``teacher`` detector, else each query's own unmerged model (fidelity to it).
     labels: LabelKind = "ground_truth"
     # Annotation folder (YOLO) or file (COCO), relative to the workload file.
     annotations: str | None = None
@@ -87,10 +92,14 @@ class CameraSpec:
     # Class names the camera's labels use, declared ("coco" in the file: COCO_CLASSES). Annotations that name
     # their own classes need none (see ``camera_vocabulary``).
     vocabulary: tuple[str, ...] | None = None
+    # The detector whose detections label every query on the camera (``labels: "teacher"`` only).
+    teacher: TeacherSpec | None = None
 
     def __post_init__(self) -> None:
         if self.labels not in LABEL_KINDS:
             raise WorkloadError(f"camera {self.name!r}: labels must be one of {', '.join(LABEL_KINDS)}")
+        if self.teacher is not None and self.labels != "teacher":
+            raise WorkloadError(f"camera {self.name!r}: a teacher labels only a camera whose labels are 'teacher'")
         if self.vocabulary is not None:
             where = f"camera {self.name!r}: vocabulary"
             object.__setattr__(self, "vocabulary", check_vocabulary(self.vocabulary, where, error=WorkloadError))
@@ -106,6 +115,11 @@ class CameraSpec:
         if not math.isfinite(self.gap_seconds) or self.gap_seconds < 0:
             raise WorkloadError(f"camera {self.name!r}: gap_seconds must be >= 0")
 
+    @property
+    def labelled_by_own_model(self) -> bool:
+        """Return whether each query on the camera is labelled by its own unmerged model (no teacher named)."""
+        return self.labels == "teacher" and self.teacher is None
+
     def to_json(self) -> dict[str, Any]:
         """Return the camera as JSON-ready data."""
         return {
@@ -116,6 +130,7 @@ class CameraSpec:
             **({} if self.vocabulary is None else {
                 "vocabulary": "coco" if self.vocabulary == COCO_CLASSES else list(self.vocabulary)
             }),
+            **({} if self.teacher is None else {"teacher": self.teacher.to_json()}),
         }
 
 
@@ -124,12 +139,16 @@ def camera_vocabulary(camera: CameraSpec, root: Path) -> AnnotationVocabulary:
 
     Annotations that name their classes (YOLO ``classes.txt``/``data.yaml``, COCO categories) decide, and must
     agree with a declared ``vocabulary``; YOLO labels that name none use the declared vocabulary, else COCO's 80
-    classes. Other cameras use the declared vocabulary, else the synthetic scenes' classes (``CLASSES``).
+    classes. A camera labelled by a teacher detector uses the classes its label ids name. Other cameras use the
+    declared vocabulary, else the synthetic scenes' classes (``CLASSES``).
 
     Raises:
         WorkloadError: the annotations are missing or malformed, or disagree with the declared vocabulary.
     """
     declared = None if camera.vocabulary is None else AnnotationVocabulary(camera.vocabulary, "the camera's vocabulary")
+    if camera.teacher is not None:
+        teacher = camera.teacher
+        return AnnotationVocabulary(teacher.vocabulary, f"teacher {teacher.arch} ({teacher.weights})")
     if camera.labels not in ("yolo", "coco"):
         return declared or AnnotationVocabulary(CLASSES, "the synthetic scenes' classes")
     try:
@@ -405,6 +424,7 @@ def _camera_from_json(data: dict[str, Any]) -> CameraSpec:
         annotations=data.get("annotations"),
         fps=data.get("fps"),
         vocabulary=_vocabulary_from_json(data.get("vocabulary")),
+        teacher=None if data.get("teacher") is None else TeacherSpec.from_json(data["teacher"]),
     )
 
 
@@ -459,48 +479,68 @@ class QueryFrames:
 def camera_frames(workload: Workload, camera: CameraSpec, *, cache_dir: Path | None = None) -> CameraFrames:
     """Return the camera's sampled frames split into train, validation and test, through the frame cache.
 
-    Annotations (YOLO/COCO) replace the source's own boxes when the camera says so.
+    Annotations (YOLO/COCO), or a teacher's detections, replace the source's own boxes when the camera says so.
 
     Raises:
         SourceError: the source cannot be opened or decoded, or the annotations do not match the frames.
+        TeacherError / WeightsError: the camera's teacher cannot be built or its weights read.
     """
     cache = FrameCache(cache_dir or workload.root / "cache")
     with open_source(camera.source, fps=camera.fps) as source:
         frames = cache.get(source, camera.sampling)
         if camera.labels in ("yolo", "coco"):
             frames = _with_annotations(workload, camera, source, frames)
+    if camera.teacher is not None:
+        frames = _with_teacher(workload, camera, camera.teacher, cache, frames)
     return CameraFrames(*split_by_time(
         frames, val_fraction=camera.val_fraction, test_fraction=camera.test_fraction, gap=camera.gap_seconds
     ))
 
 
-def _image_folder(camera: CameraSpec, source: object) -> ImageFolderSource:
-    if not isinstance(source, ImageFolderSource):
-        raise WorkloadError(f"camera {camera.name!r}: annotations need an image-folder source")
-    return source
+def annotated_frame_names(camera: CameraSpec, source: object, positions: Sequence[int]) -> list[str]:
+    """Return the names annotations give the frames at ``positions`` of ``source``: an image folder's file names,
+    or ``frame_000123`` for a video file's frame 123 (CVAT's names in its YOLO and COCO exports of a video).
+
+    Raises:
+        WorkloadError: the source is neither an image folder nor a video file.
+    """
+    if isinstance(source, ImageFolderSource):
+        return [source.files[position].name for position in positions]
+    if isinstance(source, VideoFileSource):
+        return [f"{VIDEO_FRAME_PREFIX}{position:06d}" for position in positions]
+    raise WorkloadError(f"camera {camera.name!r}: annotations need an image-folder or video-file source")
+
+
+def _annotated_frame_count(camera: CameraSpec, source: object) -> int:
+    if isinstance(source, ImageFolderSource):
+        return len(source.files)
+    count = source.frame_count if isinstance(source, VideoFileSource) else None
+    if not count:
+        raise SourceError(f"camera {camera.name!r}: the video's frames cannot be counted to match its annotations")
+    return count
 
 
 def _read_annotations(
-    camera: CameraSpec, root: Path, source: ImageFolderSource, positions: Sequence[int], class_names: Sequence[str]
+    camera: CameraSpec, root: Path, source: object, positions: Sequence[int], class_names: Sequence[str]
 ) -> list[tuple[Box, ...]]:
-    """Return the annotated boxes of the image folder's frames at ``positions``, in the folder's pixels."""
-    names = [source.files[position].name for position in positions]
-    sizes = [source.resolution] * len(names)
+    """Return the annotated boxes of the source's frames at ``positions``, in the source's pixels."""
+    names = annotated_frame_names(camera, source, positions)
+    sizes = [tuple(source.resolution)] * len(names)  # type: ignore[attr-defined]
     path = root / str(camera.annotations)
     if camera.labels == "yolo":
         return read_yolo_labels(path, names, sizes, class_names)
-    return read_coco_annotations(path, names, sizes, class_names)
+    return read_coco_annotations(path, names, sizes, class_names, by_stem=isinstance(source, VideoFileSource))
 
 
 def check_annotations(camera: CameraSpec, root: Path) -> AnnotationVocabulary:
-    """Read a camera's annotations against every frame of its image folder, without decoding the frames.
+    """Read a camera's annotations against every frame of its image folder or video file, without decoding them.
 
     Returns:
         The class names the annotations use and where they come from (``camera_vocabulary``).
 
     Raises:
-        WorkloadError: the camera is not labelled by annotations, its source is not an image folder, or its
-            annotations cannot be read.
+        WorkloadError: the camera is not labelled by annotations, its source is neither an image folder nor a
+            video file, or its annotations cannot be read.
         SourceError: the source cannot be opened, or the annotations do not match the frames (a label file or
             image entry without a frame, a frame the COCO file does not mention, an unknown class, a malformed
             line: the file and line are named).
@@ -508,20 +548,45 @@ def check_annotations(camera: CameraSpec, root: Path) -> AnnotationVocabulary:
     if camera.labels not in ("yolo", "coco"):
         raise WorkloadError(f"camera {camera.name!r} is not labelled by annotations")
     vocabulary = camera_vocabulary(camera, root)
-    with open_source(camera.source, fps=camera.fps) as opened:
-        source = _image_folder(camera, opened)
-        _read_annotations(camera, root, source, range(len(source.files)), vocabulary.names)
+    with open_source(camera.source, fps=camera.fps) as source:
+        annotated_frame_names(camera, source, ())
+        _read_annotations(camera, root, source, range(_annotated_frame_count(camera, source)), vocabulary.names)
     return vocabulary
 
 
 def _with_annotations(workload: Workload, camera: CameraSpec, source: object, frames: FrameSet) -> FrameSet:
     positions = [int(i) for i in frames.indices]
     class_names = camera_vocabulary(camera, workload.root).names
-    boxes = _read_annotations(camera, workload.root, _image_folder(camera, source), positions, class_names)
+    boxes = _read_annotations(camera, workload.root, source, positions, class_names)
     width, height = frames.resolution
-    scale_x, scale_y = width / source.resolution[0], height / source.resolution[1]
+    source_width, source_height = source.resolution  # type: ignore[attr-defined]
+    scale_x, scale_y = width / source_width, height / source_height
     scaled = tuple(tuple(box.scaled(scale_x, scale_y) for box in frame_boxes) for frame_boxes in boxes)
     return FrameSet(frames.images, frames.timestamps, frames.indices, scaled)
+
+
+def _with_teacher(
+    workload: Workload, camera: CameraSpec, teacher: TeacherSpec, cache: FrameCache, frames: FrameSet
+) -> FrameSet:
+    """Return ``frames`` with the teacher's boxes, scaled to the frames' size: read from the frame cache when this
+    teacher already labelled them, else detected on the frames at the teacher's frame size and stored."""
+    size = teacher.frame_size or frames.resolution
+    with open_source(camera.source, fps=camera.fps) as source:
+        spec = dataclasses.replace(camera.sampling, size=tuple(size))
+        frames_key = cache.key(source, spec)
+        seen = frames if tuple(size) == tuple(frames.resolution) else cache.get(source, spec)
+    if len(seen) != len(frames) or list(seen.indices) != list(frames.indices):
+        raise SourceError(f"camera {camera.name!r}: the teacher's frames at {size} are not the camera's frames")
+    key = None if frames_key is None else labels_key(teacher, workload.root, frames_key)
+    stored = None if key is None else cache.root / f"teacher-{key}.json"
+    boxes = None if stored is None else load_labels(stored, len(frames))
+    if boxes is None:
+        model = teacher.build(workload.root)
+        scale = (frames.resolution[0] / size[0], frames.resolution[1] / size[1])
+        boxes = detect(teacher, model, np.asarray(seen.images), scale)
+        if stored is not None:
+            save_labels(stored, boxes)
+    return FrameSet(frames.images, frames.timestamps, frames.indices, tuple(boxes))
 
 
 def _targets(boxes: tuple[tuple[Box, ...] | None, ...], task: Task, camera: CameraSpec) -> list[Target]:
@@ -542,8 +607,9 @@ def query_data(
 ) -> QueryFrames:
     """Return the query's labelled train, validation and test frames.
 
-    Ground-truth and annotated cameras label frames from their boxes. Teacher-labelled cameras label
-    them with the query's unmerged model (``teacher`` builds it; by default the workload's weights).
+    Ground-truth, annotated and teacher-detector cameras label frames from their boxes. Cameras labelled by each
+    query's own model label them with the query's unmerged model (``teacher`` builds it; by default the
+    workload's weights).
 
     Raises:
         WorkloadError: a camera without ground truth is not labelled by annotations or a teacher.
@@ -552,7 +618,7 @@ def query_data(
     camera = workload.camera(entry.query.camera)
     task = entry.query.task
     parts = (frames.train, frames.val, frames.test)
-    if camera.labels == "teacher":
+    if camera.labelled_by_own_model:
         model = (teacher or (lambda: workload.load_model(entry)))()
         labels = [teacher_targets(predict(model, part.images, task), task) for part in parts]
     else:
@@ -622,10 +688,11 @@ def train_unmerged(
         TrainingError: the loss diverged.
         GemelError: the frames cannot be labelled.
     """
-    if workload.camera(entry.query.camera).labels == "teacher":
+    if workload.camera(entry.query.camera).labelled_by_own_model:
         raise WorkloadError(
             f"query {entry.name!r}: camera {entry.query.camera!r} is labelled by the query's own model, so there is "
-            "nothing to train it on; label the camera with annotations (yolo, coco) or its ground truth"
+            "nothing to train it on; label the camera with annotations (yolo, coco), a teacher detector or its "
+            "ground truth"
         )
     labelled = query_data(workload, entry, frames)
     if len(labelled.train) < MIN_TRAIN_FRAMES:

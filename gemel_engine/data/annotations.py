@@ -37,6 +37,8 @@ COCO_CLASSES: tuple[str, ...] = (
     "hair drier", "toothbrush",
 )
 YOLO_NAME_FILES = ("classes.txt", "data.yaml")
+# A video file's frame N is named frame_00000N in its annotations (CVAT's YOLO and COCO exports of a video).
+VIDEO_FRAME_PREFIX = "frame_"
 # Largest class-name file read (a vocabulary of MAX_VOCABULARY names fits many times over).
 MAX_NAME_FILE_BYTES = 1 << 20
 
@@ -226,12 +228,19 @@ def _coco_categories(data: dict[str, list[object]], path: Path) -> dict[int, str
     return categories
 
 
+def _frame_key(name: str, by_stem: bool) -> str:
+    return Path(name).stem if by_stem else Path(name).name
+
+
 def read_coco_annotations(
-    path: str | Path, frame_names: Sequence[str], sizes: Sequence[tuple[int, int]], class_names: Sequence[str]
+    path: str | Path, frame_names: Sequence[str], sizes: Sequence[tuple[int, int]], class_names: Sequence[str],
+    *, by_stem: bool = False,
 ) -> list[tuple[Box, ...]]:
     """Return the boxes of each frame from a COCO json (``images``, ``annotations``, ``categories``).
 
-    Images are matched to frames by file name (without folders); every frame must have an image entry.
+    Images are matched to frames by file name (without folders), or by the name without its extension when
+    ``by_stem`` (a video's frames have no files: ``frame_000123.png`` in the json is frame 123); every frame must
+    have an image entry.
 
     Raises:
         SourceError: the file is missing or not COCO json, an image entry matches no frame, a frame has no
@@ -242,13 +251,13 @@ def read_coco_annotations(
     data = _coco_json(path)
     categories = _coco_categories(data, path)
     try:
-        images = {int(i["id"]): Path(str(i["file_name"])).name for i in data["images"]}
+        images = {int(i["id"]): _frame_key(str(i["file_name"]), by_stem) for i in data["images"]}
     except (KeyError, TypeError, ValueError) as exc:
         raise SourceError(f"{path}: malformed image entry ({exc})") from None
     unknown_classes = sorted(set(categories.values()) - set(class_names))
     if unknown_classes:
         raise SourceError(f"{path}: unknown class name(s) {unknown_classes}; known: {', '.join(class_names)}")
-    positions = {Path(name).name: position for position, name in enumerate(frame_names)}
+    positions = {_frame_key(name, by_stem): position for position, name in enumerate(frame_names)}
     orphans = sorted(name for name in images.values() if name not in positions)
     if orphans:
         raise SourceError(f"{path}: image entries match no frame: {', '.join(orphans[:5])}")

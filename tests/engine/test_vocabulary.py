@@ -186,3 +186,52 @@ def test_annotations_are_checked_against_every_frame_of_the_folder(tmp_path: Pat
         check_annotations(camera, tmp_path)
     with pytest.raises(WorkloadError, match="not labelled by annotations"):
         check_annotations(CameraSpec("street", str(frames_dir), fps=1.0), tmp_path)
+
+
+def _street_video(root: Path, frames: int = 40) -> Path:
+    """The street of ``_street`` as a video file (lossless enough for a bright square on a dark street)."""
+    from gemel_engine.data.video import write_video
+
+    (root / "images").mkdir()
+    frames_dir, _ = _street(root / "images", frames)
+    images = [np.asarray(Image.open(frames_dir / f"{index:04d}.png").convert("RGB")) for index in range(frames)]
+    path = root / "street.mkv"
+    write_video(images, path, fps=1.0, codec="mjpeg")
+    return path
+
+
+def test_a_video_files_frames_take_yolo_labels_named_as_cvat_exports_them(tmp_path: Path):
+    video = _street_video(tmp_path, frames=12)
+    labels_dir = tmp_path / "labels"
+    labels_dir.mkdir()
+    for index in range(1, 12, 2):  # the bright square shows on every odd frame
+        (labels_dir / f"frame_{index:06d}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (labels_dir / "classes.txt").write_text("person\n")
+    camera = _camera(video)
+    assert check_annotations(camera, tmp_path).names == ("person",)
+    workload = _workload(tmp_path, camera, Task("presence", ("person",), min_box_area=0.0, vocabulary=("person",)))
+    frames = camera_frames(workload, camera)
+    for part in (frames.train, frames.val, frames.test):
+        assert [bool(boxes) for boxes in part.boxes] == [bool(int(i) % 2) for i in part.indices]
+        assert all(image[16, 16].mean() > 128 for image, boxes in zip(part.images, part.boxes, strict=True) if boxes)
+    (labels_dir / "frame_000012.txt").write_text("0 0.5 0.5 0.5 0.5\n")  # the video has frames 0..11
+    with pytest.raises(SourceError, match=r"match no frame: frame_000012\.txt"):
+        check_annotations(camera, tmp_path)
+
+
+def test_a_video_files_frames_take_coco_annotations_matched_without_the_extension(tmp_path: Path):
+    video = _street_video(tmp_path, frames=6)
+    images = [{"id": index + 1, "file_name": f"frame_{index:06d}.PNG", "width": 32, "height": 32}
+              for index in range(6)]
+    annotations = [{"id": index, "image_id": index + 1, "category_id": 7, "bbox": [8, 8, 16, 16]}
+                   for index in (1, 3, 5)]
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": 7, "name": "person"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    camera = CameraSpec("street", str(video), SamplingSpec(size=(32, 32)), labels="coco", annotations="coco.json",
+                        fps=1.0, gap_seconds=0.0)
+    assert check_annotations(camera, tmp_path).names == ("person",)
+    coco["images"] = images[:5]
+    coco["annotations"] = annotations[:2]
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    with pytest.raises(SourceError, match="frames without an image entry: frame_000005"):
+        check_annotations(camera, tmp_path)

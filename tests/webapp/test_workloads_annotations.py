@@ -115,9 +115,31 @@ def test_annotations_that_would_break_a_query_on_the_camera_are_refused(operator
     assert _annotation_files(settings) == []
 
 
+def test_a_video_file_camera_takes_yolo_labels_naming_its_frames_as_cvat_does(operator_client, settings):
+    from gemel_engine.data.video import write_video
+
+    clip = []
+    for index in range(6):
+        image = np.full((24, 32, 3), 40, np.uint8)
+        if index % 2:
+            image[6:18, 8:24] = 230
+        clip.append(image)
+    path = Path(settings.MEDIA_ROOT) / "street.mkv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(clip, path, fps=1.0, codec="mjpeg")
+    camera = camera_register(name="street", source=str(path), fps=1.0, width=32, height=24)
+    labels = {f"frame_{index:06d}.txt": "0 0.5 0.5 0.5 0.5\n" for index in (1, 3, 5)}
+    response = _upload(operator_client, camera, _zip({**labels, "classes.txt": "person\n"}))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    camera.refresh_from_db()
+    assert (camera.labels, camera.vocabulary) == ("yolo", ["person"])
+    response = _upload(operator_client, camera, _zip({"frame_000006.txt": "0 0.5 0.5 0.5 0.5\n"}))
+    assert response.status_code == 400 and "match no frame: frame_000006.txt" in response.content.decode()
+
+
 def test_a_synthetic_camera_cannot_take_annotations(operator_client):
     response = _upload(operator_client, make_camera(), _zip({"0001.txt": "0 0.5 0.5 0.5 0.5\n"}))
-    assert "annotations need an image-folder source" in response.content.decode()
+    assert "annotations need an image-folder or video-file source" in response.content.decode()
 
 
 def test_a_viewer_cannot_upload_annotations(viewer_client, settings):

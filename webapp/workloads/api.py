@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
@@ -67,7 +67,8 @@ class CameraOut(Schema):
     sampling: dict[str, Any]
     thumbnail_url: str | None
     labels: str = Field(description="yolo, coco (uploaded annotations), ground_truth (a synthetic scene) or "
-                        "teacher (each query's own model)")
+                        "teacher (the camera's teacher detector, else each query's own model)")
+    teacher: int | None = Field(None, description="the model whose detections label the camera, if any")
     classes: list[str] = Field(description="the class names a query on this camera may look for")
     created_at: datetime
 
@@ -94,6 +95,20 @@ class QueryIn(Schema):
     task: dict[str, Any]
     target_fraction: float = 0.95
     slo_ms: float = 500.0
+
+
+FrameSize = Annotated[list[Annotated[int, Field(ge=16, le=2048)]], Field(min_length=2, max_length=2)]
+
+
+class TeacherIn(Schema):
+    model: DbId = Field(..., description="a registered detector (typically larger than the queries' models)")
+    labels: Annotated[list[Annotated[str, Field(max_length=100)]], Field(max_length=1000)] | Literal["coco"] = Field(
+        ..., description="the class of each of its label ids from 1 on (\"\" for an id that names none), or "
+        "\"coco\" for torchvision's COCO detectors")
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False,
+                                   description="the score a detection needs to be a label")
+    frame_size: FrameSize | None = Field(
+        None, description="[width, height] the teacher sees (default: the camera's own frame size)")
 
 
 class TrainingIn(Schema):
@@ -184,7 +199,7 @@ def _camera_out(camera: Camera) -> dict[str, Any]:
         "width": camera.width, "height": camera.height, "sampling": camera.sampling or {},
         "created_at": camera.created_at,
         "thumbnail_url": reverse("camera_thumbnail", args=[camera.pk]) if camera.thumbnail else None,
-        "labels": camera_labels(camera), "classes": list(camera_classes(camera)),
+        "labels": camera_labels(camera), "classes": list(camera_classes(camera)), "teacher": camera.teacher_id,
     }
 
 
@@ -339,11 +354,25 @@ def _training_out(run: TrainingRun) -> dict[str, Any]:
 
 @router.post("/cameras/{camera_id}/annotations", response={200: CameraOut, 400: Detail, 403: Detail, 404: Detail})
 def upload_annotations(request: HttpRequest, camera_id: int, file: File[UploadedFile]) -> dict[str, Any]:
-    """Label an image-folder camera with a zip of YOLO label files or a COCO json (multipart ``file``); they are
-    read against every frame first, and the camera's queries are measured again."""
+    """Label an image-folder or video-file camera with a zip of YOLO label files or a COCO json (multipart
+    ``file``); they are read against every frame first, and the camera's queries are measured again."""
     api_require_operator(request)
     camera = get_object_or_404(Camera, pk=camera_id)
     return _camera_out(services.camera_annotations_upload(camera=camera, file=file))
+
+
+@router.post("/cameras/{camera_id}/teacher", response={200: CameraOut, 400: Detail, 403: Detail, 404: Detail})
+def set_teacher(request: HttpRequest, camera_id: int, payload: TeacherIn) -> dict[str, Any]:
+    """Label a camera with a teacher detector: its detections become the boxes every query on the camera is
+    labelled from (replacing uploaded annotations); its weights are loaded against the labels first, and the
+    camera's queries are measured again."""
+    api_require_operator(request)
+    camera = get_object_or_404(Camera, pk=camera_id)
+    model = get_object_or_404(ModelEntry, pk=payload.model)
+    return _camera_out(services.camera_teacher_set(
+        camera=camera, model=model, labels=payload.labels, score_threshold=payload.score_threshold,
+        frame_size=payload.frame_size,
+    ))
 
 
 @router.get("/training-runs", response=list[TrainingOut])

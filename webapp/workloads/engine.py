@@ -17,6 +17,7 @@ from gemel_engine.data.synthetic import CLASSES
 from gemel_engine.errors import GemelError
 from gemel_engine.queries import AccuracyTarget, Task
 from gemel_engine.queries import Query as EngineQuery
+from gemel_engine.teacher import TeacherSpec
 from gemel_engine.workload import CameraSpec, QueryEntry, Workload
 from webapp.workloads.models import Camera, ModelEntry, Query
 
@@ -32,8 +33,8 @@ def camera_has_ground_truth(source: str) -> bool:
 
 
 def camera_labels(camera: Camera) -> str:
-    """Return the engine's label kind of ``camera``: its uploaded annotations' kind (yolo, coco), else the
-    ground truth of a synthetic source, else each query's own model (teacher)."""
+    """Return the engine's label kind of ``camera``: its uploaded annotations' kind (yolo, coco) or its teacher
+    detector's (teacher), else the ground truth of a synthetic source, else each query's own model (teacher)."""
     if camera.labels:
         return camera.labels
     return "ground_truth" if camera_has_ground_truth(camera.source) else "teacher"
@@ -92,7 +93,38 @@ def camera_spec(camera: Camera) -> CameraSpec:
         labels=camera_labels(camera),  # type: ignore[arg-type]
         annotations=annotations_path(camera),
         fps=camera.fps,
+        teacher=camera_teacher(camera),
     )
+
+
+def camera_teacher(camera: Camera) -> TeacherSpec | None:
+    """Return the engine's TeacherSpec of the camera's teacher detector, or None when it names none.
+
+    Raises:
+        TeacherError: the stored teacher is not one the engine accepts.
+    """
+    if camera.teacher_id is None:
+        return None
+    return teacher_spec(camera.teacher, labels=tuple(camera.teacher_labels),
+                        score_threshold=camera.teacher_score_threshold, frame_size=camera.teacher_frame_size)
+
+
+def teacher_spec(model: ModelEntry, *, labels: tuple[str, ...], score_threshold: float,
+                 frame_size: list[int] | None) -> TeacherSpec:
+    """Return the engine's TeacherSpec of ``model`` labelling with ``labels`` (the class of each label id).
+
+    Raises:
+        TeacherError: the engine refuses it (not a detector, labels that name nothing, a threshold out of range).
+    """
+    return TeacherSpec(
+        arch=model.arch, weights=str(weights_file(model)), labels=labels, builder_args=head_args(model),
+        score_threshold=score_threshold, frame_size=(int(frame_size[0]), int(frame_size[1])) if frame_size else None,
+    )
+
+
+def camera_labelled_by_own_model(camera: Camera) -> bool:
+    """Return whether each query on ``camera`` is labelled by its own unmerged model (nothing else labels it)."""
+    return camera_labels(camera) == "teacher" and camera.teacher_id is None
 
 
 def head_args(model: ModelEntry) -> dict[str, Any]:

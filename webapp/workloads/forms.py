@@ -44,13 +44,54 @@ class CameraForm(forms.Form):
 
 
 class CameraAnnotationsForm(forms.Form):
-    """Upload annotations for an image-folder camera."""
+    """Upload annotations for an image-folder or video-file camera."""
 
     file = forms.FileField(
         label="Annotations",
         help_text="a .zip of YOLO label files (one <frame>.txt per image, with classes.txt or data.yaml naming the "
         "classes; without one, ids are COCO's 80 classes) or a COCO .json; up to 8 MiB",
     )
+
+
+class CameraTeacherForm(forms.Form):
+    """Name a teacher detector whose detections label every query on a camera."""
+
+    model = forms.ModelChoiceField(
+        queryset=ModelEntry.objects.none(), label="Teacher model",
+        help_text="a registered detector, typically larger than the queries' models; its boxes label every query on "
+        "the camera (a presence query: any box of its classes; a count: how many; detection: the boxes)",
+    )
+    labels = forms.CharField(
+        label="Class of each label id", max_length=20_000, widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="the class names of its label ids 1, 2, ... in order, comma-separated (leave one empty for an id "
+        "that names none), or coco for torchvision's COCO detectors",
+    )
+    score_threshold = forms.FloatField(label="Score threshold", min_value=0.0, max_value=1.0, initial=0.5,
+                                       help_text="a detection scoring below this is not a label")
+    frame_width = forms.IntegerField(label="Teacher frame width", required=False, min_value=16, max_value=2048,
+                                     help_text="pixels the teacher sees (default: the camera's own frame size)")
+    frame_height = forms.IntegerField(label="Teacher frame height", required=False, min_value=16, max_value=2048)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        detectors = zoo.list_models(task="detection")
+        self.fields["model"].queryset = ModelEntry.objects.filter(arch__in=detectors).order_by("name")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if (data.get("frame_width") is None) != (data.get("frame_height") is None):
+            self.add_error("frame_height", "give both the width and the height, or neither")
+        return data
+
+    def teacher_labels(self) -> str | list[str]:
+        """Return the labels as the service takes them: "coco" or the list of class names."""
+        text = self.cleaned_data["labels"].strip()
+        return "coco" if text.lower() == "coco" else [name.strip() for name in text.split(",")]
+
+    def frame_size(self) -> list[int] | None:
+        """Return [width, height], or None when neither was given."""
+        width, height = self.cleaned_data.get("frame_width"), self.cleaned_data.get("frame_height")
+        return None if width is None or height is None else [width, height]
 
 
 class ModelUploadForm(forms.Form):

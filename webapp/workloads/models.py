@@ -48,14 +48,24 @@ class Camera(models.Model):
         AUTO = "", "automatic (ground truth of a synthetic camera, else each query's own model)"
         YOLO = "yolo", "YOLO label files"
         COCO = "coco", "COCO json"
+        TEACHER = "teacher", "a teacher model's detections"
 
-    # Where the frames' labels come from; uploaded annotations (image-folder cameras) replace the automatic choice.
+    # Where the frames' labels come from; uploaded annotations (image-folder and video-file cameras) replace the
+    # automatic choice.
     labels = models.CharField(max_length=8, choices=Labels.choices, default=Labels.AUTO, blank=True)
     # The uploaded annotations inside MEDIA_ROOT: a folder of YOLO files or a COCO json ("" without).
     annotations = models.CharField(max_length=300, blank=True)
     # The class names the annotations use, in id order, and where they were read ([] and "" without).
     vocabulary = models.JSONField(default=list, blank=True)
     vocabulary_source = models.CharField(max_length=300, blank=True)
+    # A registered detector whose detections label every query on the camera (labels "teacher"), the class each
+    # of its label ids names from 1 on ("" for none), the score a box needs, and the frame size it sees
+    # ([width, height]; None: the camera's own size).
+    teacher = models.ForeignKey("ModelEntry", on_delete=models.PROTECT, null=True, blank=True,
+                                related_name="taught_cameras")
+    teacher_labels = models.JSONField(default=list, blank=True)
+    teacher_score_threshold = models.FloatField(default=0.5)
+    teacher_frame_size = models.JSONField(null=True, blank=True)
     # A frame grabbed when the camera was registered (proves it decodes).
     thumbnail = models.ImageField(upload_to="thumbnails/", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

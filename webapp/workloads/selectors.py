@@ -14,7 +14,7 @@ from webapp.workloads.models import Camera, DemoSeed, ModelEntry, Query, Site, T
 
 def camera_list() -> QuerySet[Camera]:
     """Return every camera with ``query_count`` annotated and its site, by name."""
-    return Camera.objects.select_related("site").annotate(query_count=Count("queries")).order_by("name")
+    return Camera.objects.select_related("site", "teacher").annotate(query_count=Count("queries")).order_by("name")
 
 
 def site_list() -> QuerySet[Site]:

@@ -11,6 +11,7 @@ urlpatterns: list[URLPattern] = [
     path("cameras/<int:pk>/edit/", views.camera_edit, name="camera_edit"),
     path("cameras/<int:pk>/delete/", views.camera_delete, name="camera_delete"),
     path("cameras/<int:pk>/annotations/", views.camera_annotations, name="camera_annotations"),
+    path("cameras/<int:pk>/teacher/", views.camera_teacher, name="camera_teacher"),
     path("training/new/", views.training_create, name="training_create"),
     path("cameras/<int:pk>/thumbnail.png", views.camera_thumbnail, name="camera_thumbnail"),
     path("models/new/", views.model_create, name="model_create"),

@@ -23,6 +23,7 @@ from webapp.workloads.forms import (
     AnalysisForm,
     CameraAnnotationsForm,
     CameraForm,
+    CameraTeacherForm,
     DemoSeedForm,
     ModelRenameForm,
     ModelUploadForm,
@@ -133,7 +134,7 @@ def camera_edit(request: HttpRequest, pk: int) -> HttpResponse:
 @operator_required
 @require_http_methods(["GET", "POST"])
 def camera_annotations(request: HttpRequest, pk: int) -> HttpResponse:
-    """Upload YOLO or COCO annotations for an image-folder camera."""
+    """Upload YOLO or COCO annotations for an image-folder or video-file camera."""
     camera = get_object_or_404(Camera, pk=pk)
     form = CameraAnnotationsForm(request.POST or None, request.FILES or None)
     return _form_page(
@@ -141,6 +142,24 @@ def camera_annotations(request: HttpRequest, pk: int) -> HttpResponse:
         title=f"Annotations of camera {camera.name}", submit="Upload annotations",
         done=f"Annotations of {camera.name} saved; its queries are measured again.", multipart=True,
     )
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def camera_teacher(request: HttpRequest, pk: int) -> HttpResponse:
+    """Name a teacher detector whose detections label every query on a camera."""
+    camera = get_object_or_404(Camera, pk=pk)
+    initial = {"model": camera.teacher_id, "labels": ", ".join(camera.teacher_labels),
+               "score_threshold": camera.teacher_score_threshold} if camera.teacher_id else {}
+    form = CameraTeacherForm(request.POST or None, initial=initial)
+
+    def save() -> None:
+        services.camera_teacher_set(camera=camera, model=form.cleaned_data["model"], labels=form.teacher_labels(),
+                                    score_threshold=form.cleaned_data["score_threshold"],
+                                    frame_size=form.frame_size())
+
+    return _form_page(request, form, save, title=f"Teacher of camera {camera.name}", submit="Label with this teacher",
+                      done=f"{camera.name} is labelled by its teacher; its queries are measured again.")
 
 
 @operator_required

@@ -6,6 +6,7 @@ from webapp.workloads.services.cameras import (
     camera_annotations_upload,
     camera_delete,
     camera_register,
+    camera_teacher_set,
     camera_update,
 )
 from webapp.workloads.services.demo import demo_seed, demo_seed_start
@@ -27,6 +28,7 @@ __all__ = [
     "camera_annotations_upload",
     "camera_delete",
     "camera_register",
+    "camera_teacher_set",
     "camera_update",
     "demo_seed",
     "demo_seed_start",

@@ -18,11 +18,13 @@ from gemel_engine.data.annotations import YOLO_NAME_FILES, AnnotationVocabulary
 from gemel_engine.data.frames import check_fps
 from gemel_engine.errors import GemelError
 from gemel_engine.queries import Task
+from gemel_engine.teacher import COCO_DETECTION_LABELS, TeacherError
 from gemel_engine.workload import check_annotations
+from gemel_engine.zoo import get_spec
 from webapp.field_errors import about
 from webapp.names import clean_name
-from webapp.workloads.engine import SAMPLING_KEYS, camera_spec
-from webapp.workloads.models import Camera, Site
+from webapp.workloads.engine import SAMPLING_KEYS, camera_spec, teacher_spec
+from webapp.workloads.models import Camera, ModelEntry, Site
 from webapp.workloads.services.common import check_unique_name, delete_media_on_commit, delete_unused
 from webapp.workloads.services.queries import query_remeasure
 from webapp.workloads.services.sites import site_or_default
@@ -242,7 +244,8 @@ def _unpacked_yolo(data: bytes, folder: Path) -> None:
 
 
 def camera_annotations_upload(*, camera: Camera, file: Any) -> Camera:
-    """Label an image-folder camera with uploaded annotations: a zip of YOLO files (``<frame>.txt``, with a
+    """Label an image-folder or video-file camera with uploaded annotations: a zip of YOLO files (``<frame>.txt``,
+    a video's frame N as ``frame_00000N.txt``, with a
     ``classes.txt`` or ``data.yaml`` naming the classes, else COCO's 80 classes) or a COCO json.
 
     The annotations are read against every frame of the folder before anything is kept; the camera then labels
@@ -274,24 +277,105 @@ def camera_annotations_upload(*, camera: Camera, file: Any) -> Camera:
             vocabulary = _checked_annotations(camera, source=camera.source, labels=kind, annotations=str(stored))
         except ValidationError as exc:
             raise ValidationError({"file": exc.messages}) from None
-        for query in camera.queries.all():
-            try:
-                Task.from_json(query.task, vocabulary=vocabulary.names)
-            except GemelError as exc:
-                raise ValidationError({"file": f"query {query.name!r} would break: {exc}"}) from None
-        with transaction.atomic():
-            old = _annotations_folder(camera.annotations)
-            camera.labels, camera.annotations = kind, str(stored)
-            camera.vocabulary = list(vocabulary.names)
-            camera.vocabulary_source = vocabulary.source
-            camera.test_start_frame = None
-            camera.full_clean()
-            camera.save()
-            for query in camera.queries.all():
-                query_remeasure(query)
-            if old is not None:
-                transaction.on_commit(lambda: shutil.rmtree(old, ignore_errors=True))
+        _check_queries_fit(camera, vocabulary, "file")
+        _relabel(camera, labels=kind, annotations=str(stored), vocabulary=vocabulary)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    return camera
+
+
+def _check_queries_fit(camera: Camera, vocabulary: AnnotationVocabulary, field: str) -> None:
+    """Refuse new labels whose classes a query on ``camera`` does not find (it is named)."""
+    for query in camera.queries.all():
+        try:
+            Task.from_json(query.task, vocabulary=vocabulary.names)
+        except GemelError as exc:
+            raise ValidationError({field: f"query {query.name!r} would break: {exc}"}) from None
+
+
+def _relabel(camera: Camera, *, labels: str, annotations: str = "", vocabulary: AnnotationVocabulary,
+             teacher: ModelEntry | None = None, teacher_labels: list[str] | None = None,
+             teacher_score_threshold: float = 0.5, teacher_frame_size: list[int] | None = None) -> None:
+    """Give ``camera`` its new labels (annotations or a teacher, replacing the old ones, whose uploaded files go
+    after commit) and measure its queries again."""
+    with transaction.atomic():
+        old = _annotations_folder(camera.annotations)
+        camera.labels, camera.annotations = labels, annotations
+        camera.vocabulary = list(vocabulary.names)
+        camera.vocabulary_source = vocabulary.source
+        camera.teacher, camera.teacher_labels = teacher, list(teacher_labels or [])
+        camera.teacher_score_threshold, camera.teacher_frame_size = teacher_score_threshold, teacher_frame_size
+        camera.test_start_frame = None
+        camera.full_clean()
+        camera.save()
+        for query in camera.queries.all():
+            query_remeasure(query)
+        if old is not None and old != _annotations_folder(annotations):
+            transaction.on_commit(lambda: shutil.rmtree(old, ignore_errors=True))
+
+
+MAX_TEACHER_LABELS = 1000
+
+
+def camera_teacher_set(
+    *, camera: Camera, model: ModelEntry, labels: str | list[str], score_threshold: float = 0.5,
+    frame_size: list[int] | None = None,
+) -> Camera:
+    """Label ``camera`` with a teacher: ``model``, a registered detector (typically larger than the queries'
+    models), whose detections scoring at least ``score_threshold`` become the boxes every query on the camera
+    is labelled from. ``labels`` names the class of each of its label ids from 1 on ("" for an id that names
+    none), or is "coco" for torchvision's COCO detectors; ``frame_size`` is the [width, height] it sees (None:
+    the camera's own size). The teacher is built and its weights loaded before anything is kept; the camera's
+    uploaded annotations, if any, are replaced, and its queries are measured again.
+
+    Returns:
+        The saved camera.
+
+    Raises:
+        ValidationError: the model is not a detector or has no weights, the labels are malformed, too many or do
+            not fit the weights, the threshold or frame size is out of range, or a query on the camera looks
+            for a class the labels do not name.
+    """
+    if not model.weights:
+        raise ValidationError({"model": f"model {model.name!r} has no weights to label with"})
+    if labels == "coco":
+        names: tuple[str, ...] = COCO_DETECTION_LABELS
+    elif isinstance(labels, list) and all(isinstance(name, str) for name in labels):
+        names = tuple(name.strip() for name in labels)
+    else:
+        raise ValidationError({"labels": "name the class of each label id (1, 2, ...) in order, or 'coco'"})
+    if len(names) > MAX_TEACHER_LABELS:
+        raise ValidationError({"labels": f"at most {MAX_TEACHER_LABELS} label ids, got {len(names)}"})
+    declared = (model.builder_args or {}).get("num_classes")
+    if declared is not None and declared != len(names) + 1:
+        raise ValidationError({"labels": (
+            f"model {model.name!r} has {declared} outputs (background and {declared - 1} label ids) but "
+            f"{len(names)} class names were given")})
+    if get_spec(model.arch).task != "detection":
+        raise ValidationError({"model": f"model {model.name!r} is a {model.arch} classifier: a teacher must be a "
+                                        "detector, whose boxes label every query on the camera"})
+    if isinstance(score_threshold, bool) or not (
+        isinstance(score_threshold, int | float) and 0 <= score_threshold <= 1
+    ):
+        raise ValidationError({"score_threshold": f"a score threshold is in [0, 1], got {score_threshold!r}"})
+    if frame_size is not None and not (
+        isinstance(frame_size, list) and len(frame_size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and _MIN_SIDE <= v <= _MAX_SIDE for v in frame_size)
+    ):
+        raise ValidationError({"frame_size": f"a frame size is [width, height] in [{_MIN_SIDE}, {_MAX_SIDE}] pixels"})
+    try:
+        teacher = teacher_spec(model, labels=names, score_threshold=float(score_threshold), frame_size=frame_size)
+    except TeacherError as exc:
+        raise ValidationError({"labels": str(exc)}) from None
+    try:
+        teacher.build(Path(settings.MEDIA_ROOT))
+    except GemelError as exc:
+        raise ValidationError({"labels": (
+            f"model {model.name!r}'s weights do not fit {len(names)} label ids: "
+            f"{str(exc).replace(str(settings.MEDIA_ROOT), 'media')}")}) from None
+    vocabulary = AnnotationVocabulary(teacher.vocabulary, f"teacher model {model.name}")
+    _check_queries_fit(camera, vocabulary, "labels")
+    _relabel(camera, labels=Camera.Labels.TEACHER, vocabulary=vocabulary, teacher=model, teacher_labels=list(names),
+             teacher_score_threshold=score_threshold, teacher_frame_size=frame_size)
     return camera

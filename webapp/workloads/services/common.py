@@ -39,6 +39,10 @@ def delete_unused(row: Camera | ModelEntry, what: str, stored: Any) -> None:
     users = list(row.queries.values_list("name", flat=True))
     if users:
         raise ValidationError(f"{what} {row.name!r} is used by queries {', '.join(users)}; delete them first")
+    taught = list(row.taught_cameras.values_list("name", flat=True)) if isinstance(row, ModelEntry) else []
+    if taught:
+        raise ValidationError(f"{what} {row.name!r} labels cameras {', '.join(taught)} as their teacher; "
+                              "give them another teacher or annotations first")
     if stored:
         delete_media_on_commit(stored.name)
     row.delete()

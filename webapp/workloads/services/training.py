@@ -22,7 +22,7 @@ from gemel_engine.train import default_recipe
 from gemel_engine.workload import QueryEntry, Workload, camera_frames, train_unmerged
 from webapp.field_errors import about
 from webapp.names import clean_name
-from webapp.workloads.engine import camera_classes, camera_labels, camera_spec
+from webapp.workloads.engine import camera_classes, camera_labelled_by_own_model, camera_spec
 from webapp.workloads.models import Camera, ModelEntry, Query, TrainingRun
 from webapp.workloads.services.common import check_unique_name
 from webapp.workloads.services.model_entries import model_register_file
@@ -70,9 +70,10 @@ def training_start(
     active = (TrainingRun.Status.QUEUED, TrainingRun.Status.TRAINING)
     if TrainingRun.objects.filter(name=name, status__in=active).exists():
         raise ValidationError({"name": f"a training run called {name!r} is already under way"})
-    if camera_labels(camera) == "teacher":
+    if camera_labelled_by_own_model(camera):
         raise ValidationError({"camera": (
-            f"camera {camera.name!r} has no labels to train on: upload YOLO or COCO annotations for it first"
+            f"camera {camera.name!r} has no labels to train on: upload YOLO or COCO annotations for it, or name a "
+            "teacher detector that labels it, first"
         )})
     engine_task = _engine_task(task, camera)
     head = ModelEntry(name=name, arch=arch, builder_args={"num_classes": engine_task.num_outputs})
