@@ -59,7 +59,9 @@
     if (!("queries_served" in node)) return;  // a status change: the summary fields come with the next summary
     const memory = (node.resident_bytes == null ? "—" : gemel.mib(node.resident_bytes)) + " / "
       + (node.memory_budget_bytes ? gemel.mib(node.memory_budget_bytes) : "no budget");
-    fill(row.querySelector("[data-field=memory]"), memory, ...(node.simulated ? [badge("", "simulated")] : []));
+    const gpu = node.gpu_total_bytes
+      ? [muted(` · GPU ${gemel.mib(node.gpu_used_bytes)} of ${gemel.mib(node.gpu_total_bytes)} (driver)`)] : [];
+    fill(row.querySelector("[data-field=memory]"), memory, ...gpu, ...(node.simulated ? [badge("", "simulated")] : []));
     const serving = node.serving;
     fill(row.querySelector("[data-field=serving]"), serving
       ? `job ${serving.job} config ${serving.config} (saves ${gemel.mib(serving.saved_bytes)})` : muted("nothing"));

@@ -136,6 +136,24 @@ def test_the_fleet_overview_shows_a_box_that_stopped_reporting_as_offline_and_fi
     assert "depot" in table and "1 of 2 boxes reporting" in table
 
 
+def test_the_fleet_overview_shows_a_gpu_boxs_driver_figure_and_none_on_a_cpu_box(operator_client, operator):
+    depot = site_create(name="depot")
+    query = _query_of_site("depot_cars", depot)
+    gpu_box, _ = make_node("gpu-box", token_name="gpu", site=depot)
+    cpu_box, _ = make_node("cpu-box", token_name="cpu", site=depot)
+    for node, gpu in ((gpu_box, {"used_bytes": 3 << 30, "total_bytes": 16 << 30}), (cpu_box, None)):
+        deployment = deployment_create(bundle=make_bundle(queries=[query]), node=node, user=operator)
+        EdgeNode.objects.filter(pk=node.pk).update(active_deployment=deployment)
+        metrics_record(node=node, at=timezone.now(), deployment=deployment.pk, simulated=False,
+                       memory={"resident_bytes": 40 << 20, "budget_bytes": 64 << 20, **({"gpu": gpu} if gpu else {})},
+                       queries={"depot_cars": {"fps": 5.0, "drop_rate": 0.0, "effective_accuracy": 0.9}})
+    table = operator_client.get(reverse("overview")).content.decode()
+    table = table[table.index('id="fleet-nodes"'):]
+    start, other = table.index(f'data-node="{gpu_box.pk}"'), table.index(f'data-node="{cpu_box.pk}"')
+    gpu_row, cpu_row = (table[start:other], table[other:]) if start < other else (table[start:], table[other:start])
+    assert "GPU 3072.0 MiB of 16384.0 MiB (driver)" in gpu_row and "(driver)" not in cpu_row
+
+
 def test_sites_without_boxes_are_named_on_the_fleet_overview(viewer_client):
     site_create(name="warehouse")
     page = viewer_client.get(reverse("overview")).content.decode()

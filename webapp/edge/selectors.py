@@ -469,6 +469,9 @@ def fleet_node_json(node: EdgeNode, queries: dict[str, Any], *, now: datetime | 
         **node_to_json(node, now=now),
         "site_name": node.site.name,
         "resident_bytes": report.memory.resident_bytes if node.latest_sample_id else None,
+        # The driver's own figures on a GPU box (everything the process and others hold, not only weights).
+        "gpu_used_bytes": report.memory.gpu.used_bytes if report.memory.gpu else None,
+        "gpu_total_bytes": report.memory.gpu.total_bytes if report.memory.gpu else None,
         "memory_budget_bytes": report.memory.budget_bytes or node.budget_bytes,
         "simulated": bool(node.latest_sample and node.latest_sample.simulated),
         "sample_at": node.latest_sample.at.isoformat() if node.latest_sample else None,
