@@ -40,6 +40,7 @@
       const badge = row.querySelector("[data-field=status]");
       setStatus(badge, query.status, query.status);
       badge.title = query.status_detail;
+      row.querySelector("[data-field=status_detail]").textContent = query.status_detail;
       const shown = (value) => (value === null ? "—" : Number(value).toFixed(3));
       row.querySelector("[data-field=unmerged_accuracy]").textContent = shown(query.unmerged_accuracy);
       row.querySelector("[data-field=chance_accuracy]").textContent = shown(query.chance_accuracy);

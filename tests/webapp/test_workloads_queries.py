@@ -65,6 +65,8 @@ def test_measuring_sets_the_unmerged_accuracy_on_validation_and_test_frames_once
     test = measured.unmerged_test
     assert test["interval"][0] <= test["accuracy"] <= test["interval"][1] and test["frames"] > 0
     assert f"validation and {test['frames']} held-out test frames" in measured.status_detail
+    assert "(trained on " in measured.status_detail  # how many frames of each split, and where the labels came from
+    assert measured.status_detail.endswith("labels: the synthetic scene's ground truth")
     assert query_measure(query_id=query.pk) is None  # claimed once: a second delivery does nothing
 
 

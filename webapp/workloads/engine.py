@@ -40,6 +40,17 @@ def camera_labels(camera: Camera) -> str:
     return "ground_truth" if camera_has_ground_truth(camera.source) else "teacher"
 
 
+def camera_label_source(camera: Camera) -> str:
+    """Return, in words, where the labels of a query on ``camera`` come from."""
+    if camera.teacher_id is not None:
+        return f"teacher model {camera.teacher.name}'s boxes scoring {camera.teacher_score_threshold:g} or more"
+    if camera.labels:
+        return f"{camera.get_labels_display()} ({camera.vocabulary_source or 'uploaded'})"
+    if camera_has_ground_truth(camera.source):
+        return "the synthetic scene's ground truth"
+    return "the query's own unmerged model (agreement with it, not ground truth)"
+
+
 def camera_classes(camera: Camera) -> tuple[str, ...]:
     """Return the class names a query on ``camera`` may look for: its annotations' vocabulary, else the synthetic
     scenes' classes."""

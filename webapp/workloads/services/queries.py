@@ -23,6 +23,7 @@ from gemel_engine.workload import QueryEntry, camera_frames, measure_query
 from webapp.workloads.engine import (
     camera_classes,
     camera_has_ground_truth,
+    camera_label_source,
     live_workload,
     stored_task,
 )
@@ -202,7 +203,7 @@ def query_measure(*, query_id: int) -> Query | None:
         return None
     query = Query.objects.select_related("camera", "model").get(pk=query_id)
     try:
-        measured, val_frames, test_start = _measure(query)
+        measured, splits, test_start = _measure(query)
     except (GemelError, OSError, RuntimeError, ValueError) as exc:
         Query.objects.filter(pk=query_id).update(
             status=Query.Status.FAILED, status_detail=f"measuring failed: {exc}", updated_at=timezone.now()
@@ -210,7 +211,8 @@ def query_measure(*, query_id: int) -> Query | None:
         logger.warning("measuring query %s failed", query_id, exc_info=True)
     else:
         test = measured.unmerged_test
-        detail = f"measured on {val_frames} validation and {test.frames if test else 0} held-out test frames"
+        detail = (f"measured on {splits['val']} validation and {test.frames if test else 0} held-out test frames "
+                  f"(trained on {splits['train']}); labels: {camera_label_source(query.camera)}")
         Query.objects.filter(pk=query_id, status=Query.Status.MEASURING).update(
             status=Query.Status.READY, unmerged_accuracy=measured.unmerged_accuracy,
             chance_accuracy=measured.chance_accuracy, unmerged_test=test.to_json() if test else None,
@@ -223,9 +225,10 @@ def query_measure(*, query_id: int) -> Query | None:
     return query
 
 
-def _measure(query: Query) -> tuple[QueryEntry, int, int]:
-    """Return the measured query entry, its validation frame count and its camera's first test frame (source
-    index)."""
+def _measure(query: Query) -> tuple[QueryEntry, dict[str, int], int]:
+    """Return the measured query entry, its camera's frames per split (train, val, test) and its first test frame
+    (source index)."""
     workload = live_workload([query])
     frames = camera_frames(workload, workload.cameras[0], cache_dir=Path(settings.MEDIA_ROOT) / "frame-cache")
-    return measure_query(workload, workload.queries[0], frames)
+    measured, val_frames, test_start = measure_query(workload, workload.queries[0], frames)
+    return measured, {"train": len(frames.train), "val": val_frames, "test": len(frames.test)}, test_start
