@@ -56,6 +56,10 @@ class EdgeNode(models.Model):
         "MetricSample", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     summary_sent_at = models.DateTimeField(null=True, blank=True)
+    # How many metrics samples the node keeps now, and their payload bytes: a report checks these instead of
+    # counting its samples, and expires old ones only when they pass the retention limits.
+    retained_samples = models.PositiveIntegerField(default=0)
+    retained_bytes = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["name"]
@@ -110,7 +114,8 @@ class DeploymentStatusChange(models.Model):
 
 class MetricSample(models.Model):
     """One metrics report of an agent (docs/agent-protocol.md §5); per node, the newest samples stay, at most
-    METRICS_RETENTION of them and METRICS_RETENTION_BYTES of payload."""
+    METRICS_RETENTION of them and METRICS_RETENTION_BYTES of payload (past either, the oldest go until a tenth of
+    each is free)."""
 
     node = models.ForeignKey(EdgeNode, on_delete=models.CASCADE, related_name="samples")
     deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")

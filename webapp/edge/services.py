@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import F, Q, Sum, Window
+from django.db.models import Count, F, Q, Sum, Window
 from django.utils import timezone
 
 from gemel_engine.runtime.protocol import MetricsReport, ProtocolError, list_schedulers
@@ -318,19 +318,25 @@ def deployment_report_status(*, deployment: Deployment, status: str, detail: str
 
 
 def _metrics_expire(node: EdgeNode, newest: MetricSample) -> None:
-    """Delete the node's oldest samples beyond METRICS_RETENTION samples or METRICS_RETENTION_BYTES bytes (the
-    ``newest`` is always kept), in two indexed queries: the id METRICS_RETENTION places down, and the newest id at
-    which the payloads' running total from the newest passes the bytes."""
+    """Once the node keeps more than METRICS_RETENTION samples or METRICS_RETENTION_BYTES bytes of them, delete
+    its oldest until a tenth of each limit is free again (the ``newest`` is always kept), and count what it keeps
+    afresh. Below the limits this costs nothing: ``metrics_record`` keeps the node's counts as it stores."""
+    if (node.retained_samples <= settings.METRICS_RETENTION
+            and node.retained_bytes <= settings.METRICS_RETENTION_BYTES):
+        return
+    keep_samples = settings.METRICS_RETENTION - settings.METRICS_RETENTION // 10
+    keep_bytes = settings.METRICS_RETENTION_BYTES - settings.METRICS_RETENTION_BYTES // 10
     samples = MetricSample.objects.filter(node=node)
-    beyond_count = samples.order_by("-id").values_list("id", flat=True)[
-        settings.METRICS_RETENTION:settings.METRICS_RETENTION + 1]
+    beyond_count = samples.order_by("-id").values_list("id", flat=True)[keep_samples:keep_samples + 1]
     running = samples.annotate(kept_bytes=Window(Sum("payload_bytes"), order_by=F("id").desc()))
     # (Another filter here would apply before the running total is taken: the newest is left out afterwards.)
-    over = running.filter(kept_bytes__gt=settings.METRICS_RETENTION_BYTES).order_by("-id").values_list("id", flat=True)
+    over = running.filter(kept_bytes__gt=keep_bytes).order_by("-id").values_list("id", flat=True)
     beyond_bytes = [sample_id for sample_id in over[:2] if sample_id != newest.pk][:1]
     cut = max([*beyond_count, *beyond_bytes], default=None)
     if cut is not None:
         samples.filter(id__lte=cut).delete()  # that one and every older one
+    kept = samples.aggregate(count=Count("id"), bytes=Sum("payload_bytes"))
+    EdgeNode.objects.filter(pk=node.pk).update(retained_samples=kept["count"], retained_bytes=kept["bytes"] or 0)
 
 
 @transaction.atomic
@@ -342,7 +348,7 @@ def metrics_record(
     channel its summary, when this report opens a period: ``fleet_summary_send``); return the sample.
 
     The node keeps its newest samples: at most METRICS_RETENTION of them, and at most METRICS_RETENTION_BYTES
-    of payload (a node sending large reports keeps fewer).
+    of payload (a node sending large reports keeps fewer); past either, the oldest go until a tenth is free.
 
     Raises:
         ValidationError: ``memory`` or ``queries`` breaks the protocol (types, ranges, finite numbers, sizes).
@@ -359,8 +365,12 @@ def metrics_record(
         gpu_used_bytes=None if report.memory.gpu is None else report.memory.gpu.used_bytes,
         payload=payload, payload_bytes=len(json.dumps(payload, separators=(",", ":"))),
     )
+    EdgeNode.objects.filter(pk=node.pk).update(
+        last_seen_at=timezone.now(), latest_sample=sample, retained_samples=F("retained_samples") + 1,
+        retained_bytes=F("retained_bytes") + sample.payload_bytes)
+    node.retained_samples += 1
+    node.retained_bytes += sample.payload_bytes
     _metrics_expire(node, sample)
-    EdgeNode.objects.filter(pk=node.pk).update(last_seen_at=timezone.now(), latest_sample=sample)
     group_send_on_commit(node_group(node.pk), "node.metrics",
                          {"node": node.pk, "sample": selectors.sample_to_json(sample)})
     transaction.on_commit(_fleet_summary_if_due)
