@@ -51,6 +51,9 @@ def test_the_merge_benchmark_runs_strategies_side_by_side(tiny_workload, tmp_pat
     assert [s["strategy"] for s in data["summary"]] == ["gemel", "gemel+"]
     assert all(s["all_targets_met"] for s in data["summary"])
     assert data["runs"]["gemel@point"][0]["saved_param_bytes"] > 0  # runs are keyed by strategy@acceptance
+    log = data["runs"]["gemel@point"][0]["round_log"]
+    assert log[0]["type"] == "round.started" and log[0]["trial_models"]
+    assert any(entry["type"] == "round.finished" and entry["accepted"] for entry in log)
     for summary in data["summary"]:
         assert 0.0 <= summary["test_targets_met_share"] <= 1.0
         saved = any(run["saved_param_bytes"] > 0 for run in data["runs"][f"{summary['strategy']}@point"])

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
 
 from tests.webapp.test_edge_factories import make_bundle, make_node, make_query
 from tests.webapp.test_workloads_factories import measured
-from webapp.edge.models import AgentToken, Deployment, EdgeNode
+from webapp.edge.models import AgentToken, Deployment, EdgeNode, MetricSample
 from webapp.edge.services import deployment_create, deployment_report_status, metrics_record
 
 pytestmark = pytest.mark.django_db
@@ -234,8 +235,11 @@ def test_the_monitor_says_whether_memory_or_compute_limits_a_node(operator_clien
     node, _ = make_node()
     make_query()
 
+    start = timezone.now()
+
     def report(swapped: int, drop_rate: float) -> None:
-        metrics_record(node=node, at=timezone.now(), deployment=None, simulated=True,
+        at = start + timedelta(seconds=2 * MetricSample.objects.filter(node=node).count())  # a report every 2 s
+        metrics_record(node=node, at=at, deployment=None, simulated=True,
                        memory={"resident_bytes": 6, "shared_bytes": 1, "per_model_bytes": {},
                                "swapped_bytes_total": swapped},
                        queries={"north_cars": {"fps": 1.0, "drop_rate": drop_rate, "effective_accuracy": 0.5}})
@@ -249,8 +253,8 @@ def test_the_monitor_says_whether_memory_or_compute_limits_a_node(operator_clien
     report(1000, 0.6)
     assert limit().startswith('id="node-limit"><strong>What limits this node now:</strong> '
                               '<span data-field="limit">compute: up to 60%')
-    report(5000, 0.6)
-    assert "memory: weights are swapped in while frames are dropped" in limit()
+    report(1000 + 4 * (1 << 20), 0.6)  # 4 MiB in 2 s
+    assert "memory and the link: weights are swapped in at 2.0 MiB/s while frames are dropped" in limit()
 
 
 def test_every_page_that_shows_figures_explains_its_terms(operator_client):

@@ -63,10 +63,11 @@ def test_refusals_come_back_as_400_with_a_detail(operator_client, tmp_path):
     assert operator_client.get("/api/cameras/999").status_code == 404
 
 
-def test_analyses_cover_all_queries_by_default(operator_client):
+def test_analyses_cover_every_ready_query_by_default_as_the_page_does(operator_client):
     camera = make_camera()
     make_query("a", camera=camera, model=make_model("m1"))
     make_query("b", camera=camera, model=make_model("m2"))
+    make_query("c_pending", camera=camera, model=make_model("m3"), status="pending")
     response = post_json(operator_client, "/api/analyses", {"mode": "shape"})
     assert response.status_code == 201
     assert len(response.json()["queries"]) == 2 and response.json()["result"]["max_savings_bytes"] > 0

@@ -142,9 +142,14 @@ def test_an_operator_runs_an_analysis_over_every_ready_query_by_default(operator
 def test_analysing_with_no_ready_query_says_so(operator_client):
     make_query("p", status=Query.Status.PENDING)
     response = operator_client.post(reverse("analysis"), {"mode": "shape"})
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert 'id="form-errors" class="error"' in response.content.decode()
-    assert "choose at least one query to analyse" in response.content.decode()
+    assert "no query is ready yet (1 still being measured or failed)" in response.content.decode()
+
+
+def test_analysing_with_no_query_at_all_says_where_to_register_them(operator_client):
+    response = operator_client.post(reverse("analysis"), {"mode": "shape"})
+    assert "no query yet: register cameras, models and queries" in response.content.decode()
 
 
 def test_editing_only_the_target_keeps_every_task_field_and_the_measurement(operator_client):

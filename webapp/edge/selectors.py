@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from gemel_engine.errors import BundleError, DeploymentError, GemelError
 from gemel_engine.queries import Task
+from gemel_engine.report import MIB
 from gemel_engine.runtime.protocol import (
     CameraFeed,
     DeploymentSpec,
@@ -344,8 +345,10 @@ def node_limit(node: EdgeNode | None) -> str | None:
     if len(newest) == 2:
         swapped = report.memory.swapped_bytes_total - sample_report(newest[1]).memory.swapped_bytes_total
     if swapped > 0:
-        return (f"memory: weights are swapped in while frames are dropped (up to {worst:.0%}); a larger budget, "
-                "more sharing (a merged bundle) or a faster link would help")
+        seconds = (newest[0].at - newest[1].at).total_seconds()
+        rate = f" at {swapped / seconds / MIB:.1f} MiB/s" if seconds > 0 else ""
+        return (f"memory and the link: weights are swapped in{rate} while frames are dropped (up to {worst:.0%}); "
+                "a larger budget or more sharing (a merged bundle) swaps less, a faster link swaps quicker")
     return (f"compute: up to {worst:.0%} of frames are dropped with nothing being swapped, so the models run "
             "slower than the frames arrive; fewer fps, a faster device or lighter models would help")
 

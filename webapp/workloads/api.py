@@ -440,10 +440,9 @@ def get_analysis(request: HttpRequest, analysis_id: int) -> dict[str, Any]:
 
 @router.post("/analyses", response={201: AnalysisOut, 400: Detail, 403: Detail})
 def create_analysis(request: HttpRequest, payload: AnalysisIn) -> Status:
-    """Analyse the sharing potential of the given queries (all when none is given)."""
+    """Analyse the sharing potential of the given queries (every ready one when none is given)."""
     api_require_operator(request)
-    chosen = selectors.query_list() if payload.queries is None else selectors.queries_by_ids(
-        payload.queries)
+    chosen = None if payload.queries is None else selectors.queries_by_ids(payload.queries)
     analysis = services.workload_analyze(queries=chosen, mode=payload.mode, user=request.user)
     return Status(201, _analysis_out(analysis))
 

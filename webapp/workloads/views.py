@@ -280,7 +280,7 @@ def analysis(request: HttpRequest) -> HttpResponse:
         if not user_is_operator(request.user):
             raise PermissionDenied("operators only")
         if form.is_valid():
-            chosen = form.cleaned_data["queries"] or selectors.queries_ready()
+            chosen = form.cleaned_data["queries"] or None
             try:
                 services.workload_analyze(queries=chosen, mode=form.cleaned_data["mode"], user=request.user)
             except ValidationError as exc:
@@ -293,5 +293,5 @@ def analysis(request: HttpRequest) -> HttpResponse:
         "analysis": latest,
         "chart": selectors.analysis_chart_data(latest) if latest else None,
         "pairs": selectors.sharing_pairs(latest) if latest else [],
-    })
+    }, status=400 if request.method == "POST" else 200)
 

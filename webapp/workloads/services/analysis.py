@@ -16,16 +16,28 @@ from webapp.workloads.models import Query, WorkloadAnalysis
 from webapp.workloads.services.model_entries import build_meta
 
 
-def workload_analyze(*, queries: Iterable[Query], mode: str = "shape", user: Any = None) -> WorkloadAnalysis:
-    """Analyse which layers the queries' models could share, on models built on the meta device.
+def workload_analyze(
+    *, queries: Iterable[Query] | None, mode: str = "shape", user: Any = None
+) -> WorkloadAnalysis:
+    """Analyse which layers the queries' models could share, on models built on the meta device; ``queries``
+    None: every ready query (measured), as the analysis page and the API do when none is chosen.
 
     Returns:
         The saved analysis; ``result`` is the engine's ``LayerAnalysis.to_dict()`` (models named by query).
 
     Raises:
-        ValidationError: no queries, or an unknown match mode.
+        ValidationError: no queries (none chosen, or none ready when none was chosen), or an unknown match mode.
     """
-    chosen = list(queries)
+    if queries is None:
+        chosen = list(Query.objects.filter(status=Query.Status.READY).select_related("model").order_by("name"))
+        if not chosen:
+            pending = Query.objects.exclude(status=Query.Status.READY).count()
+            raise ValidationError(
+                f"no query is ready yet ({pending} still being measured or failed): wait for their measurement, "
+                "or tick the ones to analyse" if pending else
+                "no query yet: register cameras, models and queries on the Cameras page (or build the demo) first")
+    else:
+        chosen = list(queries)
     if not chosen:
         raise ValidationError("choose at least one query to analyse")
     try:
