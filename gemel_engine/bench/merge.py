@@ -85,18 +85,35 @@ def parse_confidences(text: str) -> list[float | None]:
     return values
 
 
+# The fields of the search's round events a benchmark run keeps.
+ROUND_EVENTS = {
+    "round.started": ("type", "round", "trial_layers", "trial_models", "left_out", "estimated_seconds"),
+    "round.finished": ("type", "round", "accepted", "steps", "stopped", "accuracy", "required", "bytes_saved",
+                       "elapsed"),
+    "round.cut": ("type", "round", "steps", "max_steps", "accuracy", "required", "stopped"),
+}
+
+
 def run_strategy(
     workload: Workload, strategy: str, budget_minutes: float, round_steps: int,
     accept_confidence: float | None = DEFAULT_ACCEPT_CONFIDENCE,
 ) -> dict[str, Any]:
-    """Return one strategy's benchmark row (its search runs in a scratch directory)."""
+    """Return one strategy's benchmark row (its search runs in a scratch directory); ``round_log`` holds each
+    round's trial (layers, models, models left out) and outcome (accepted, steps, accuracies against the
+    required ones, or where the budget cut it), so a run can be read after the fact."""
     job = Path(tempfile.mkdtemp(prefix=f"gemel-bench-{strategy.replace('+', 'plus')}-"))
+    round_log: list[dict[str, Any]] = []
+
+    def log(event: dict[str, Any]) -> None:
+        if event["type"] in ROUND_EVENTS:
+            round_log.append({key: event[key] for key in ROUND_EVENTS[event["type"]] if key in event})
+
     try:
         config = SearchConfig(
             strategy=strategy, budget_minutes=budget_minutes, round_budget=RetrainBudget(max_steps=round_steps),
             accept_confidence=accept_confidence,
         )
-        result = run_search(workload, job, config).to_json()
+        result = run_search(workload, job, config, progress=log).to_json()
         gaps = val_test_gaps(workload, job)
     finally:
         shutil.rmtree(job, ignore_errors=True)
@@ -116,6 +133,7 @@ def run_strategy(
         "val_test_gaps": gaps,
         "queries": result["queries"],
         "timeline": result["timeline"],
+        "round_log": round_log,
         "seconds_to_final_savings": time_to_reach(
             result["timeline"], result["unmerged_param_bytes"] - result["merged_param_bytes"]
         ),
