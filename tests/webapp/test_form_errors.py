@@ -83,7 +83,7 @@ def test_a_required_field_left_empty_is_named_under_that_field_not_above_the_nex
 def test_an_error_about_no_field_is_shown_once_at_the_top(operator_client):
     response = operator_client.post(reverse("analysis"), {"mode": "shape"})
     body = response.content.decode()
-    assert body.count("choose at least one query to analyse") == 1
+    assert body.count("no query yet: register cameras, models and queries") == 1
     assert body.index('id="form-errors"') < body.index('for="id_mode"')
 
 
