@@ -35,7 +35,7 @@ from gemel_engine.data.annotations import (
     read_yolo_labels,
 )
 from gemel_engine.data.folder import ImageFolderSource
-from gemel_engine.data.frames import Box, check_vocabulary
+from gemel_engine.data.frames import Box, CameraSource, check_vocabulary
 from gemel_engine.data.sampling import FrameCache, FrameSet, SamplingSpec, split_by_time
 from gemel_engine.data.sources import open_source
 from gemel_engine.data.synthetic import CLASSES
@@ -490,8 +490,8 @@ def camera_frames(workload: Workload, camera: CameraSpec, *, cache_dir: Path | N
         frames = cache.get(source, camera.sampling)
         if camera.labels in ("yolo", "coco"):
             frames = _with_annotations(workload, camera, source, frames)
-    if camera.teacher is not None:
-        frames = _with_teacher(workload, camera, camera.teacher, cache, frames)
+        if camera.teacher is not None:
+            frames = _with_teacher(workload, camera, camera.teacher, cache, source, frames)
     return CameraFrames(*split_by_time(
         frames, val_fraction=camera.val_fraction, test_fraction=camera.test_fraction, gap=camera.gap_seconds
     ))
@@ -514,7 +514,9 @@ def annotated_frame_names(camera: CameraSpec, source: object, positions: Sequenc
 def _annotated_frame_count(camera: CameraSpec, source: object) -> int:
     if isinstance(source, ImageFolderSource):
         return len(source.files)
-    count = source.frame_count if isinstance(source, VideoFileSource) else None
+    if not isinstance(source, VideoFileSource):
+        raise WorkloadError(f"camera {camera.name!r}: annotations need an image-folder or video-file source")
+    count = source.frame_count
     if not count:
         raise SourceError(f"camera {camera.name!r}: the video's frames cannot be counted to match its annotations")
     return count
@@ -549,7 +551,6 @@ def check_annotations(camera: CameraSpec, root: Path) -> AnnotationVocabulary:
         raise WorkloadError(f"camera {camera.name!r} is not labelled by annotations")
     vocabulary = camera_vocabulary(camera, root)
     with open_source(camera.source, fps=camera.fps) as source:
-        annotated_frame_names(camera, source, ())
         _read_annotations(camera, root, source, range(_annotated_frame_count(camera, source)), vocabulary.names)
     return vocabulary
 
@@ -566,15 +567,16 @@ def _with_annotations(workload: Workload, camera: CameraSpec, source: object, fr
 
 
 def _with_teacher(
-    workload: Workload, camera: CameraSpec, teacher: TeacherSpec, cache: FrameCache, frames: FrameSet
+    workload: Workload, camera: CameraSpec, teacher: TeacherSpec, cache: FrameCache, source: CameraSource,
+    frames: FrameSet,
 ) -> FrameSet:
-    """Return ``frames`` with the teacher's boxes, scaled to the frames' size: read from the frame cache when this
-    teacher already labelled them, else detected on the frames at the teacher's frame size and stored."""
+    """Return ``frames`` (sampled from the open ``source``) with the teacher's boxes, scaled to the frames' size:
+    read from the frame cache when this teacher already labelled them, else detected on the frames at the
+    teacher's frame size and stored."""
     size = teacher.frame_size or frames.resolution
-    with open_source(camera.source, fps=camera.fps) as source:
-        spec = dataclasses.replace(camera.sampling, size=tuple(size))
-        frames_key = cache.key(source, spec)
-        seen = frames if tuple(size) == tuple(frames.resolution) else cache.get(source, spec)
+    spec = dataclasses.replace(camera.sampling, size=tuple(size))
+    frames_key = cache.key(source, spec)
+    seen = frames if tuple(size) == tuple(frames.resolution) else cache.get(source, spec)
     if len(seen) != len(frames) or list(seen.indices) != list(frames.indices):
         raise SourceError(f"camera {camera.name!r}: the teacher's frames at {size} are not the camera's frames")
     key = None if frames_key is None else labels_key(teacher, workload.root, frames_key)

@@ -248,7 +248,7 @@ def camera_annotations_upload(*, camera: Camera, file: Any) -> Camera:
     a video's frame N as ``frame_00000N.txt``, with a
     ``classes.txt`` or ``data.yaml`` naming the classes, else COCO's 80 classes) or a COCO json.
 
-    The annotations are read against every frame of the folder before anything is kept; the camera then labels
+    The annotations are read against every frame of the source before anything is kept; the camera then labels
     its frames with them, its vocabulary is the annotations' class names, and its queries are measured again.
 
     Returns:
