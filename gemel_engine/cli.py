@@ -342,6 +342,8 @@ class _MergeReporter:
                     f"needs about {event['estimated_seconds'] / 60:.1f} min, {event['seconds_left'] / 60:.1f} left")
         elif kind == "round.finished":
             verdict = "accepted" if event["accepted"] else f"rejected ({event['stopped']})"
+            if event.get("hopeless"):
+                verdict += f"; could not get there: {', '.join(event['hopeless'])}"
             unsure = sorted(n for n, low in event.get("lower_margin", {}).items()
                             if low < 0 <= event["accuracy"][n] - event["required"][n])
             if unsure:

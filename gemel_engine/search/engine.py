@@ -585,6 +585,7 @@ class MergeSearch:
             bytes_saved=int(state.timeline[-1][1]), elapsed=state.elapsed,
             lower_margin={n: round(v, 4) for n, v in outcome.lower_margins.items()},
             accept_confidence=self.config.accept_confidence, false_stops=outcome.false_stops,
+            hopeless=sorted(outcome.hopeless),
         )
         if accepted:
             emit(self.progress, "config.accepted", round=round_index,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -257,6 +257,10 @@ class RetrainOutcome:
     lower_margins: dict[str, float] = field(default_factory=dict)
     # Final measurements that did not show every target met although the checks had passed (the round went on).
     false_stops: int = 0
+    # The queries whose trend over their latest checks could not reach their targets within the step budget: why
+    # a round stopped as hopeless (empty for any other stop). The other queries below target were still on their
+    # way when it stopped.
+    hopeless: frozenset[str] = frozenset()
 
     @property
     def all_met(self) -> bool:
@@ -311,12 +315,43 @@ def _shortfalls(accuracies: Mapping[str, float], affected: list[str], bars: Mapp
     return [bars[n] - accuracies[n] for n in affected if accuracies[n] < bars[n]]
 
 
-def _hopeless(history: list[dict[str, float]], name: str, required: float, remaining_evals: int) -> bool:
-    if len(history) < 2:
-        return False
-    latest, previous = history[-1][name], history[-2][name]
-    slope = latest - previous
-    return latest + max(slope, 0.0) * remaining_evals < required
+# How many of a query's latest checks its trend is fitted to: one check's figure on a subset of validation frames
+# moves by a few frames' worth either way, so a trend drawn through two checks is mostly noise.
+TREND_CHECKS = 3
+
+
+def projected_accuracy(history: Sequence[tuple[int, float]], max_steps: int) -> float | None:
+    """Return where a query's accuracy is heading by step ``max_steps``: the least-squares line through its latest
+    ``TREND_CHECKS`` checks (``(steps, accuracy)`` pairs, oldest first), read at the latest check and carried on
+    at its slope when that is rising (a falling trend is projected flat: more steps may yet turn it).
+
+    Returns:
+        The projected accuracy, or None with fewer than two checks (no trend yet).
+    """
+    recent = list(history[-TREND_CHECKS:])
+    if len(recent) < 2:
+        return None
+    mean_steps = sum(s for s, _ in recent) / len(recent)
+    mean_accuracy = sum(a for _, a in recent) / len(recent)
+    spread = sum((s - mean_steps) ** 2 for s, _ in recent)
+    slope = sum((s - mean_steps) * (a - mean_accuracy) for s, a in recent) / spread if spread else 0.0
+    latest = recent[-1][0]
+    fitted = mean_accuracy + slope * (latest - mean_steps)
+    return fitted + max(slope, 0.0) * max(0, max_steps - latest)
+
+
+def _hopeless_queries(
+    history: list[tuple[int, dict[str, float]]], affected: list[str], bars: Mapping[str, float], max_steps: int
+) -> frozenset[str]:
+    latest = history[-1][1]
+    found = set()
+    for name in affected:
+        if latest[name] >= bars[name]:
+            continue
+        projected = projected_accuracy([(steps, checked[name]) for steps, checked in history], max_steps)
+        if projected is not None and projected < bars[name]:
+            found.add(name)
+    return frozenset(found)
 
 
 def joint_retrain(
@@ -358,7 +393,8 @@ def joint_retrain(
     accuracies = _evaluate(models, affected, data)
     checked_at = 0
     initial = dict(accuracies)
-    history = [accuracies]
+    history: list[tuple[int, dict[str, float]]] = [(0, accuracies)]
+    hopeless: frozenset[str] = frozenset()
     steps = 0
     closing = 0.0
     false_stops = 0
@@ -398,13 +434,12 @@ def joint_retrain(
                 if on_check is not None:
                     on_check(steps, dict(accuracies))
                 next_validation = budget.interval(_shortfalls(accuracies, affected, bars))
-                history.append(accuracies)
-                remaining = (budget.max_steps - steps) // budget.eval_every
-                if steps >= budget.hopeless_after * budget.max_steps and any(
-                    _hopeless(history, n, bars[n], remaining) for n in affected if accuracies[n] < bars[n]
-                ):
-                    stopped = "hopeless"
-                    break
+                history.append((steps, accuracies))
+                if steps >= budget.hopeless_after * budget.max_steps:
+                    hopeless = _hopeless_queries(history, affected, bars, budget.max_steps)
+                    if hopeless:
+                        stopped = "hopeless"
+                        break
         else:
             stopped = "met"
         unique.eval()
@@ -430,7 +465,7 @@ def joint_retrain(
     ended = time.perf_counter()
     return RetrainOutcome(
         final, met, steps, stopped, ended - started, initial, dict(checked), closing_seconds=closing,
-        lower_margins=lower, false_stops=false_stops,
+        lower_margins=lower, false_stops=false_stops, hopeless=hopeless if stopped == "hopeless" else frozenset(),
     )
 
 
@@ -442,5 +477,6 @@ __all__ = [
     "check_subset",
     "joint_retrain",
     "measure_pace",
+    "projected_accuracy",
     "teacher_logits",
 ]

@@ -17,9 +17,12 @@ search resumes from a checkpointed queue.
   here never adds a member to an accepted instance).
 - ``gemel+``: ours: shape-mode matching (more shareable layers), mean warm start, distillation from the
   unmerged models, and optimistic trial sizing: the paper's groups merged into trials of 1, 2, 4, 8...
-  groups, so savings come as early as with ``gemel`` and easy workloads merge fully in a few rounds. On
-  failure, like ``gemel``, the models that met their targets keep the trial; when none did, both halves are
-  tried (always, where ``gemel`` moves on when the first half saves less than the next trial). Under a time
+  groups, so savings come as early as with ``gemel`` and easy workloads merge fully in a few rounds. A
+  trial stopped as hopeless is retried without only the models whose trend over their last checks could not
+  reach their targets (``gemel`` keeps it for the models that passed at the stopping check, a draw that drops
+  models still on their way). On any other failure, like ``gemel``, the models that met their targets keep the
+  trial; when none did, both halves are tried (always, where ``gemel`` moves on when the first half saves less
+  than the next trial). Under a time
   budget, each trial is sized to the time left: models whose retraining (timed on this machine before the
   first round) would not finish are left out of it.
 """
@@ -86,6 +89,14 @@ def _kept_for_passing_models(trial: Trial, outcome: RetrainOutcome) -> Trial:
     models = {m.model for instance in trial for m in instance.members}
     failing = outcome.failing & models
     return _without_models(trial, failing) if failing and failing != models else []
+
+
+def _retried_without_hopeless_models(trial: Trial, outcome: RetrainOutcome) -> Trial:
+    """Return the trial without the models whose trend made its round hopeless, when the round stopped as hopeless
+    with models below target that were still on their way; else []."""
+    failing = outcome.failing & {m.model for instance in trial for m in instance.members}
+    hopeless = outcome.hopeless & failing
+    return _without_models(trial, hopeless) if hopeless and failing - hopeless else []
 
 
 def _halves(trial: Trial) -> list[Trial]:
@@ -193,9 +204,14 @@ class GemelPlus(Strategy):
         return trials
 
     def after_failure(self, trial: Trial, outcome: RetrainOutcome, next_trial: Trial | None = None) -> list[Trial]:
-        """Keep the trial for the models that met their targets when some did (one query that cannot share, a
-        detector among classifiers, must not hold back the rest); otherwise split it in halves, larger savings
-        first, and try both."""
+        """Retry a trial stopped as hopeless without only the models whose trend could not reach their targets
+        (the others, met or still on their way, keep the whole trial: who happened to pass at the stopping check
+        is a draw); otherwise keep the trial for the models that met their targets when some did (one query that
+        cannot share, a detector among classifiers, must not hold back the rest); otherwise split it in halves,
+        larger savings first, and try both."""
+        retried = _retried_without_hopeless_models(trial, outcome)
+        if retried:
+            return [retried]
         kept = _kept_for_passing_models(trial, outcome)
         if kept:
             return [kept]

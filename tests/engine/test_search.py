@@ -102,6 +102,36 @@ def test_gemel_plus_keeps_a_failed_trial_for_the_models_that_met_their_targets()
     assert all({m.model for m in i.members} == {"a", "b"} for i in reduced)
 
 
+def test_gemel_plus_retries_a_hopeless_trial_without_only_the_models_that_could_not_get_there():
+    # The round stopped as hopeless because of c; b was below target but still on its way; a and d met theirs.
+    trial = [_candidate(f"l{i}", "a", "b", "c", "d").to_instance() for i in range(3)]
+    hopeless = dataclasses.replace(_outcome({"b", "c"}, {"a", "b", "c", "d"}), stopped="hopeless",
+                                   hopeless=frozenset({"c"}))
+    [retried] = GemelPlus().after_failure(trial, hopeless)
+    assert _layers(retried) == ["l0", "l1", "l2"]
+    assert all({m.model for m in i.members} == {"a", "b", "d"} for i in retried)
+    # gemel, as the authors describe it, keeps the trial only for the models that passed at the stopping check.
+    [kept] = Gemel().after_failure(trial, hopeless)
+    assert all({m.model for m in i.members} == {"a", "d"} for i in kept)
+    # Every model below target was hopeless: nothing is on its way, so gemel+ keeps the trial for the others.
+    everyone = dataclasses.replace(hopeless, hopeless=frozenset({"b", "c"}))
+    [kept] = GemelPlus().after_failure(trial, everyone)
+    assert all({m.model for m in i.members} == {"a", "d"} for i in kept)
+
+
+def test_a_trend_is_fitted_to_the_latest_checks_and_a_falling_one_is_projected_flat():
+    from gemel_engine.search.retrain import projected_accuracy
+
+    assert projected_accuracy([(0, 0.5)], 100) is None
+    # One noisy check does not sink a rising trend: the line through the latest three (0.60, 0.70, 0.66; the
+    # first, at step 0, is past the window) reads 0.683 at step 60 and rises 0.0015 a step.
+    rising = [(0, 0.1), (20, 0.60), (40, 0.70), (60, 0.66)]
+    assert projected_accuracy(rising, 120) == pytest.approx(0.68333 + 0.0015 * 60, abs=1e-4)
+    # Checks come every 5 steps near the target: the slope is per step, so a denser check adds no optimism.
+    assert projected_accuracy([(50, 0.70), (55, 0.71), (60, 0.72)], 120) == pytest.approx(0.72 + 0.002 * 60)
+    assert projected_accuracy([(20, 0.8), (40, 0.7), (60, 0.6)], 120) == pytest.approx(0.6)
+
+
 def test_stem_shares_a_prefix_of_same_architecture_models_in_module_order():
     candidates = [_candidate("deep", "a", "b", size=900, order=5), _candidate("early", "a", "b", order=0),
                   _candidate("mixed", "a", "c", order=1)]
@@ -273,7 +303,7 @@ def test_joint_retraining_stops_as_soon_as_targets_are_met_or_hopeless(tiny_work
     impossible = {entry.name: QueryData(entry.name, entry.query.task, train, val, required=1.01)}
     outcome = joint_retrain(models, [entry.name], impossible, RetrainBudget(max_steps=40, eval_every=5))
     assert outcome.stopped == "hopeless" and outcome.steps < 40
-    assert outcome.failing == {entry.name}
+    assert outcome.failing == outcome.hopeless == {entry.name}
 
 
 def test_the_merge_command_prints_the_documented_json(tiny_workload, tmp_path: Path, capsys):
