@@ -69,6 +69,7 @@
       ? `${node.queries_met} of ${node.queries_measured}`
       : (node.queries_served ? muted(`${node.queries_served} served, not measurable live`) : "—"));
     const alerts = node.alerts.map((a) => badge("failed query-alert", `${a.query}: ${a.alert}`));
+    if (node.limit) alerts.push(Object.assign(muted(`limited by ${node.limit}`), { className: "muted node-limit" }));
     fill(row.querySelector("[data-field=attention]"), ...(alerts.length ? alerts : ["—"]));
   }
   setInterval(() => {

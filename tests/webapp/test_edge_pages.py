@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from tests.webapp.test_edge_factories import make_bundle, make_node, make_query
 from tests.webapp.test_workloads_factories import measured
+from webapp.edge import selectors
 from webapp.edge.models import AgentToken, Deployment, EdgeNode, MetricSample
 from webapp.edge.services import deployment_create, deployment_report_status, metrics_record
 
@@ -255,6 +256,13 @@ def test_the_monitor_says_whether_memory_or_compute_limits_a_node(operator_clien
                               '<span data-field="limit">compute: up to 60%')
     report(1000 + 4 * (1 << 20), 0.6)  # 4 MiB in 2 s
     assert "memory and the link: weights are swapped in at 2.0 MiB/s while frames are dropped" in limit()
+    # The Overview's fleet row says it too, and so does the summary its live table is kept with.
+    overview = operator_client.get(reverse("overview")).content.decode()
+    row = overview[overview.index(f'<tr data-node="{node.pk}"'):]
+    row = row[:row.index("</tr>")]
+    assert '<span class="muted node-limit">limited by memory and the link: weights are swapped in at 2.0 MiB/s' in row
+    [summary] = selectors.fleet_nodes_json([node.pk])
+    assert summary["limit"].startswith("memory and the link")
 
 
 def test_every_page_that_shows_figures_explains_its_terms(operator_client):

@@ -327,25 +327,27 @@ def node_latest_sample(*, node: EdgeNode) -> MetricSample | None:
 STARVED_DROP_RATE = 0.5
 
 
-def node_limit(node: EdgeNode | None) -> str | None:
-    """Return what holds the node back, read from its two newest samples: memory (weights swapped in while the
-    budget is full: memory and the host-to-device link decide), compute (frames dropped with nothing swapped:
-    the models run slower than frames arrive), or None when no query drops frames."""
+def node_limit(node: EdgeNode | None, newest: MetricSample | None = None) -> str | None:
+    """Return what holds the node back, read from its newest sample (``newest`` when the caller holds it) and, only
+    when frames are dropped, the one before it: memory (weights swapped in while the budget is full: memory and
+    the host-to-device link decide), compute (frames dropped with nothing swapped: the models run slower than
+    frames arrive), or None when no query drops frames."""
     if node is None:
         return None
-    newest = list(MetricSample.objects.filter(node=node).order_by("-id")[:2])
-    if not newest:
+    newest = newest or node_latest_sample(node=node)
+    if newest is None:
         return None
-    report = sample_report(newest[0])
+    report = sample_report(newest)
     drops = [q.drop_rate for q in report.queries.values() if q.drop_rate is not None]
     if not drops or max(drops) < STARVED_DROP_RATE / 5:
         return None
     worst = max(drops)
+    previous = MetricSample.objects.filter(node=node, id__lt=newest.pk).order_by("-id").first()
     swapped = 0
-    if len(newest) == 2:
-        swapped = report.memory.swapped_bytes_total - sample_report(newest[1]).memory.swapped_bytes_total
-    if swapped > 0:
-        seconds = (newest[0].at - newest[1].at).total_seconds()
+    if previous is not None:
+        swapped = report.memory.swapped_bytes_total - sample_report(previous).memory.swapped_bytes_total
+    if swapped > 0 and previous is not None:
+        seconds = (newest.at - previous.at).total_seconds()
         rate = f" at {swapped / seconds / MIB:.1f} MiB/s" if seconds > 0 else ""
         return (f"memory and the link: weights are swapped in{rate} while frames are dropped (up to {worst:.0%}); "
                 "a larger budget or more sharing (a merged bundle) swaps less, a faster link swaps quicker")
@@ -446,7 +448,7 @@ def _queries_by_name(names: set[str]) -> dict[str, Any]:
 def fleet_node_json(node: EdgeNode, queries: dict[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
     """Return one box as the fleet overview shows it (``node_to_json`` plus its site's name, memory in use and
     budget from its newest report, the bundle it serves, its served queries meeting their targets, their alerts,
-    and ``attention``: an ATTENTION_* rank); ``queries`` maps query names to Query rows (``_queries_by_name``)."""
+    what limits it (``limit``) and ``attention``: an ATTENTION_* rank); ``queries`` maps query names to Query rows (``_queries_by_name``)."""
     report = sample_report(node.latest_sample)
     online = node_is_online(node, now=now)
     alerts = []
@@ -486,6 +488,8 @@ def fleet_node_json(node: EdgeNode, queries: dict[str, Any], *, now: datetime | 
         "queries_measured": measured,
         "queries_met": met,
         "alerts": alerts,
+        # What holds an online box back when it drops frames (``node_limit``; one more read, only for such a box).
+        "limit": node_limit(node, node.latest_sample) if online and node.latest_sample_id else None,
         "attention": attention,
     }
 
