@@ -448,7 +448,8 @@ def _queries_by_name(names: set[str]) -> dict[str, Any]:
 def fleet_node_json(node: EdgeNode, queries: dict[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
     """Return one box as the fleet overview shows it (``node_to_json`` plus its site's name, memory in use and
     budget from its newest report, the bundle it serves, its served queries meeting their targets, their alerts,
-    what limits it (``limit``) and ``attention``: an ATTENTION_* rank); ``queries`` maps query names to Query rows (``_queries_by_name``)."""
+    what limits it (``limit``) and ``attention``: an ATTENTION_* rank); ``queries`` maps query names to Query
+    rows (``_queries_by_name``)."""
     report = sample_report(node.latest_sample)
     online = node_is_online(node, now=now)
     alerts = []
