@@ -186,8 +186,8 @@ class Gemel(Strategy):
 
 
 class GemelPlus(Strategy):
-    """Ours: also layers that differ only in stride, averaged or first weights as the start (whichever checks
-    closer to the targets), distillation, and groups that double after a success: the most memory soonest."""
+    """Ours: also layers that differ only in stride, averaged weights as the start, distillation, and groups that
+    double after a success: the most memory soonest."""
 
     name = "gemel+"
     options = StrategyOptions(mode="shape", warm_start="mean", pick_warm_start=True, distill=1.0,
