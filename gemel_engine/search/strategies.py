@@ -15,10 +15,9 @@ search resumes from a checkpointed queue.
   passing models' part of a failed trial is retrained once more before it is kept (theirs keeps it as
   trained beside the failing models), and the failing models' layers are not retried joined to it (a plan
   here never adds a member to an accepted instance).
-- ``gemel+``: ours: shape-mode matching (more shareable layers), a warm start picked per trial (the members'
-  mean or the first member's weights, whichever the first check finds less short of the targets),
-  distillation from the unmerged models, and optimistic trial sizing: the paper's groups merged into trials
-  of 1, 2, 4, 8... groups, so savings come as early as with ``gemel`` and easy workloads merge fully in a few rounds. A
+- ``gemel+``: ours: shape-mode matching (more shareable layers), mean warm start, distillation from the
+  unmerged models, and optimistic trial sizing: the paper's groups merged into trials of 1, 2, 4, 8...
+  groups, so savings come as early as with ``gemel`` and easy workloads merge fully in a few rounds. A
   trial stopped as hopeless is retried without only the models whose trend over their last checks could not
   reach their targets (``gemel`` keeps it for the models that passed at the stopping check, a draw that drops
   models still on their way). On any other failure, like ``gemel``, the models that met their targets keep the
