@@ -88,8 +88,8 @@ def parse_confidences(text: str) -> list[float | None]:
 # The fields of the search's round events a benchmark run keeps.
 ROUND_EVENTS = {
     "round.started": ("type", "round", "trial_layers", "trial_models", "left_out", "estimated_seconds"),
-    "round.finished": ("type", "round", "accepted", "warm_start", "steps", "stopped", "hopeless", "accuracy",
-                       "required", "bytes_saved", "elapsed"),
+    "round.finished": ("type", "round", "accepted", "steps", "stopped", "hopeless", "accuracy", "required",
+                       "bytes_saved", "elapsed"),
     "round.cut": ("type", "round", "steps", "max_steps", "accuracy", "required", "stopped"),
 }
 

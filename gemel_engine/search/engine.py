@@ -41,14 +41,13 @@ from gemel_engine.search.retrain import (
     QueryData,
     QueryPace,
     RetrainBudget,
-    check_accuracies,
     check_subset,
     joint_retrain,
     measure_pace,
     teacher_logits,
 )
 from gemel_engine.search.strategies import Strategy, Trial, _without_models, get_strategy
-from gemel_engine.sharing import WARM_STARTS, WarmStart, apply_plan, resolve_layer
+from gemel_engine.sharing import apply_plan, resolve_layer
 from gemel_engine.train import LabelledFrames, resolve_device
 from gemel_engine.workload import QueryEntry, QueryFrames, Workload, camera_frames, query_data
 
@@ -534,10 +533,10 @@ class MergeSearch:
              estimated_seconds=None if estimate is None else round(estimate, 1), left_out=self._left_out,
              sized_for_steps=self._sizing_steps or self.round_budget.max_steps)
         self._left_out = []
+        candidate = copy.deepcopy(models)
+        apply_plan(candidate, MergePlan(tuple(trial), state.accepted.mode), warm_start=self.strategy.options.warm_start)
         round_started = elapsed()
         round_clock = time.monotonic()
-        candidate, warm_start, tied_accuracies = self._tied(models, MergePlan(tuple(trial), state.accepted.mode),
-                                                            affected, data)
         required = {n: data[n].required for n in affected}
 
         def checked(steps: int, accuracies: dict[str, float]) -> None:
@@ -549,7 +548,7 @@ class MergeSearch:
 
         outcome = joint_retrain(
             candidate, affected, data, self.round_budget, seed=self.config.seed + round_index, cancel=self.cancel,
-            deadline=deadline, on_check=checked, initial_check=tied_accuracies,
+            deadline=deadline, on_check=checked,
         )
         closing_started = time.monotonic() - outcome.closing_seconds
         if outcome.stopped in ("cancelled", "deadline"):
@@ -586,36 +585,13 @@ class MergeSearch:
             bytes_saved=int(state.timeline[-1][1]), elapsed=state.elapsed,
             lower_margin={n: round(v, 4) for n, v in outcome.lower_margins.items()},
             accept_confidence=self.config.accept_confidence, false_stops=outcome.false_stops,
-            hopeless=sorted(outcome.hopeless), warm_start=warm_start,
+            hopeless=sorted(outcome.hopeless),
         )
         if accepted:
             emit(self.progress, "config.accepted", round=round_index,
                  bundle=str(_bundle_path(self.out_dir, state.bundles[-1])),
                  bytes_saved=state.bundles[-1]["saved_param_bytes"], elapsed=state.elapsed)
         return models
-
-    def _tied(
-        self, models: ModelSet, plan: MergePlan, affected: list[str], data: dict[str, QueryData]
-    ) -> tuple[ModelSet, WarmStart, dict[str, float] | None]:
-        """Return a copy of ``models`` with ``plan`` tied, the warm start it was tied with, and its check
-        accuracies when they were measured to choose it (else None). With the strategy's ``pick_warm_start``,
-        the plan is tied from each warm start and the one whose check leaves the least total shortfall below the
-        targets wins (ties: the strategy's own); members trained apart can average into weights worse than any
-        of them, and the first member's weights serve only the first member."""
-        own = self.strategy.options.warm_start
-        if not self.strategy.options.pick_warm_start:
-            candidate = copy.deepcopy(models)
-            apply_plan(candidate, plan, warm_start=own)
-            return candidate, own, None
-        tied = []
-        for start in (own, *(w for w in WARM_STARTS if w != own)):
-            candidate = copy.deepcopy(models)
-            apply_plan(candidate, plan, warm_start=start)
-            accuracies = check_accuracies(candidate, affected, data)
-            shortfall = sum(max(0.0, data[n].required - accuracies[n]) for n in affected)
-            tied.append((shortfall, candidate, start, accuracies))
-        _, candidate, start, accuracies = min(tied, key=lambda option: option[0])  # the first of equals: own
-        return candidate, start, accuracies
 
     def _recorded_unmerged(self, data: dict[str, QueryData]) -> None:
         """Take the unmerged models' validation and test figures the workload recorded (the one measurement

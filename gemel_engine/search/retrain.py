@@ -273,9 +273,7 @@ class RetrainOutcome:
         return frozenset(name for name, ok in self.met.items() if not ok)
 
 
-def check_accuracies(models: ModelSet, names: list[str], data: Mapping[str, QueryData]) -> dict[str, float]:
-    """Return what an in-round check measures: each named query's accuracy on its check frames (``check``, else
-    its whole validation set), its BatchNorm statistics re-estimated from its training frames."""
+def _evaluate(models: ModelSet, names: list[str], data: Mapping[str, QueryData]) -> dict[str, float]:
     accuracies = {}
     for name in names:
         query = data[name]
@@ -366,16 +364,14 @@ def joint_retrain(
     cancel: CancelToken | None = None,
     deadline: float | None = None,
     on_check: Callable[[int, dict[str, float]], None] | None = None,
-    initial_check: Mapping[str, float] | None = None,
 ) -> RetrainOutcome:
     """Retrain the ``affected`` models of ``models`` together until they meet their targets or stop.
 
     ``deadline`` is a ``time.monotonic()`` value after which the round stops at the next step (the search's
     budget): a check due after it is not run, so the round ends within one step of it. ``on_check(steps,
-    accuracies)`` hears every in-round check (progress); ``initial_check`` is the check of ``models`` as given,
-    when the caller has just measured it (``check_accuracies``), so the round does not measure it again.
-    ``budget.max_seconds`` bounds the round itself. Checks come sooner once every lagging query is near its
-    target, so a round ends soon after the targets are met. A round that stops for any reason but
+    accuracies)`` hears every in-round check (progress). ``budget.max_seconds`` bounds the round itself. Checks
+    come sooner once every lagging query is
+    near its target, so a round ends soon after the targets are met. A round that stops for any reason but
     cancellation or the deadline ends with one measurement of every affected query on its whole validation
     set, judged by its ``target_test``, and that alone decides ``met``. When the checks had passed but that
     judgement does not, and steps are left, the round goes on with the overrated queries' check bars raised by
@@ -394,7 +390,7 @@ def joint_retrain(
     generator = torch.Generator().manual_seed(seed)
     # What each query's check must reach: its target, raised after a final measurement the checks overrated.
     bars = {n: data[n].required for n in affected}
-    accuracies = dict(initial_check) if initial_check is not None else check_accuracies(models, affected, data)
+    accuracies = _evaluate(models, affected, data)
     checked_at = 0
     initial = dict(accuracies)
     history: list[tuple[int, dict[str, float]]] = [(0, accuracies)]
@@ -433,7 +429,7 @@ def joint_retrain(
                 if deadline is not None and time.monotonic() >= deadline:
                     stopped = "deadline"
                     break
-                accuracies = check_accuracies(models, affected, data)
+                accuracies = _evaluate(models, affected, data)
                 checked_at = steps
                 if on_check is not None:
                     on_check(steps, dict(accuracies))
@@ -478,7 +474,6 @@ __all__ = [
     "QueryPace",
     "RetrainBudget",
     "RetrainOutcome",
-    "check_accuracies",
     "check_subset",
     "joint_retrain",
     "measure_pace",

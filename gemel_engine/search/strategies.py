@@ -49,9 +49,6 @@ class StrategyOptions:
 
     mode: MatchMode = "exact"
     warm_start: WarmStart = "first"
-    # Tie each trial from every warm start and begin its round from the one whose first check leaves the least
-    # shortfall below the targets (one more check per warm start), instead of always from ``warm_start``.
-    pick_warm_start: bool = False
     distill: float = 0.0
     # Under a time budget, leave out of a trial the models whose retraining would not finish in the time left
     # (costliest per byte they save first), and skip a trial of which nothing fits, so a short budget still
@@ -189,8 +186,7 @@ class GemelPlus(Strategy):
     double after a success: the most memory soonest."""
 
     name = "gemel+"
-    options = StrategyOptions(mode="shape", warm_start="mean", pick_warm_start=True, distill=1.0,
-                              fit_trials_to_budget=True)
+    options = StrategyOptions(mode="shape", warm_start="mean", distill=1.0, fit_trials_to_budget=True)
 
     def initial_queue(self, candidates: Sequence[InstanceCandidate], archs: dict[str, str]) -> list[Trial]:
         """Return the paper's groups merged into trials of 1, 2, 4, 8... groups, largest savings first.

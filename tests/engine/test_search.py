@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -701,34 +700,3 @@ def test_the_start_configuration_takes_the_unmerged_figures_the_workload_recorde
         assert query["merged_accuracy"] == entry.unmerged_accuracy
         assert query["merged_test_accuracy"] == round(entry.unmerged_test.accuracy, 4)
         assert query["merged_val_interval"] == [round(v, 4) for v in entry.unmerged_val_interval]
-
-
-def test_gemel_plus_begins_a_round_from_the_warm_start_whose_check_falls_least_short(micro_workload, tmp_path: Path):
-    from gemel_engine.layers import layer_parameters
-    from gemel_engine.search.retrain import check_accuracies
-    from gemel_engine.sharing import apply_plan, resolve_layer
-
-    search = search_engine.MergeSearch(micro_workload, tmp_path / "job", SearchConfig(strategy="gemel+"))
-    models = search._unmerged()
-    data = search._query_data(models)
-    for query in data.values():
-        query.required = 1.0  # every model falls short, so the totals differ unless the checks agree
-    plan = MergePlan(tuple(search._fresh_state(models).queue[0]), "shape")
-    affected = sorted(data)
-    shortfalls = {}
-    for start in ("mean", "first"):
-        tied = copy.deepcopy(models)
-        apply_plan(tied, plan, warm_start=start)
-        shortfalls[start] = sum(1.0 - a for a in check_accuracies(tied, affected, data).values())
-
-    candidate, chosen, accuracies = search._tied(models, plan, affected, data)
-    assert chosen == ("first" if shortfalls["first"] < shortfalls["mean"] else "mean")  # equals: gemel+'s own
-    assert accuracies == check_accuracies(candidate, affected, data)  # measured once, handed to the round
-    instance = plan.instances[0]
-    originals = [layer_parameters(resolve_layer(models.as_dict(), m))["weight"] for m in instance.members]
-    expected = originals[0] if chosen == "first" else torch.stack(originals).mean(0)
-    shared = layer_parameters(resolve_layer(candidate.as_dict(), instance.members[0]))["weight"]
-    assert torch.allclose(shared, expected)
-    # gemel ties from its one warm start and measures nothing to choose it.
-    gemel = search_engine.MergeSearch(micro_workload, tmp_path / "job2", SearchConfig(strategy="gemel"))
-    assert gemel._tied(models, plan, affected, data)[1:] == ("first", None)
