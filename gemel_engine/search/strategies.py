@@ -22,9 +22,8 @@ search resumes from a checkpointed queue.
   reach their targets (``gemel`` keeps it for the models that passed at the stopping check, a draw that drops
   models still on their way). On any other failure, like ``gemel``, the models that met their targets keep the
   trial; when none did, both halves are tried (always, where ``gemel`` moves on when the first half saves less
-  than the next trial). Under a time
-  budget, each trial is sized to the time left: models whose retraining (timed on this machine before the
-  first round) would not finish are left out of it.
+  than the next trial). Under a time budget, each trial is sized to the time left: models whose retraining
+  (timed on this machine before the first round) would not finish are left out of it.
 """
 
 from __future__ import annotations
