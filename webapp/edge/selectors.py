@@ -327,30 +327,32 @@ def node_latest_sample(*, node: EdgeNode) -> MetricSample | None:
 STARVED_DROP_RATE = 0.5
 
 
-def node_limit(node: EdgeNode | None, newest: MetricSample | None = None) -> str | None:
-    """Return what holds the node back, read from its newest sample (``newest`` when the caller holds it) and, only
-    when frames are dropped, the one before it: memory (weights swapped in while the budget is full: memory and
-    the host-to-device link decide), compute (frames dropped with nothing swapped: the models run slower than
-    frames arrive), or None when no query drops frames."""
-    if node is None:
+def node_limit(node: EdgeNode | None) -> str | None:
+    """Return what holds the node back, read from its newest sample and, only when frames are dropped, the one
+    before it: memory (weights swapped in while the budget is full: memory and the host-to-device link decide),
+    compute (frames dropped with nothing swapped: the models run slower than frames arrive), or None when no
+    query drops frames."""
+    newest = None if node is None else node_latest_sample(node=node)
+    if node is None or newest is None:
         return None
-    newest = newest or node_latest_sample(node=node)
-    if newest is None:
-        return None
-    report = sample_report(newest)
+    return _limit_from(node, newest, sample_report(newest))
+
+
+def _limit_from(node: EdgeNode, newest: MetricSample, report: MetricsReport) -> str | None:
+    """Return ``node_limit`` from the node's newest sample and its parsed ``report``, which the caller holds."""
     drops = [q.drop_rate for q in report.queries.values() if q.drop_rate is not None]
     if not drops or max(drops) < STARVED_DROP_RATE / 5:
         return None
     worst = max(drops)
     previous = MetricSample.objects.filter(node=node, id__lt=newest.pk).order_by("-id").first()
-    swapped = 0
     if previous is not None:
         swapped = report.memory.swapped_bytes_total - sample_report(previous).memory.swapped_bytes_total
-    if swapped > 0 and previous is not None:
-        seconds = (newest.at - previous.at).total_seconds()
-        rate = f" at {swapped / seconds / MIB:.1f} MiB/s" if seconds > 0 else ""
-        return (f"memory and the link: weights are swapped in{rate} while frames are dropped (up to {worst:.0%}); "
-                "a larger budget or more sharing (a merged bundle) swaps less, a faster link swaps quicker")
+        if swapped > 0:
+            seconds = (newest.at - previous.at).total_seconds()
+            rate = f" at {swapped / seconds / MIB:.1f} MiB/s" if seconds > 0 else ""
+            return (f"memory and the link: weights are swapped in{rate} while frames are dropped (up to "
+                    f"{worst:.0%}); a larger budget or more sharing (a merged bundle) swaps less, a faster link "
+                    "swaps quicker")
     return (f"compute: up to {worst:.0%} of frames are dropped with nothing being swapped, so the models run "
             "slower than the frames arrive; fewer fps, a faster device or lighter models would help")
 
@@ -490,7 +492,7 @@ def fleet_node_json(node: EdgeNode, queries: dict[str, Any], *, now: datetime | 
         "queries_met": met,
         "alerts": alerts,
         # What holds an online box back when it drops frames (``node_limit``; one more read, only for such a box).
-        "limit": node_limit(node, node.latest_sample) if online and node.latest_sample_id else None,
+        "limit": _limit_from(node, node.latest_sample, report) if online and node.latest_sample else None,
         "attention": attention,
     }
 
