@@ -465,7 +465,7 @@ def joint_retrain(
     ended = time.perf_counter()
     return RetrainOutcome(
         final, met, steps, stopped, ended - started, initial, dict(checked), closing_seconds=closing,
-        lower_margins=lower, false_stops=false_stops, hopeless=hopeless if stopped == "hopeless" else frozenset(),
+        lower_margins=lower, false_stops=false_stops, hopeless=hopeless,
     )
 
 
