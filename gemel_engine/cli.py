@@ -337,6 +337,8 @@ class _MergeReporter:
             line = f"round {event['round']}: trying {event['trial_layers']} shared layers of {models}"
             if event.get("left_out"):
                 line += f" (left out to fit the time left: {', '.join(event['left_out'])})"
+            if event.get("continued_from_round"):
+                line += f", continuing from round {event['continued_from_round']}'s weights"
         elif kind == "trial.skipped":
             line = (f"skipped a trial of {event['trial_layers']} layers of {', '.join(event['trial_models'])}: it "
                     f"needs about {event['estimated_seconds'] / 60:.1f} min, {event['seconds_left'] / 60:.1f} left")
@@ -400,6 +402,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     config = SearchConfig(
         strategy=args.strategy, budget_minutes=args.budget_minutes, device=args.device,
         round_budget=RetrainBudget(max_steps=args.round_steps), accept_confidence=args.accept_confidence,
+        warm_start=args.warm_start,
     )
     result = run_search(workload, args.out, config, progress=_MergeReporter(quiet=args.json))
     if args.json:
@@ -497,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept a round only when its validation frames show every target met at this one-sided confidence, "
              "in [0.5, 1), or 'point' to let the point figure decide (default: point)",
     )
+    merge.add_argument("--warm-start", choices=WARM_STARTS,
+                       help="how a trial's shared layers start: the first member's weights or the members' mean "
+                            "(default: the strategy's; gemel: first, gemel+: mean)")
     merge.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     merge.add_argument("--json", action="store_true", help="print one final JSON object")
     merge.set_defaults(handler=cmd_merge)

@@ -34,10 +34,12 @@ from gemel_engine.search import (
     RetrainBudget,
     SearchConfig,
     bundle_evaluation,
+    get_strategy,
     list_strategies,
     run_search,
     saved_configs,
 )
+from gemel_engine.sharing import WARM_STARTS, WarmStart
 from gemel_engine.workload import Workload
 
 
@@ -65,9 +67,42 @@ def _rule_name(accept_confidence: float | None) -> str:
     return "point" if accept_confidence is None else f"{accept_confidence:.0%}"
 
 
-def contender_name(strategy: str, accept_confidence: float | None) -> str:
-    """Return a contender's label: the strategy and its acceptance rule (``gemel+@90%``, ``gemel@point``)."""
-    return f"{strategy}@{_rule_name(accept_confidence)}"
+def contender_name(strategy: str, accept_confidence: float | None, warm_start: WarmStart | None = None) -> str:
+    """Return a contender's label: the strategy, its warm start when not the strategy's own, and its acceptance
+    rule (``gemel+@90%``, ``gemel@point``, ``gemel+/first@point``)."""
+    variant = "" if warm_start is None else f"/{warm_start}"
+    return f"{strategy}{variant}@{_rule_name(accept_confidence)}"
+
+
+def parse_warm_starts(text: str) -> list[WarmStart | None]:
+    """Return the warm starts of a comma-separated list: ``own`` (None: each strategy's own), ``first``, ``mean``.
+
+    Raises:
+        ValueError: an entry is none of those, or an entry repeats.
+    """
+    values: list[WarmStart | None] = []
+    for part in (part.strip() for part in text.split(",")):
+        if part != "own" and part not in WARM_STARTS:
+            raise ValueError(f"{part!r}: list own, {', '.join(WARM_STARTS)}")
+        values.append(None if part == "own" else part)  # type: ignore[arg-type]
+    if len(set(values)) != len(values):
+        raise ValueError(f"{text!r}: list distinct warm starts")
+    return values
+
+
+def contenders_of(strategies: Sequence[str], warm_starts: Sequence[WarmStart | None],
+                  confidences: Sequence[float | None]) -> list[tuple[str, WarmStart | None, float | None]]:
+    """Return every (strategy, warm start, acceptance rule) to run, in that order; a warm start that is the
+    strategy's own is its default (None), so no contender runs twice."""
+    contenders: list[tuple[str, WarmStart | None, float | None]] = []
+    for strategy in strategies:
+        own = get_strategy(strategy).options.warm_start
+        for warm_start in warm_starts:
+            for confidence in confidences:
+                contender = (strategy, None if warm_start == own else warm_start, confidence)
+                if contender not in contenders:
+                    contenders.append(contender)
+    return contenders
 
 
 def parse_confidences(text: str) -> list[float | None]:
@@ -87,7 +122,8 @@ def parse_confidences(text: str) -> list[float | None]:
 
 # The fields of the search's round events a benchmark run keeps.
 ROUND_EVENTS = {
-    "round.started": ("type", "round", "trial_layers", "trial_models", "left_out", "estimated_seconds"),
+    "round.started": ("type", "round", "trial_layers", "trial_models", "left_out", "estimated_seconds",
+                      "continued_from_round"),
     "round.finished": ("type", "round", "accepted", "steps", "stopped", "hopeless", "accuracy", "required",
                        "bytes_saved", "elapsed"),
     "round.cut": ("type", "round", "steps", "max_steps", "accuracy", "required", "stopped"),
@@ -96,7 +132,7 @@ ROUND_EVENTS = {
 
 def run_strategy(
     workload: Workload, strategy: str, budget_minutes: float, round_steps: int,
-    accept_confidence: float | None = DEFAULT_ACCEPT_CONFIDENCE,
+    accept_confidence: float | None = DEFAULT_ACCEPT_CONFIDENCE, warm_start: WarmStart | None = None,
 ) -> dict[str, Any]:
     """Return one strategy's benchmark row (its search runs in a scratch directory); ``round_log`` holds each
     round's trial (layers, models, models left out) and outcome (accepted, steps, accuracies against the
@@ -111,7 +147,7 @@ def run_strategy(
     try:
         config = SearchConfig(
             strategy=strategy, budget_minutes=budget_minutes, round_budget=RetrainBudget(max_steps=round_steps),
-            accept_confidence=accept_confidence,
+            accept_confidence=accept_confidence, warm_start=warm_start,
         )
         result = run_search(workload, job, config, progress=log).to_json()
         gaps = val_test_gaps(workload, job)
@@ -120,8 +156,9 @@ def run_strategy(
     test_met = [q["meets_target_on_test"] for q in result["queries"]]
     return {
         "strategy": strategy,
-        "contender": contender_name(strategy, accept_confidence),
+        "contender": contender_name(strategy, accept_confidence, warm_start),
         "accept_confidence": accept_confidence,
+        "warm_start": warm_start,
         "status": result["status"],
         "rounds": result["rounds"],
         "unmerged_param_bytes": result["unmerged_param_bytes"],
@@ -167,6 +204,7 @@ def summarise(runs: list[dict[str, Any]], budget_seconds: float) -> dict[str, An
         "strategy": runs[0]["strategy"],
         "contender": runs[0].get("contender", runs[0]["strategy"]),
         "accept_confidence": runs[0].get("accept_confidence"),
+        "warm_start": runs[0].get("warm_start"),
         "runs": len(runs),
         "rounds": statistics.median(r["rounds"] for r in runs),
         "saved_at": {
@@ -182,12 +220,11 @@ def summarise(runs: list[dict[str, Any]], budget_seconds: float) -> dict[str, An
 
 
 def _paired_ratios(
-    by_contender: dict[str, list[dict[str, Any]]], budget_seconds: float, confidence: float | None
+    by_contender: dict[str, list[dict[str, Any]]], budget_seconds: float, ours: str, paper: str
 ) -> dict[str, float]:
-    """Return gemel+'s median paired ratios over gemel under one acceptance rule (mean savings; how much sooner
-    gemel's final savings were reached)."""
-    pairs = list(zip(by_contender[contender_name("gemel+", confidence)],
-                     by_contender[contender_name("gemel", confidence)], strict=True))
+    """Return contender ``ours``'s median paired ratios over contender ``paper`` (mean savings; how much sooner
+    ``paper``'s final savings were reached)."""
+    pairs = list(zip(by_contender[ours], by_contender[paper], strict=True))
     mean_ratios = [
         mean_savings(ours["timeline"], budget_seconds) / mean_savings(paper["timeline"], budget_seconds)
         for ours, paper in pairs
@@ -278,6 +315,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--accept-confidence", default="point", metavar="LIST",
                         help="comma-separated acceptance rules, each strategy runs under every one: a one-sided "
                              "confidence in [0.5, 1) or 'point' (the point figure decides)")
+    parser.add_argument("--warm-start", default="own", metavar="LIST",
+                        help="comma-separated warm starts, each strategy runs with every one: 'own' (the "
+                             "strategy's), 'first' or 'mean'")
     parser.add_argument("--repeats", type=int, default=3, help="runs per strategy, interleaved (medians reported)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/merge.json"),
                         help="JSON output file; finished runs are kept beside it, and a rerun keeps them")
@@ -289,6 +329,10 @@ def main(argv: Sequence[str]) -> int:
         confidences = parse_confidences(args.accept_confidence)
     except ValueError as exc:
         parser.error(f"--accept-confidence: {exc}")
+    try:
+        warm_starts = parse_warm_starts(args.warm_start)
+    except ValueError as exc:
+        parser.error(f"--warm-start: {exc}")
     if args.workload is None:
         default = Path("bench-results/workloads/mix")
         built = (default / "workload.json").exists()
@@ -296,15 +340,15 @@ def main(argv: Sequence[str]) -> int:
     else:
         workload = Workload.load(args.workload)
     budget_seconds = args.budget_minutes * 60
-    contenders = [(s, c) for s in strategies for c in confidences]
-    by_contender: dict[str, list[dict[str, Any]]] = {contender_name(s, c): [] for s, c in contenders}
+    contenders = contenders_of(strategies, warm_starts, confidences)
+    by_contender: dict[str, list[dict[str, Any]]] = {contender_name(s, c, w): [] for s, w, c in contenders}
     done = finished_runs(args.out, workload, args.budget_minutes, args.round_steps)
     for repeat in range(args.repeats):
-        for strategy, confidence in contenders:
-            name = contender_name(strategy, confidence)
+        for strategy, warm_start, confidence in contenders:
+            name = contender_name(strategy, confidence, warm_start)
             row = done.get((name, repeat))
             if row is None:
-                row = run_strategy(workload, strategy, args.budget_minutes, args.round_steps, confidence)
+                row = run_strategy(workload, strategy, args.budget_minutes, args.round_steps, confidence, warm_start)
                 _record_run(args.out, workload, args.budget_minutes, args.round_steps, name, repeat, row)
             else:
                 print(f"kept {name} run {repeat + 1} from {runs_file(args.out)}")
@@ -331,15 +375,19 @@ def main(argv: Sequence[str]) -> int:
     ))
     ratios = {}
     if {"gemel", "gemel+"} <= set(strategies):
-        for confidence in confidences:
-            for name, value in _paired_ratios(by_contender, budget_seconds, confidence).items():
-                rule = _rule_name(confidence)
-                ratios[name if len(confidences) == 1 else f"{name}@{rule}"] = value
-                print(f"{name.replace('_', ' ')}, acceptance {rule} (median of paired runs): {value:.2f}x")
+        for strategy, warm_start, confidence in contenders:
+            if strategy != "gemel+":
+                continue
+            ours, paper = contender_name(strategy, confidence, warm_start), contender_name("gemel", confidence)
+            for name, value in _paired_ratios(by_contender, budget_seconds, ours, paper).items():
+                default = len(confidences) == 1 and warm_start is None
+                ratios[name if default else f"{name}[{ours}]"] = value
+                print(f"{name.replace('_', ' ')}, {ours} over {paper} (median of paired runs): {value:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "merge", "workload": workload.name, "budget_minutes": args.budget_minutes,
-        "repeats": args.repeats, "accept_confidences": confidences, "summary": summaries, "ratios": ratios,
+        "repeats": args.repeats, "accept_confidences": confidences, "warm_starts": warm_starts,
+        "summary": summaries, "ratios": ratios,
         "runs": by_contender,
     }, indent=2) + "\n")
     plot = args.out.with_suffix(".svg")

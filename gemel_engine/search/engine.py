@@ -6,6 +6,11 @@ every query's accuracy on its held-out test frames, with 95% intervals, for repo
 nothing inside the search reads those. After every round the search state (the strategy's queue of trials, the
 accepted plan, the timeline) is checkpointed in the job directory; starting again with the same
 directory resumes after the last finished round. A cancellation token stops it at the next safe point.
+
+A trial the strategy derived from a failed trial (a part of it: without some models, or a half) is run right
+after it and continues from the weights that round trained, not from the accepted models again: its models
+were on their way and its shared layers already trained for sharing (``round.started`` names the round it
+continues). Those weights are held in memory only, so a resumed search starts such a trial afresh.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from gemel_engine.search.retrain import (
     teacher_logits,
 )
 from gemel_engine.search.strategies import Strategy, Trial, _without_models, get_strategy
-from gemel_engine.sharing import apply_plan, resolve_layer
+from gemel_engine.sharing import WARM_STARTS, WarmStart, apply_plan, resolve_layer
 from gemel_engine.train import LabelledFrames, resolve_device
 from gemel_engine.workload import QueryEntry, QueryFrames, Workload, camera_frames, query_data
 
@@ -83,9 +88,13 @@ class SearchConfig:
     # confidence (a paired block bootstrap against the unmerged model; ``accuracy.TargetTest``). None: the point
     # figure decides, so a merged model that meets its target on validation by noise alone is accepted.
     accept_confidence: float | None = DEFAULT_ACCEPT_CONFIDENCE
+    # How a trial's shared layers start ("first" member's weights or the members' "mean"); None: the strategy's.
+    warm_start: WarmStart | None = None
 
     def __post_init__(self) -> None:
         get_strategy(self.strategy)
+        if self.warm_start is not None and self.warm_start not in WARM_STARTS:
+            raise SearchError(f"warm_start must be one of {', '.join(WARM_STARTS)}, got {self.warm_start!r}")
         try:
             check_accept_confidence(self.accept_confidence)
         except GemelError as exc:
@@ -181,6 +190,21 @@ class _State:
             )
         except (KeyError, TypeError, ValueError, GemelError) as exc:
             raise SearchError(f"{where}: damaged search state ({exc})") from None
+
+
+@dataclass(frozen=True)
+class _FailedRound:
+    """A round that failed this session and the weights it trained, for the trial derived from it."""
+
+    round: int
+    trial: Trial
+    models: ModelSet
+
+
+def _part_of(trial: Trial, whole: Trial) -> bool:
+    """Return whether every instance of ``trial`` shares a subset of the layers of one instance of ``whole``."""
+    wholes = [frozenset(instance.members) for instance in whole]
+    return all(any(frozenset(instance.members) <= members for members in wholes) for instance in trial)
 
 
 def _affected(plan: MergePlan, trial: Trial) -> list[str]:
@@ -307,6 +331,7 @@ class MergeSearch:
         self.out_dir = Path(out_dir).resolve()
         self.config = config
         self.strategy: Strategy = get_strategy(config.strategy)
+        self.warm_start: WarmStart = config.warm_start or self.strategy.options.warm_start
         self.progress = progress
         self.cancel = cancel or CancelToken()
         self.device = resolve_device(config.device)
@@ -331,6 +356,8 @@ class MergeSearch:
         self._sizing_steps: int | None = None
         # The smallest trial skipped in the last pass over the queue, when the search stopped for that.
         self._skipped: dict[str, float] | None = None
+        # The round just rejected, whose trained weights the trial derived from it continues from.
+        self._failed: _FailedRound | None = None
 
     # -- set-up -----------------------------------------------------------------------------------
 
@@ -528,13 +555,22 @@ class MergeSearch:
         affected = _affected(state.accepted, trial)
         round_index = state.rounds + 1
         estimate = self._round_estimate(state.accepted, trial, data) if self._paces else None
+        failed, self._failed = self._failed, None
+        if failed is not None and not _part_of(trial, failed.trial):
+            failed = None
         emit(self.progress, "round.started", round=round_index, trial_layers=len(trial),
              trial_models=sorted({m.model for i in trial for m in i.members}), affected=affected,
              estimated_seconds=None if estimate is None else round(estimate, 1), left_out=self._left_out,
-             sized_for_steps=self._sizing_steps or self.round_budget.max_steps)
+             sized_for_steps=self._sizing_steps or self.round_budget.max_steps,
+             continued_from_round=None if failed is None else failed.round)
         self._left_out = []
         candidate = copy.deepcopy(models)
-        apply_plan(candidate, MergePlan(tuple(trial), state.accepted.mode), warm_start=self.strategy.options.warm_start)
+        if failed is not None:
+            # Every model this round retrains was retrained by the failed round (its trial is a part of that one,
+            # over the same accepted plan); loading in place keeps the accepted plan's ties.
+            for name in affected:
+                candidate[name].load_state_dict(failed.models[name].state_dict())
+        apply_plan(candidate, MergePlan(tuple(trial), state.accepted.mode), warm_start=self.warm_start)
         round_started = elapsed()
         round_clock = time.monotonic()
         required = {n: data[n].required for n in affected}
@@ -574,7 +610,10 @@ class MergeSearch:
             state.timeline.append([round(state.elapsed, 3), float(record["saved_param_bytes"])])
         else:
             following = state.queue[1] if len(state.queue) > 1 else None
-            state.queue = self.strategy.after_failure(trial, outcome, following) + state.queue[1:]
+            derived = self.strategy.after_failure(trial, outcome, following)
+            state.queue = derived + state.queue[1:]
+            if derived:
+                self._failed = _FailedRound(round_index, trial, candidate)
         self._save_state(state)
         self._closing_seconds = max(self._closing_seconds, time.monotonic() - closing_started)
         emit(

@@ -11,10 +11,11 @@ search resumes from a checkpointed queue.
 - ``gemel``: the paper's heuristic: instances ordered by memory saved, consecutive instances with the
   same model set grouped into one trial; on failure, models meeting their target keep the trial (retry
   without the failing models' layers), otherwise halve the trial (the first half, then the second), unless
-  the first half saves less than the next trial, then move on. Where it departs from the authors' code: the
-  passing models' part of a failed trial is retrained once more before it is kept (theirs keeps it as
-  trained beside the failing models), and the failing models' layers are not retried joined to it (a plan
-  here never adds a member to an accepted instance).
+  the first half saves less than the next trial, then move on. The passing models' part of a failed trial
+  continues from the weights that round trained (as every derived trial does, see ``search.engine``), so it is
+  kept as trained, as in the authors' code, once its first check and final validation confirm it. Where it
+  departs from the authors' code: the failing models' layers are not retried joined to it (a plan here never
+  adds a member to an accepted instance).
 - ``gemel+``: ours: shape-mode matching (more shareable layers), mean warm start, distillation from the
   unmerged models, and optimistic trial sizing: the paper's groups merged into trials of 1, 2, 4, 8...
   groups, so savings come as early as with ``gemel`` and easy workloads merge fully in a few rounds. A

@@ -124,7 +124,8 @@
       case "search.preparing": return "preparing: " + p.stage + (p.total ? " (" + p.done + " of " + p.total + ")" : "");
       case "search.started": return (p.resumed ? "resumed after round " + p.rounds : "started") + ", " + p.queued_trials + " trials queued";
       case "round.started": return "round " + p.round + ": trying " + p.trial_layers + " shared layers"
-        + (p.left_out && p.left_out.length ? " (left out to fit the time left: " + p.left_out.join(", ") + ")" : "");
+        + (p.left_out && p.left_out.length ? " (left out to fit the time left: " + p.left_out.join(", ") + ")" : "")
+        + (p.continued_from_round ? ", continuing from round " + p.continued_from_round + "'s weights" : "");
       case "trial.skipped": return "skipped a trial of " + p.trial_layers + " layers: it needs about "
         + minutes(p.estimated_seconds) + ", " + minutes(p.seconds_left) + " left";
       case "round.progress": return "round " + p.round + ": step " + p.steps + " of " + p.max_steps + "; "

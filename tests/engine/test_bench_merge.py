@@ -94,6 +94,21 @@ def test_acceptance_rules_are_parsed_and_named_for_each_contender():
             parse_confidences(bad)
 
 
+def test_warm_starts_are_parsed_and_a_strategys_own_is_run_once_under_its_plain_name():
+    from gemel_engine.bench.merge import contender_name, contenders_of, parse_warm_starts
+
+    assert parse_warm_starts("own, first") == [None, "first"]
+    for bad in ("own,own", "zero", "first,first"):
+        with pytest.raises(ValueError):
+            parse_warm_starts(bad)
+    # gemel starts from the first member's weights, gemel+ from the mean: asking for both runs each strategy twice.
+    contenders = contenders_of(["gemel", "gemel+"], parse_warm_starts("first,mean"), [None])
+    assert contenders == [("gemel", None, None), ("gemel", "mean", None), ("gemel+", "first", None),
+                          ("gemel+", None, None)]
+    assert [contender_name(s, c, w) for s, w, c in contenders] == [
+        "gemel@point", "gemel/mean@point", "gemel+/first@point", "gemel+@point"]
+
+
 def test_the_merge_command_refuses_an_acceptance_confidence_outside_its_range(capsys, tmp_path):
     from gemel_engine.cli import main
 

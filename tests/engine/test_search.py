@@ -700,3 +700,77 @@ def test_the_start_configuration_takes_the_unmerged_figures_the_workload_recorde
         assert query["merged_accuracy"] == entry.unmerged_accuracy
         assert query["merged_test_accuracy"] == round(entry.unmerged_test.accuracy, 4)
         assert query["merged_val_interval"] == [round(v, 4) for v in entry.unmerged_val_interval]
+
+
+def test_a_trial_derived_from_a_failed_one_continues_from_the_weights_that_round_trained(
+    micro_workload, tmp_path: Path, monkeypatch
+):
+    token = CancelToken()
+    events: list[dict] = []
+    weights: list[tuple[dict, dict]] = []  # per round: the affected models' weights as it starts and as it ends
+    real_retrain = search_engine.joint_retrain
+
+    def snapshot(models, affected) -> dict:
+        return {(n, k): v.detach().clone() for n in affected for k, v in models[n].state_dict().items()}
+
+    def instrumented(models, affected, data, *args, **kwargs):
+        # The micro models can score 1.0 on their few frames: a bar above 1 makes every round train and fail.
+        unreachable = {name: dataclasses.replace(query, required=1.5) for name, query in data.items()}
+        start = snapshot(models, affected)
+        outcome = real_retrain(models, affected, unreachable, *args, **kwargs)
+        weights.append((start, snapshot(models, affected)))
+        return outcome
+
+    def record(event: dict) -> None:
+        events.append(event)
+        if event["type"] == "round.finished" and event["round"] == 2:
+            token.cancel()
+
+    monkeypatch.setattr(search_engine, "joint_retrain", instrumented)
+    budget = RetrainBudget(max_steps=4, eval_every=2, eval_every_near=2)
+    run_search(micro_workload, tmp_path / "job", SearchConfig(strategy="gemel", round_budget=budget),
+               progress=record, cancel=token)
+    started = [e for e in events if e["type"] == "round.started"]
+    finished = [e for e in events if e["type"] == "round.finished"]
+    assert [e["accepted"] for e in finished] == [False, False]
+    # Round 2 is the first half of the failed round 1: it starts from what round 1 trained, not from the unmerged
+    # models (a fresh start would tie the first member's weights again).
+    assert [e["continued_from_round"] for e in started] == [None, 1]
+    (start_1, end_1), (start_2, _) = weights
+    assert any(not torch.equal(start_1[key], end_1[key]) for key in end_1)  # round 1 did train
+    assert start_2.keys() == end_1.keys()
+    assert all(torch.equal(start_2[key], end_1[key]) for key in end_1)
+    assert finished[1]["initial_accuracy"] == finished[0]["check_accuracy"]
+
+
+def test_a_searchs_warm_start_overrides_its_strategys(micro_workload, tmp_path: Path, monkeypatch):
+    token = CancelToken()
+    starts: list[dict[str, dict[str, torch.Tensor]]] = []
+    real_retrain = search_engine.joint_retrain
+
+    def instrumented(models, affected, *args, **kwargs):
+        starts.append({n: {k: v.detach().clone() for k, v in models[n].state_dict().items()} for n in affected})
+        token.cancel()  # the first round's starting weights are all this test reads
+        return real_retrain(models, affected, *args, **kwargs)
+
+    with pytest.raises(SearchError, match="warm_start"):
+        SearchConfig(strategy="gemel+", warm_start="median")
+    # The micro queries are trained alike; m_b's weights are moved off m_a's so a warm start shows which it took.
+    from gemel_engine import zoo
+
+    entry = micro_workload.queries[1]
+    moved = micro_workload.load_model(entry)
+    with torch.no_grad():
+        for parameter in moved.parameters():
+            parameter.add_(0.01)
+    zoo.save_weights(moved, micro_workload.weights_path(entry))
+    monkeypatch.setattr(search_engine, "joint_retrain", instrumented)
+    run_search(micro_workload, tmp_path / "job", SearchConfig(strategy="gemel+", warm_start="first"), cancel=token)
+    unmerged = {e.name: micro_workload.load_model(e).state_dict() for e in micro_workload.queries}
+    [start] = starts
+    differing = [k for k, v in unmerged["m_a"].items()
+                 if v.is_floating_point() and not torch.equal(v, unmerged["m_b"][k])]
+    tied = [k for k in differing if torch.equal(start["m_a"][k], start["m_b"][k])]
+    # gemel+ on its own averages the members; told "first", each tied layer starts as one member's unmerged weights.
+    assert tied
+    assert all(any(torch.equal(start["m_a"][k], unmerged[name][k]) for name in ("m_a", "m_b")) for k in tied)
