@@ -350,8 +350,8 @@ class MergeSearch:
         self._paces: dict[str, QueryPace] = {}
         # The models the current trial left out to fit the time left (for its round.started event).
         self._left_out: list[str] = []
-        # Steps the rounds accepted this session took; once no trial fits at full steps, trials are sized to the
-        # most of these instead (a round that then runs long is cut at the deadline and reported).
+        # Steps the rounds accepted this session took from a fresh start; once no trial fits at full steps, trials
+        # are sized to the most of these instead (a round that then runs long is cut at the deadline and reported).
         self._accepted_steps: list[int] = []
         self._sizing_steps: int | None = None
         # The smallest trial skipped in the last pass over the queue, when the search stopped for that.
@@ -600,7 +600,8 @@ class MergeSearch:
         state.elapsed = elapsed()
         accepted = outcome.all_met
         if accepted:
-            self._accepted_steps.append(outcome.steps)
+            if failed is None:  # a continued round's steps say nothing of what a fresh trial needs
+                self._accepted_steps.append(outcome.steps)
             models = candidate
             for name in affected:
                 self._measured.pop(name, None)

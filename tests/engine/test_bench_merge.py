@@ -101,12 +101,13 @@ def test_warm_starts_are_parsed_and_a_strategys_own_is_run_once_under_its_plain_
     for bad in ("own,own", "zero", "first,first"):
         with pytest.raises(ValueError):
             parse_warm_starts(bad)
-    # gemel starts from the first member's weights, gemel+ from the mean: asking for both runs each strategy twice.
-    contenders = contenders_of(["gemel", "gemel+"], parse_warm_starts("first,mean"), [None])
-    assert contenders == [("gemel", None, None), ("gemel", "mean", None), ("gemel+", "first", None),
-                          ("gemel+", None, None)]
+    # Both strategies start from the first member's weights: asking for own and first runs each of them once.
+    assert contenders_of(["gemel", "gemel+"], parse_warm_starts("own,first"), [None]) == [
+        ("gemel", None, None), ("gemel+", None, None)]
+    contenders = contenders_of(["gemel", "gemel+"], parse_warm_starts("mean,first"), [0.9])
+    assert contenders == [("gemel", "mean", 0.9), ("gemel", None, 0.9), ("gemel+", "mean", 0.9), ("gemel+", None, 0.9)]
     assert [contender_name(s, c, w) for s, w, c in contenders] == [
-        "gemel@point", "gemel/mean@point", "gemel+/first@point", "gemel+@point"]
+        "gemel/mean@90%", "gemel@90%", "gemel+/mean@90%", "gemel+@90%"]
 
 
 def test_the_merge_command_refuses_an_acceptance_confidence_outside_its_range(capsys, tmp_path):

@@ -765,12 +765,13 @@ def test_a_searchs_warm_start_overrides_its_strategys(micro_workload, tmp_path: 
             parameter.add_(0.01)
     zoo.save_weights(moved, micro_workload.weights_path(entry))
     monkeypatch.setattr(search_engine, "joint_retrain", instrumented)
-    run_search(micro_workload, tmp_path / "job", SearchConfig(strategy="gemel+", warm_start="first"), cancel=token)
+    run_search(micro_workload, tmp_path / "job", SearchConfig(strategy="gemel+", warm_start="mean"), cancel=token)
     unmerged = {e.name: micro_workload.load_model(e).state_dict() for e in micro_workload.queries}
     [start] = starts
     differing = [k for k, v in unmerged["m_a"].items()
                  if v.is_floating_point() and not torch.equal(v, unmerged["m_b"][k])]
     tied = [k for k in differing if torch.equal(start["m_a"][k], start["m_b"][k])]
-    # gemel+ on its own averages the members; told "first", each tied layer starts as one member's unmerged weights.
+    # gemel+ on its own starts from the first member's weights; told "mean", from the members' mean.
     assert tied
-    assert all(any(torch.equal(start["m_a"][k], unmerged[name][k]) for name in ("m_a", "m_b")) for k in tied)
+    assert all(torch.allclose(start["m_a"][k], (unmerged["m_a"][k] + unmerged["m_b"][k]) / 2) for k in tied)
+    assert not any(torch.equal(start["m_a"][k], unmerged[name][k]) for name in ("m_a", "m_b") for k in tied)
