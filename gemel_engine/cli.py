@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge.add_argument("--warm-start", choices=WARM_STARTS,
                        help="how a trial's shared layers start: the first member's weights or the members' mean "
-                            "(default: the strategy's; gemel: first, gemel+: mean)")
+                            "(default: the strategy's; both start from the first)")
     merge.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     merge.add_argument("--json", action="store_true", help="print one final JSON object")
     merge.set_defaults(handler=cmd_merge)

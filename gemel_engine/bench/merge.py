@@ -105,6 +105,22 @@ def contenders_of(strategies: Sequence[str], warm_starts: Sequence[WarmStart | N
     return contenders
 
 
+def ratio_pairs(contenders: Sequence[tuple[str, WarmStart | None, float | None]]) -> list[tuple[str, str]]:
+    """Return the (gemel+ contender, gemel contender) names whose paired ratios a benchmark reports: every gemel+
+    contender against gemel under the same acceptance rule, with gemel's own warm start when it ran, else with the
+    same warm start; a gemel+ contender without such a gemel one is left out."""
+    names = {contender_name(s, c, w) for s, w, c in contenders}
+    pairs = []
+    for strategy, warm_start, confidence in contenders:
+        if strategy != "gemel+":
+            continue
+        papers = [contender_name("gemel", confidence), contender_name("gemel", confidence, warm_start)]
+        paper = next((name for name in papers if name in names), None)
+        if paper is not None:
+            pairs.append((contender_name(strategy, confidence, warm_start), paper))
+    return pairs
+
+
 def parse_confidences(text: str) -> list[float | None]:
     """Return the acceptance confidences of a comma-separated list (``accuracy.parse_accept_confidence``).
 
@@ -374,15 +390,11 @@ def main(argv: Sequence[str]) -> int:
         ],
     ))
     ratios = {}
-    if {"gemel", "gemel+"} <= set(strategies):
-        for strategy, warm_start, confidence in contenders:
-            if strategy != "gemel+":
-                continue
-            ours, paper = contender_name(strategy, confidence, warm_start), contender_name("gemel", confidence)
-            for name, value in _paired_ratios(by_contender, budget_seconds, ours, paper).items():
-                default = len(confidences) == 1 and warm_start is None
-                ratios[name if default else f"{name}[{ours}]"] = value
-                print(f"{name.replace('_', ' ')}, {ours} over {paper} (median of paired runs): {value:.2f}x")
+    pairs = ratio_pairs(contenders)
+    for ours, paper in pairs:
+        for name, value in _paired_ratios(by_contender, budget_seconds, ours, paper).items():
+            ratios[name if len(pairs) == 1 else f"{name}[{ours}]"] = value
+            print(f"{name.replace('_', ' ')}, {ours} over {paper} (median of paired runs): {value:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "merge", "workload": workload.name, "budget_minutes": args.budget_minutes,

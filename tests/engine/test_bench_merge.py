@@ -110,6 +110,16 @@ def test_warm_starts_are_parsed_and_a_strategys_own_is_run_once_under_its_plain_
         "gemel/mean@90%", "gemel@90%", "gemel+/mean@90%", "gemel+@90%"]
 
 
+def test_each_gemel_plus_contender_is_paired_with_gemels_own_warm_start_or_else_the_same_one():
+    from gemel_engine.bench.merge import contenders_of, parse_warm_starts, ratio_pairs
+
+    both = contenders_of(["gemel", "gemel+"], parse_warm_starts("own,mean"), [None])
+    assert ratio_pairs(both) == [("gemel+@point", "gemel@point"), ("gemel+/mean@point", "gemel@point")]
+    only_mean = contenders_of(["gemel", "gemel+"], parse_warm_starts("mean"), [None])
+    assert ratio_pairs(only_mean) == [("gemel+/mean@point", "gemel/mean@point")]
+    assert ratio_pairs(contenders_of(["gemel+"], [None], [None])) == []
+
+
 def test_the_merge_command_refuses_an_acceptance_confidence_outside_its_range(capsys, tmp_path):
     from gemel_engine.cli import main
 
