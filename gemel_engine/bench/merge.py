@@ -236,11 +236,11 @@ def summarise(runs: list[dict[str, Any]], budget_seconds: float) -> dict[str, An
 
 
 def _paired_ratios(
-    by_contender: dict[str, list[dict[str, Any]]], budget_seconds: float, ours: str, paper: str
+    by_contender: dict[str, list[dict[str, Any]]], budget_seconds: float, ours_name: str, paper_name: str
 ) -> dict[str, float]:
-    """Return contender ``ours``'s median paired ratios over contender ``paper`` (mean savings; how much sooner
-    ``paper``'s final savings were reached)."""
-    pairs = list(zip(by_contender[ours], by_contender[paper], strict=True))
+    """Return contender ``ours_name``'s median paired ratios over contender ``paper_name`` (mean savings; how much
+    sooner the latter's final savings were reached)."""
+    pairs = list(zip(by_contender[ours_name], by_contender[paper_name], strict=True))
     mean_ratios = [
         mean_savings(ours["timeline"], budget_seconds) / mean_savings(paper["timeline"], budget_seconds)
         for ours, paper in pairs
